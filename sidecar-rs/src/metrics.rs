@@ -1,0 +1,202 @@
+//! Prometheus metrics, served as text on `--metrics-listen` at `/metrics`.
+//!
+//! Names are part of the interface (dashboards and alerts depend on them) and
+//! are documented in the README. No label carries an agent id or any other
+//! unbounded value; calls to unknown tools are counted under `tool="_unknown"`.
+
+use std::net::SocketAddr;
+
+use http_body_util::Full;
+use hyper::body::Bytes;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::pb::Status;
+
+/// Label used for calls naming a tool that does not exist.
+pub const UNKNOWN_TOOL_LABEL: &str = "_unknown";
+
+/// Every metric the sidecar exports.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    /// `sidecar_tool_calls_total{tool,status}`: calls finished, by outcome.
+    pub calls: IntCounterVec,
+    /// `sidecar_tool_call_duration_seconds{tool}`: receipt to result.
+    pub call_duration: HistogramVec,
+    /// `sidecar_upstream_request_duration_seconds{upstream}`: one HTTP
+    /// request, by upstream origin (`scheme://host:port`).
+    pub upstream_duration: HistogramVec,
+    /// `sidecar_inflight_calls`: calls admitted and not yet answered.
+    pub inflight: IntGauge,
+    /// `sidecar_streams_active`: open Dispatch streams.
+    pub streams: IntGauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let buckets = vec![
+            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            30.0,
+        ];
+        let calls = IntCounterVec::new(
+            Opts::new(
+                "sidecar_tool_calls_total",
+                "Tool calls finished, by tool and result status.",
+            ),
+            &["tool", "status"],
+        )
+        .expect("static metric definition");
+        let call_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "sidecar_tool_call_duration_seconds",
+                "Time from receiving a tool call to its result.",
+            )
+            .buckets(buckets.clone()),
+            &["tool"],
+        )
+        .expect("static metric definition");
+        let upstream_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "sidecar_upstream_request_duration_seconds",
+                "Duration of one upstream HTTP request, body included.",
+            )
+            .buckets(buckets),
+            &["upstream"],
+        )
+        .expect("static metric definition");
+        let inflight = IntGauge::new(
+            "sidecar_inflight_calls",
+            "Tool calls admitted and not yet answered.",
+        )
+        .expect("static metric definition");
+        let streams = IntGauge::new("sidecar_streams_active", "Open Dispatch streams.")
+            .expect("static metric definition");
+        for c in [
+            Box::new(calls.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(call_duration.clone()),
+            Box::new(upstream_duration.clone()),
+            Box::new(inflight.clone()),
+            Box::new(streams.clone()),
+        ] {
+            registry.register(c).expect("metric names are unique");
+        }
+        Self {
+            registry,
+            calls,
+            call_duration,
+            upstream_duration,
+            inflight,
+            streams,
+        }
+    }
+
+    /// The exposition text.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .expect("encoding to a Vec cannot fail");
+        String::from_utf8(out).expect("prometheus text is UTF-8")
+    }
+
+    /// Serves `/metrics` on `listener` until `shutdown` fires.
+    pub async fn serve(self, listener: TcpListener, shutdown: CancellationToken) {
+        loop {
+            let (stream, _) = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                accepted = listener.accept() => match accepted {
+                    Ok(conn) => conn,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "metrics accept failed");
+                        continue;
+                    }
+                },
+            };
+            let metrics = self.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    let metrics = metrics.clone();
+                    async move {
+                        let response = if req.uri().path() == "/metrics" {
+                            Response::builder()
+                                .header("content-type", "text/plain; version=0.0.4")
+                                .body(Full::new(Bytes::from(metrics.render())))
+                        } else {
+                            Response::builder()
+                                .status(StatusCode::NOT_FOUND)
+                                .body(Full::new(Bytes::from_static(b"see /metrics\n")))
+                        };
+                        response
+                    }
+                });
+                let _ = http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    }
+
+    /// Binds `addr` for [`Metrics::serve`], logging the bound address.
+    pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+        let listener = TcpListener::bind(addr).await?;
+        tracing::info!(addr = %listener.local_addr()?, "metrics listening");
+        Ok(listener)
+    }
+}
+
+/// The `status` label value: the proto name without its prefix, lower-case.
+pub fn status_label(status: Status) -> &'static str {
+    match status {
+        Status::Unspecified => "unspecified",
+        Status::Ok => "ok",
+        Status::InvalidArguments => "invalid_arguments",
+        Status::UnknownTool => "unknown_tool",
+        Status::RateLimited => "rate_limited",
+        Status::Timeout => "timeout",
+        Status::UpstreamError => "upstream_error",
+        Status::InvalidResponse => "invalid_response",
+        Status::Cancelled => "cancelled",
+        Status::Overloaded => "overloaded",
+        Status::Internal => "internal",
+        Status::InvalidRequest => "invalid_request",
+        Status::Draining => "draining",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_stable_names() {
+        let m = Metrics::new();
+        m.calls.with_label_values(&["weather", "ok"]).inc();
+        m.inflight.set(3);
+        let text = m.render();
+        assert!(text.contains("sidecar_tool_calls_total{status=\"ok\",tool=\"weather\"} 1"));
+        assert!(text.contains("sidecar_inflight_calls 3"));
+    }
+
+    #[test]
+    fn status_labels_match_proto_names() {
+        for s in [Status::Ok, Status::RateLimited, Status::InvalidRequest] {
+            let proto = s.as_str_name().trim_start_matches("STATUS_").to_lowercase();
+            assert_eq!(status_label(s), proto);
+        }
+    }
+}

@@ -1,0 +1,261 @@
+//! Wiring: load the registry, bind the listeners, serve Dispatcher + health +
+//! reflection on each, and shut down in two stages (see [`crate::drain`]).
+//!
+//! `run` takes the shutdown trigger as a future so tests can stop a server
+//! without signals; `main` passes SIGTERM/SIGINT.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use arc_swap::ArcSwap;
+use tokio::net::{TcpListener, UnixListener};
+use tokio::task::JoinSet;
+use tokio_stream::wrappers::UnixListenerStream;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::server::TcpIncoming;
+use tonic::transport::Server;
+use tonic_health::ServingStatus;
+
+use crate::call::Executor;
+use crate::dispatch::{Admission, DispatchService};
+use crate::drain::Drain;
+use crate::metrics::Metrics;
+use crate::pb::{self, dispatcher_server::DispatcherServer};
+use crate::registry::Registry;
+use crate::upstream::{Upstream, UpstreamOptions};
+
+/// Largest gRPC message accepted or sent: a frame may batch many calls, and a
+/// result may carry a multi-megabyte document.
+const MAX_MESSAGE_BYTES: usize = 64 << 20;
+
+/// How often idle per-agent rate-limit buckets are forgotten.
+const PRUNE_EVERY: Duration = Duration::from_secs(60);
+
+/// Where to serve gRPC: `host:port` or `unix:/path/to.sock`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ListenAddr {
+    Tcp(SocketAddr),
+    Unix(PathBuf),
+}
+
+impl FromStr for ListenAddr {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if let Some(path) = s.strip_prefix("unix:") {
+            if path.is_empty() {
+                return Err("unix: needs a socket path, e.g. unix:/run/tandem/sidecar.sock".into());
+            }
+            return Ok(ListenAddr::Unix(PathBuf::from(path)));
+        }
+        s.parse()
+            .map(ListenAddr::Tcp)
+            .map_err(|_| format!("{s:?} is neither host:port nor unix:/path"))
+    }
+}
+
+/// Everything `run` needs besides the shutdown trigger.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub config_path: PathBuf,
+    pub listen: Vec<ListenAddr>,
+    pub metrics_listen: Option<SocketAddr>,
+    pub admission: Admission,
+    pub drain_timeout: Duration,
+    pub upstream: UpstreamOptions,
+}
+
+/// Serves until `shutdown` resolves, then drains. Returns once every listener
+/// has stopped; an error means the sidecar could not start or a listener
+/// failed.
+pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let registry = Registry::load(&config.config_path)
+        .with_context(|| format!("config {}", config.config_path.display()))?;
+    tracing::info!(
+        config = %config.config_path.display(),
+        tools = registry.len(),
+        "config loaded"
+    );
+    let registry = Arc::new(ArcSwap::from_pointee(registry));
+    let metrics = Metrics::new();
+    let upstream = Upstream::new(&config.upstream).context("building the HTTP client")?;
+    let exec = Arc::new(Executor::new(registry.clone(), upstream, metrics.clone()));
+    let drain = Drain::new();
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<DispatcherServer<DispatchService>>()
+        .await;
+    health.set_service_status("", ServingStatus::Serving).await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .context("building the reflection service")?;
+    let dispatcher =
+        DispatcherServer::new(DispatchService::new(exec, config.admission, drain.clone()))
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let router = Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(20)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .initial_stream_window_size(Some(1 << 20))
+        .initial_connection_window_size(Some(8 << 20))
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(dispatcher);
+
+    let background = CancellationToken::new();
+    if let Some(addr) = config.metrics_listen {
+        let listener = Metrics::bind(addr)
+            .await
+            .with_context(|| format!("binding --metrics-listen {addr}"))?;
+        tokio::spawn(metrics.clone().serve(listener, background.clone()));
+    }
+
+    let mut servers = JoinSet::new();
+    let mut sockets = Vec::new();
+    for addr in &config.listen {
+        let stop = {
+            let drain = drain.clone();
+            async move { drain.draining().await }
+        };
+        match addr {
+            ListenAddr::Tcp(addr) => {
+                let listener = TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("binding --listen {addr}"))?;
+                tracing::info!(addr = %listener.local_addr()?, "listening");
+                let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+                servers.spawn(router.clone().serve_with_incoming_shutdown(incoming, stop));
+            }
+            ListenAddr::Unix(path) => {
+                let listener = bind_unix(path)?;
+                tracing::info!(addr = %format!("unix:{}", path.display()), "listening");
+                sockets.push(path.clone());
+                servers.spawn(
+                    router
+                        .clone()
+                        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), stop),
+                );
+            }
+        }
+    }
+    {
+        let registry = registry.clone();
+        let stop = background.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(PRUNE_EVERY);
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tick.tick() => registry.load().prune_rate_limits(),
+                }
+            }
+        });
+    }
+    tracing::info!("sidecar ready");
+
+    let failed = tokio::select! {
+        _ = shutdown => None,
+        Some(done) = servers.join_next() => Some(done),
+    };
+    if let Some(done) = failed {
+        background.cancel();
+        remove_sockets(&sockets);
+        return match done {
+            Ok(Ok(())) => Err(anyhow::anyhow!("a listener stopped unexpectedly")),
+            Ok(Err(e)) => Err(e).context("serving gRPC"),
+            Err(e) => Err(e).context("gRPC server task"),
+        };
+    }
+
+    tracing::info!(timeout = ?config.drain_timeout, "draining: new calls are refused, calls in flight finish");
+    health
+        .set_not_serving::<DispatcherServer<DispatchService>>()
+        .await;
+    health
+        .set_service_status("", ServingStatus::NotServing)
+        .await;
+    drain.start();
+    let finished = tokio::time::timeout(config.drain_timeout, join_all(&mut servers)).await;
+    if finished.is_err() {
+        tracing::warn!("drain timeout passed; cancelling the calls still in flight");
+        drain.abort();
+        if tokio::time::timeout(Duration::from_secs(5), join_all(&mut servers))
+            .await
+            .is_err()
+        {
+            tracing::warn!("connections still open after cancelling; closing them");
+            servers.abort_all();
+        }
+    }
+    background.cancel();
+    remove_sockets(&sockets);
+    tracing::info!("sidecar stopped");
+    Ok(())
+}
+
+async fn join_all(servers: &mut JoinSet<Result<(), tonic::transport::Error>>) {
+    while let Some(done) = servers.join_next().await {
+        match done {
+            Ok(Err(e)) => tracing::warn!(error = %e, "listener ended with an error"),
+            Err(e) if e.is_panic() => tracing::error!(error = %e, "listener panicked"),
+            _ => {}
+        }
+    }
+}
+
+/// Binds a unix socket readable and writable by this user only (0600): the
+/// socket is the brain's door to every credential the sidecar holds.
+fn bind_unix(path: &PathBuf) -> anyhow::Result<UnixListener> {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        anyhow::ensure!(
+            meta.file_type().is_socket(),
+            "--listen unix:{}: a file that is not a socket is in the way",
+            path.display()
+        );
+        // A socket left behind by a previous run that did not exit cleanly.
+        std::fs::remove_file(path)
+            .with_context(|| format!("removing stale socket {}", path.display()))?;
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let listener = UnixListener::bind(path)
+        .with_context(|| format!("binding --listen unix:{}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("chmod 0600 {}", path.display()))?;
+    Ok(listener)
+}
+
+fn remove_sockets(paths: &[PathBuf]) {
+    for path in paths {
+        let _ = std::fs::remove_file(path);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_listen_addresses() {
+        assert_eq!(
+            "127.0.0.1:50051".parse::<ListenAddr>(),
+            Ok(ListenAddr::Tcp("127.0.0.1:50051".parse().unwrap()))
+        );
+        assert_eq!(
+            "unix:/tmp/s.sock".parse::<ListenAddr>(),
+            Ok(ListenAddr::Unix("/tmp/s.sock".into()))
+        );
+        assert!("unix:".parse::<ListenAddr>().is_err());
+        assert!("localhost".parse::<ListenAddr>().is_err());
+    }
+}
