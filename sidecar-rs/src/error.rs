@@ -98,7 +98,7 @@ pub enum CallError {
 
 fn summarize(violations: &[Violation]) -> String {
     let mut out = String::new();
-    for (i, v) in violations.iter().take(3).enumerate() {
+    for (i, v) in violations.iter().take(5).enumerate() {
         if i > 0 {
             out.push_str("; ");
         }
@@ -111,8 +111,8 @@ fn summarize(violations: &[Violation]) -> String {
         out.push_str(": ");
         out.push_str(&v.message);
     }
-    if violations.len() > 3 {
-        out.push_str(&format!(" (and {} more)", violations.len() - 3));
+    if violations.len() > 5 {
+        out.push_str(&format!(" (and {} more)", violations.len() - 5));
     }
     out
 }
@@ -209,10 +209,11 @@ mod tests {
             schema_path: String::new(),
             message: "bad".into(),
         };
-        let e = CallError::InvalidArguments(vec![v(""), v("/a"), v("/b"), v("/c")]);
+        let e =
+            CallError::InvalidArguments(vec![v(""), v("/a"), v("/b"), v("/c"), v("/d"), v("/e")]);
         assert_eq!(
             e.to_string(),
-            "arguments do not match the input schema: (root): bad; /a: bad; /b: bad (and 1 more)"
+            "arguments do not match the input schema: (root): bad; /a: bad; /b: bad; /c: bad; /d: bad (and 1 more)"
         );
     }
 }

@@ -1,0 +1,428 @@
+"""``SidecarClient``: every agent's tool calls over one long-lived gRPC stream.
+
+How a call travels::
+
+    call() ──► outbox ──► writer task ──► Dispatch stream ──► sidecar
+      ▲                   (one frame per                        │
+      │                    loop iteration)                      │
+      └──── future ◄── reader task ◄── ResultFrame ◄────────────┘
+
+* **Coalescing.** ``call()`` only appends to the outbox and wakes the writer; the writer
+  runs on the next loop iteration and sends everything queued by then as one frame. This
+  is what keeps the Python cost per call low when thousands of agents call at once.
+* **Exactly one outcome per call.** A call ends with the sidecar's result, a local
+  TIMEOUT result (the sidecar did not answer within the call's timeout plus a grace
+  period; see the deadline sweeper), :class:`SidecarUnavailable` if the stream broke
+  after the call was sent, or :class:`ClientClosed`.
+* **Cancellation.** Cancelling the awaiting task sends a cancel frame; the sidecar drops
+  the upstream request.
+* **Reconnects.** When the stream breaks, calls sent on it fail, and the client opens a
+  new stream with exponential backoff and full jitter. Calls made meanwhile wait in the
+  outbox, bounded by their own deadlines.
+* **Bounds.** At most ``max_inflight`` calls are pending; past that ``call()`` returns an
+  OVERLOADED result at once. Frames are capped at ``max_frame_calls`` calls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import itertools
+import logging
+import random
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import grpc.aio
+import orjson
+
+from ._exceptions import ClientClosed, SidecarError, SidecarUnavailable
+from ._proto.dispatch.v1 import dispatch_pb2 as pb
+from ._proto.dispatch.v1 import dispatch_pb2_grpc as pb_grpc
+from ._types import Status, ToolInfo, ToolResult
+
+__all__ = ["ClientOptions", "SidecarClient"]
+
+log = logging.getLogger("brain.client")
+
+_EMPTY_ARGS = b"{}"
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ClientOptions:
+    """Tuning for :class:`SidecarClient`; the defaults suit a pod with thousands of agents."""
+
+    #: Timeout (seconds) of a call that does not pass its own.
+    default_timeout: float = 30.0
+    #: How long past a call's timeout the client waits for the sidecar's own TIMEOUT
+    #: result before answering TIMEOUT itself.
+    grace: float = 1.0
+    #: Calls pending at once; more get an OVERLOADED result immediately.
+    max_inflight: int = 100_000
+    #: Calls per Dispatch frame.
+    max_frame_calls: int = 4096
+    #: Reconnect backoff: first delay and cap, in seconds (full jitter).
+    backoff_initial: float = 0.05
+    backoff_max: float = 5.0
+    #: Largest message accepted from the sidecar (results can carry big documents).
+    max_receive_bytes: int = 64 * 1024 * 1024
+
+
+class _Call:
+    """A pending call. ``generation`` is the stream it was sent on (0 = not yet sent)."""
+
+    __slots__ = ("deadline", "future", "generation", "msg")
+
+    def __init__(self, msg: pb.ToolCall, future: asyncio.Future[ToolResult], deadline: float):
+        self.msg: pb.ToolCall | None = msg
+        self.future = future
+        self.deadline = deadline
+        self.generation = 0
+
+
+class SidecarClient:
+    """Client for the sidecar's ``Dispatcher`` service.
+
+    ``target`` is a gRPC target: ``unix:/run/tandem/sidecar.sock`` or ``127.0.0.1:50051``.
+    Use as an async context manager, or call :meth:`aclose` when done::
+
+        async with SidecarClient("unix:/tmp/sidecar.sock") as client:
+            result = await client.call("weather", {"city": "Oslo"}, agent_id="a1")
+    """
+
+    def __init__(self, target: str, *, options: ClientOptions | None = None) -> None:
+        self.target = target
+        self.options = options or ClientOptions()
+        self._channel: grpc.aio.Channel | None = None
+        self._stub: pb_grpc.DispatcherStub | None = None
+        self._calls: dict[str, _Call] = {}
+        self._outbox: list[_Call] = []
+        self._cancels: list[str] = []
+        self._deadlines: list[tuple[float, str]] = []
+        self._ids = itertools.count(1)
+        self._wake_writer = asyncio.Event()
+        self._wake_sweeper = asyncio.Event()
+        self._connected = asyncio.Event()
+        self._generation = 0
+        self._closed = False
+        self._tasks: list[asyncio.Task[None]] = []
+        #: Number of Dispatch streams opened so far (1 + reconnects); for tests and metrics.
+        self.streams_opened = 0
+        #: Number of frames written; for measuring coalescing.
+        self.frames_sent = 0
+
+    # ---------------------------------------------------------------- lifecycle
+
+    async def __aenter__(self) -> SidecarClient:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def start(self) -> None:
+        """Open the channel and start the stream. Idempotent."""
+        if self._closed:
+            raise ClientClosed("client is closed")
+        if self._channel is not None:
+            return
+        o = self.options
+        self._channel = grpc.aio.insecure_channel(
+            self.target,
+            options=[
+                # gRPC core sends the socket path as :authority for unix targets, which
+                # HTTP/2 servers such as hyper (tonic) reject as malformed.
+                ("grpc.default_authority", "localhost"),
+                ("grpc.max_receive_message_length", o.max_receive_bytes),
+                ("grpc.max_send_message_length", o.max_receive_bytes),
+                ("grpc.keepalive_time_ms", 20_000),
+                ("grpc.keepalive_timeout_ms", 10_000),
+                ("grpc.keepalive_permit_without_calls", 1),
+                ("grpc.http2.max_pings_without_data", 0),
+                ("grpc.initial_reconnect_backoff_ms", int(o.backoff_initial * 1000)),
+                ("grpc.max_reconnect_backoff_ms", int(o.backoff_max * 1000)),
+            ],
+        )
+        self._stub = pb_grpc.DispatcherStub(self._channel)  # type: ignore[no-untyped-call]
+        self._tasks = [
+            asyncio.create_task(self._run_streams(), name="sidecar-streams"),
+            asyncio.create_task(self._sweep_deadlines(), name="sidecar-deadlines"),
+        ]
+
+    async def wait_connected(self, timeout: float) -> None:
+        """Wait until a Dispatch stream is open; raise :class:`SidecarUnavailable` if not."""
+        await self.start()
+        try:
+            async with asyncio.timeout(timeout):
+                await self._connected.wait()
+        except TimeoutError as exc:
+            raise SidecarUnavailable(f"no stream to {self.target} within {timeout}s") from exc
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    @property
+    def pending(self) -> int:
+        """Calls waiting for their result."""
+        return len(self._calls)
+
+    async def aclose(self) -> None:
+        """Stop the stream; pending calls fail with :class:`ClientClosed`."""
+        if self._closed:
+            return
+        self._closed = True
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._fail_calls(lambda c: True, ClientClosed("client closed"))
+        if self._channel is not None:
+            await self._channel.close()
+
+    # ---------------------------------------------------------------- calls
+
+    async def call(
+        self,
+        tool: str,
+        arguments: Mapping[str, Any] | bytes | None = None,
+        *,
+        agent_id: str = "",
+        timeout: float | None = None,
+        metadata: Mapping[str, str] | None = None,
+    ) -> ToolResult:
+        """Run ``tool`` with ``arguments`` (a mapping, or JSON bytes) on the Dispatch stream.
+
+        Returns the result whatever its status; raises only for transport problems
+        (:class:`SidecarUnavailable`, :class:`ClientClosed`).
+        """
+        if self._closed:
+            raise ClientClosed("client is closed")
+        if self._channel is None:
+            await self.start()
+        call_id = str(next(self._ids))
+        if len(self._calls) >= self.options.max_inflight:
+            return ToolResult.local(
+                call_id, Status.OVERLOADED, "client in-flight limit reached", retry_after_ms=100
+            )
+        if timeout is None:
+            timeout = self.options.default_timeout
+        msg = pb.ToolCall(
+            call_id=call_id,
+            agent_id=agent_id,
+            tool=tool,
+            arguments=_encode_arguments(arguments),
+            timeout_ms=max(1, int(timeout * 1000)),
+        )
+        if metadata:
+            msg.metadata.update(metadata)
+        future: asyncio.Future[ToolResult] = asyncio.get_running_loop().create_future()
+        deadline = time.monotonic() + timeout + self.options.grace
+        pending = _Call(msg, future, deadline)
+        self._calls[call_id] = pending
+        self._outbox.append(pending)
+        self._wake_writer.set()
+        if not self._deadlines or deadline < self._deadlines[0][0]:
+            self._wake_sweeper.set()
+        heapq.heappush(self._deadlines, (deadline, call_id))
+        try:
+            return await future
+        except asyncio.CancelledError:
+            self._abandon(call_id)
+            raise
+
+    async def invoke(
+        self,
+        tool: str,
+        arguments: Mapping[str, Any] | bytes | None = None,
+        *,
+        agent_id: str = "",
+        timeout: float | None = None,
+        metadata: Mapping[str, str] | None = None,
+    ) -> ToolResult:
+        """Like :meth:`call`, but as one unary ``Invoke`` RPC (no coalescing)."""
+        stub = await self._ready_stub()
+        if timeout is None:
+            timeout = self.options.default_timeout
+        msg = pb.ToolCall(
+            call_id=str(next(self._ids)),
+            agent_id=agent_id,
+            tool=tool,
+            arguments=_encode_arguments(arguments),
+            timeout_ms=max(1, int(timeout * 1000)),
+        )
+        if metadata:
+            msg.metadata.update(metadata)
+        with _map_grpc_errors(self.target):
+            reply = await stub.Invoke(msg, timeout=timeout + self.options.grace)
+        return ToolResult(reply)
+
+    async def list_tools(self, *, timeout: float = 10.0) -> list[ToolInfo]:
+        """Every tool the sidecar serves, with parsed schemas."""
+        stub = await self._ready_stub()
+        with _map_grpc_errors(self.target):
+            reply = await stub.ListTools(
+                pb.ListToolsRequest(), timeout=timeout, wait_for_ready=True
+            )
+        return [ToolInfo.from_pb(t) for t in reply.tools]
+
+    async def _ready_stub(self) -> pb_grpc.DispatcherStub:
+        if self._closed:
+            raise ClientClosed("client is closed")
+        await self.start()
+        assert self._stub is not None
+        return self._stub
+
+    def _abandon(self, call_id: str) -> None:
+        """The caller gave up on ``call_id``: forget it and tell the sidecar if it was sent."""
+        pending = self._calls.pop(call_id, None)
+        if pending is not None and pending.generation == self._generation and pending.generation:
+            self._cancels.append(call_id)
+            self._wake_writer.set()
+
+    # ---------------------------------------------------------------- stream
+
+    async def _run_streams(self) -> None:
+        """Keep one Dispatch stream open; on failure fail its calls and reconnect."""
+        assert self._stub is not None
+        attempt = 0
+        while True:
+            self._generation += 1
+            generation = self._generation
+            stream = self._stub.Dispatch(wait_for_ready=True)
+            writer: asyncio.Task[None] | None = None
+            reason = "stream ended"
+            try:
+                await stream.wait_for_connection()
+                self.streams_opened += 1
+                self._connected.set()
+                if attempt:
+                    log.info("sidecar stream re-established target=%s", self.target)
+                attempt = 0
+                writer = asyncio.create_task(self._write(stream, generation))
+                await self._read(stream)
+                reason = "the sidecar ended the stream (draining or restarting)"
+            except grpc.aio.AioRpcError as exc:
+                reason = f"{exc.code().name}: {exc.details()}"
+            except asyncio.CancelledError:
+                stream.cancel()
+                raise
+            finally:
+                self._connected.clear()
+                if writer is not None:
+                    writer.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await writer
+            stream.cancel()
+            lost = self._fail_calls(
+                lambda c, g=generation: c.generation == g,  # type: ignore[misc]
+                SidecarUnavailable(f"stream to {self.target} broke: {reason}"),
+            )
+            self._cancels.clear()
+            delay = random.uniform(
+                0, min(self.options.backoff_max, self.options.backoff_initial * 2**attempt)
+            )
+            attempt += 1
+            log.warning(
+                "sidecar stream lost target=%s reason=%r failed_calls=%d retry_in=%.3fs",
+                self.target,
+                reason,
+                lost,
+                delay,
+            )
+            await asyncio.sleep(delay)
+
+    async def _write(self, stream: Any, generation: int) -> None:
+        """Send the outbox as frames, one batch per wake-up."""
+        limit = self.options.max_frame_calls
+        while True:
+            await self._wake_writer.wait()
+            self._wake_writer.clear()
+            while self._outbox or self._cancels:
+                batch = self._outbox[:limit]
+                del self._outbox[:limit]
+                frame = pb.DispatchFrame(cancel_call_ids=self._cancels)
+                self._cancels = []
+                calls = frame.calls
+                for pending in batch:
+                    if pending.future.done() or pending.msg is None:
+                        continue
+                    calls.append(pending.msg)
+                    pending.msg = None
+                    pending.generation = generation
+                await stream.write(frame)
+                self.frames_sent += 1
+
+    async def _read(self, stream: Any) -> None:
+        """Resolve the futures of arriving results."""
+        calls = self._calls
+        while True:
+            frame = await stream.read()
+            if frame is grpc.aio.EOF:
+                return
+            for msg in frame.results:
+                pending = calls.pop(msg.call_id, None)
+                if pending is not None and not pending.future.done():
+                    pending.future.set_result(ToolResult(msg))
+
+    async def _sweep_deadlines(self) -> None:
+        """Answer TIMEOUT for calls the sidecar left unanswered past their deadline.
+
+        One heap and one task for all calls instead of a timer per call.
+        """
+        heap = self._deadlines
+        while True:
+            now = time.monotonic()
+            while heap and heap[0][0] <= now:
+                _, call_id = heapq.heappop(heap)
+                pending = self._calls.get(call_id)
+                if pending is None or pending.deadline > now:
+                    continue
+                self._abandon(call_id)
+                if not pending.future.done():
+                    pending.future.set_result(
+                        ToolResult.local(
+                            call_id,
+                            Status.TIMEOUT,
+                            "no result from the sidecar before the call's deadline"
+                            + ("" if self._connected.is_set() else " (not connected)"),
+                        )
+                    )
+            self._wake_sweeper.clear()
+            wait = heap[0][0] - now if heap else None
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(wait):
+                    await self._wake_sweeper.wait()
+
+    def _fail_calls(self, which: Callable[[_Call], bool], exc: SidecarError) -> int:
+        failed = [cid for cid, c in self._calls.items() if which(c)]
+        for call_id in failed:
+            pending = self._calls.pop(call_id)
+            if not pending.future.done():
+                pending.future.set_exception(exc)
+        return len(failed)
+
+
+def _encode_arguments(arguments: Mapping[str, Any] | bytes | None) -> bytes:
+    if arguments is None:
+        return _EMPTY_ARGS
+    if isinstance(arguments, bytes | bytearray | memoryview):
+        return bytes(arguments)
+    return orjson.dumps(arguments)
+
+
+@contextlib.contextmanager
+def _map_grpc_errors(target: str) -> Iterator[None]:
+    """Translate gRPC errors into the brain's exception tree (the one place that does)."""
+    try:
+        yield
+    except grpc.aio.AioRpcError as exc:
+        code = exc.code()
+        if code == grpc.StatusCode.CANCELLED:
+            raise ClientClosed(f"call to {target} cancelled: {exc.details()}") from exc
+        raise SidecarUnavailable(f"{target}: {code.name}: {exc.details()}") from exc

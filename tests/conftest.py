@@ -1,0 +1,50 @@
+"""Fixtures that start real parts: loopback upstreams and the sidecar binary."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+
+import pytest
+from brain import ClientOptions, SidecarClient
+
+from harness import SidecarProcess, Upstream
+
+
+@pytest.fixture
+def upstream() -> Iterator[Upstream]:
+    server = Upstream().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def start_sidecar(tmp_path: Path) -> Iterator[Callable[..., SidecarProcess]]:
+    """Start a sidecar with the given tools YAML (and extra flags); killed at teardown."""
+    started: list[SidecarProcess] = []
+
+    def start(config: str, *args: str) -> SidecarProcess:
+        workdir = tmp_path / f"sidecar{len(started)}"
+        workdir.mkdir()
+        proc = SidecarProcess(workdir, config, *args).start()
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        proc.kill()
+
+
+@pytest.fixture
+async def client_for() -> AsyncIterator[Callable[..., SidecarClient]]:
+    """Clients connected to a sidecar; closed at teardown."""
+    clients: list[SidecarClient] = []
+
+    def make(target: str, **options: float) -> SidecarClient:
+        client = SidecarClient(target, options=ClientOptions(**options))  # type: ignore[arg-type]
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        await client.aclose()

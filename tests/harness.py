@@ -1,0 +1,242 @@
+"""Real parts for cross-language tests: the sidecar binary and loopback HTTP upstreams.
+
+* :class:`Upstream` is an aiohttp server on 127.0.0.1 running in its own thread and event
+  loop, so a test's client load never stalls it. It counts requests per path and records
+  client disconnects (handler cancellation is on, as it is for a real server noticing a
+  dropped connection).
+* :class:`SidecarProcess` starts ``sidecar`` with a tools file written to a temp dir,
+  listening on a unix socket and an ephemeral TCP port, JSON logs captured, and waits for
+  its ``sidecar ready`` line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import json
+import os
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+REPO = Path(__file__).resolve().parents[1]
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def sidecar_binary() -> Path:
+    """The sidecar built by ``make`` (debug profile unless SIDECAR_BIN says otherwise)."""
+    configured = os.environ.get("SIDECAR_BIN")
+    path = Path(configured) if configured else REPO / "sidecar-rs/target/debug/sidecar"
+    if not path.exists():
+        subprocess.run(
+            ["cargo", "build", "--quiet", "--bin", "sidecar"],
+            cwd=REPO / "sidecar-rs",
+            check=True,
+        )
+    return path
+
+
+class Upstream:
+    """A loopback HTTP server whose routes a test defines."""
+
+    def __init__(self) -> None:
+        self.requests: collections.Counter[str] = collections.Counter()
+        self.disconnects: collections.Counter[str] = collections.Counter()
+        self.headers: list[dict[str, str]] = []
+        self._routes: dict[tuple[str, str], Handler] = {}
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._runner: web.AppRunner | None = None
+        self.port = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def route(self, method: str, path: str, handler: Handler) -> None:
+        self._routes[(method, path)] = handler
+
+    def json(self, method: str, path: str, body: Any, status: int = 200) -> None:
+        """Serve a fixed JSON body."""
+
+        async def handler(_: web.Request) -> web.StreamResponse:
+            return web.json_response(body, status=status)
+
+        self.route(method, path, handler)
+
+    def gate(self) -> asyncio.Event:
+        """An event handlers can wait on; open it from the test with :meth:`open`."""
+        return asyncio.run_coroutine_threadsafe(_new_event(), self._loop).result(5)
+
+    def open(self, gate: asyncio.Event) -> None:
+        self._loop.call_soon_threadsafe(gate.set)
+
+    def start(self) -> Upstream:
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(10)
+        return self
+
+    async def _start(self) -> None:
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", self._dispatch)
+        self._runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        server = site._server
+        assert server is not None
+        self.port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+
+    async def _dispatch(self, request: web.Request) -> web.StreamResponse:
+        key = request.path
+        self.requests[key] += 1
+        self.headers.append(dict(request.headers))
+        handler = self._routes.get((request.method, key)) or self._routes.get(("*", key))
+        if handler is None:
+            return web.json_response({"error": f"no route {request.method} {key}"}, status=404)
+        try:
+            return await handler(request)
+        except asyncio.CancelledError:
+            self.disconnects[key] += 1
+            raise
+
+    def stop(self) -> None:
+        asyncio.run_coroutine_threadsafe(self._stop(), self._loop).result(30)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+        self._loop.close()
+
+    async def _stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+        # Let connections reset by a killed client finish closing before the loop does.
+        others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in others:
+            task.cancel()
+        await asyncio.gather(*others, return_exceptions=True)
+        await asyncio.sleep(0.05)
+
+    def wait_for(self, predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
+        """Poll ``predicate`` (reading counters updated on the server thread)."""
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if predicate():
+                return True
+            time.sleep(0.01)
+        return predicate()
+
+
+async def _new_event() -> asyncio.Event:
+    return asyncio.Event()
+
+
+class SidecarProcess:
+    """The real sidecar binary, configured by a YAML string."""
+
+    def __init__(self, workdir: Path, config: str, *extra_args: str) -> None:
+        self.workdir = workdir
+        self.config_path = workdir / "tools.yaml"
+        self.config_path.write_text(config)
+        self.socket = workdir / "sidecar.sock"
+        self.extra_args = list(extra_args)
+        self.proc: subprocess.Popen[str] | None = None
+        self.logs: list[dict[str, Any]] = []
+        self.raw_logs: list[str] = []
+        self.tcp_port = 0
+        self.metrics_port = 0
+        self._ready = threading.Event()
+        self._reader: threading.Thread | None = None
+
+    @property
+    def unix_target(self) -> str:
+        return f"unix:{self.socket}"
+
+    @property
+    def tcp_target(self) -> str:
+        return f"127.0.0.1:{self.tcp_port}"
+
+    def start(self, timeout: float = 30.0) -> SidecarProcess:
+        self._ready.clear()
+        env = {**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "info")}
+        self.proc = subprocess.Popen(
+            [
+                str(sidecar_binary()),
+                "--config",
+                str(self.config_path),
+                "--listen",
+                f"unix:{self.socket}",
+                "--listen",
+                "127.0.0.1:0",
+                "--metrics-listen",
+                "127.0.0.1:0",
+                "--log-format",
+                "json",
+                *self.extra_args,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        self._reader = threading.Thread(target=self._read_logs, args=(self.proc,), daemon=True)
+        self._reader.start()
+        if not self._ready.wait(timeout):
+            self.kill()
+            raise RuntimeError("sidecar did not become ready:\n" + "\n".join(self.raw_logs))
+        return self
+
+    def _read_logs(self, proc: subprocess.Popen[str]) -> None:
+        assert proc.stderr is not None
+        with proc.stderr:
+            for line in proc.stderr:
+                self._on_log_line(line)
+
+    def _on_log_line(self, line: str) -> None:
+        self.raw_logs.append(line.rstrip())
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            return
+        self.logs.append(entry)
+        message = entry.get("message")
+        if message == "listening" and not str(entry.get("addr", "")).startswith("unix:"):
+            self.tcp_port = int(str(entry["addr"]).rsplit(":", 1)[1])
+        elif message == "metrics listening":
+            self.metrics_port = int(str(entry["addr"]).rsplit(":", 1)[1])
+        elif message == "sidecar ready":
+            self._ready.set()
+
+    def rss_bytes(self) -> int:
+        """Resident set size of the process, from /proc."""
+        assert self.proc is not None
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+        raise RuntimeError("no VmRSS")
+
+    def terminate(self, timeout: float = 30.0) -> int:
+        """SIGTERM and wait; returns the exit code."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        finally:
+            if self._reader is not None:
+                self._reader.join(5)
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        if self._reader is not None:
+            self._reader.join(5)
+
+    def log_text(self) -> str:
+        return "\n".join(self.raw_logs)
