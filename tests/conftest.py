@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
+
 from brain import ClientOptions, SidecarClient
 
 from harness import SidecarProcess, Upstream

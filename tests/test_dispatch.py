@@ -5,16 +5,23 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import time
+import urllib.request
 from collections.abc import Callable
 
 import grpc
 import grpc.aio
 import pytest
 from aiohttp import web
+from google.protobuf import descriptor_pool
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
+    ProtoReflectionDescriptorDatabase,
+)
+from prometheus_client.parser import text_string_to_metric_families
+
 from brain import SidecarClient, SidecarUnavailable, Status
 from brain._proto.dispatch.v1 import dispatch_pb2 as pb
 from brain._proto.dispatch.v1 import dispatch_pb2_grpc as pb_grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from harness import SidecarProcess, Upstream, sidecar_binary
 
@@ -370,6 +377,49 @@ async def test_list_tools_health_and_tcp(
         for service in ("", "dispatch.v1.Dispatcher"):
             reply = await health.Check(health_pb2.HealthCheckRequest(service=service))
             assert reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_reflection_lists_the_services(stack: tuple[Upstream, SidecarProcess]) -> None:
+    _, sidecar = stack
+    with grpc.insecure_channel(sidecar.tcp_target) as channel:
+        db = ProtoReflectionDescriptorDatabase(channel)
+        services = set(db.get_services())
+        assert {"dispatch.v1.Dispatcher", "grpc.health.v1.Health"} <= services
+        pool = descriptor_pool.DescriptorPool(db)
+        method = pool.FindServiceByName("dispatch.v1.Dispatcher").FindMethodByName("Dispatch")
+        assert method.client_streaming
+        assert method.server_streaming
+
+
+async def test_metrics_count_the_calls_made(
+    stack: tuple[Upstream, SidecarProcess], client_for: MakeClient
+) -> None:
+    _, sidecar = stack
+    client = client_for(sidecar.unix_target)
+    await asyncio.gather(*(client.call("weather", {"city": "Oslo"}) for _ in range(7)))
+    await client.call("weather", {})
+    await client.call("nope", {})
+    samples = await asyncio.to_thread(scrape, sidecar.metrics_port)
+    calls = samples["sidecar_tool_calls_total"]
+    assert calls[(("status", "ok"), ("tool", "weather"))] == 7
+    assert calls[(("status", "invalid_arguments"), ("tool", "weather"))] == 1
+    assert calls[(("status", "unknown_tool"), ("tool", "_unknown"))] == 1
+    durations = samples["sidecar_tool_call_duration_seconds_count"]
+    assert durations[(("tool", "weather"),)] == 8
+    assert samples["sidecar_inflight_calls"][()] == 0
+    assert samples["sidecar_streams_active"][()] == 1
+
+
+def scrape(port: int) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
+    """Samples by name and sorted labels, parsed with the Prometheus text parser."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    out: dict[str, dict[tuple[tuple[str, str], ...], float]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            key = tuple(sorted(sample.labels.items()))
+            out.setdefault(sample.name, {})[key] = sample.value
+    return out
 
 
 def test_check_config_names_the_tool_and_field(tmp_path: object) -> None:
