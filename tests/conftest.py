@@ -41,7 +41,7 @@ async def client_for() -> AsyncIterator[Callable[..., SidecarClient]]:
     """Clients connected to a sidecar; closed at teardown."""
     clients: list[SidecarClient] = []
 
-    def make(target: str, **options: float) -> SidecarClient:
+    def make(target: str, **options: object) -> SidecarClient:
         client = SidecarClient(target, options=ClientOptions(**options))  # type: ignore[arg-type]
         clients.append(client)
         return client

@@ -151,6 +151,9 @@ class SidecarProcess:
         self.raw_logs: list[str] = []
         self.tcp_port = 0
         self.metrics_port = 0
+        self.health_port = 0
+        #: The bearer token TCP clients must send.
+        self.auth_token = "test-token-" + os.urandom(12).hex()
         self._ready = threading.Event()
         self._reader: threading.Thread | None = None
 
@@ -162,9 +165,17 @@ class SidecarProcess:
     def tcp_target(self) -> str:
         return f"127.0.0.1:{self.tcp_port}"
 
+    @property
+    def auth_metadata(self) -> tuple[tuple[str, str], ...]:
+        return (("authorization", f"Bearer {self.auth_token}"),)
+
     def start(self, timeout: float = 30.0) -> SidecarProcess:
         self._ready.clear()
-        env = {**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "info")}
+        env = {
+            **os.environ,
+            "RUST_LOG": os.environ.get("RUST_LOG", "info"),
+            "SIDECAR_AUTH_TOKEN": self.auth_token,
+        }
         self.proc = subprocess.Popen(
             [
                 str(sidecar_binary()),
@@ -176,6 +187,10 @@ class SidecarProcess:
                 "127.0.0.1:0",
                 "--metrics-listen",
                 "127.0.0.1:0",
+                "--health-listen",
+                "127.0.0.1:0",
+                "--reload-interval",
+                "200ms",
                 "--log-format",
                 "json",
                 *self.extra_args,
@@ -210,6 +225,8 @@ class SidecarProcess:
             self.tcp_port = int(str(entry["addr"]).rsplit(":", 1)[1])
         elif message == "metrics listening":
             self.metrics_port = int(str(entry["addr"]).rsplit(":", 1)[1])
+        elif message == "health listening":
+            self.health_port = int(str(entry["addr"]).rsplit(":", 1)[1])
         elif message == "sidecar ready":
             self._ready.set()
 

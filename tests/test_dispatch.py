@@ -36,6 +36,7 @@ defaults:
 tools:
   - name: weather
     description: Current weather for a city.
+    egress: {{allow: [127.0.0.0/8]}}
     input_schema:
       type: object
       properties:
@@ -53,24 +54,29 @@ tools:
       query: {{units: "{{units}}", days: "{{days}}"}}
   - name: echo
     description: Echo the arguments back.
+    egress: {{allow: [127.0.0.0/8]}}
     input_schema: {{type: object}}
     request: {{method: POST, url: {base}/echo}}
   - name: broken
     description: Upstream answers with the wrong shape.
+    egress: {{allow: [127.0.0.0/8]}}
     input_schema: {{type: object}}
     output_schema: {{type: object, required: [answer]}}
     request: {{url: {base}/broken}}
   - name: slow
     description: Upstream that takes its time.
+    egress: {{allow: [127.0.0.0/8]}}
     input_schema: {{type: object}}
     request: {{url: {base}/slow}}
   - name: limited
     description: Five per second per agent.
+    egress: {{allow: [127.0.0.0/8]}}
     input_schema: {{type: object}}
     request: {{url: {base}/limited}}
     rate_limits: [{{scope: agent_tool, rate: 5, per: 1s}}]
   - name: limited_wait
     description: Ten per second, one at a time, callers wait.
+    egress: {{allow: [127.0.0.0/8]}}
     input_schema: {{type: object}}
     request: {{url: {base}/limited}}
     rate_limits: [{{scope: agent_tool, rate: 10, per: 1s, burst: 1, on_limit: wait}}]
@@ -171,7 +177,7 @@ async def test_bad_requests_get_clear_statuses_and_the_sidecar_keeps_serving(
     assert "no_such_tool" in unknown.error
     assert "not valid JSON" in malformed.error
     assert "an array" in not_object.error
-    assert "recursion limit" in deep.error
+    assert "deeper than 64" in deep.error
     ok = await client.call("weather", {"city": "Oslo"})
     assert ok.status is Status.OK
     assert sidecar.proc is not None
@@ -184,7 +190,7 @@ async def test_envelope_errors_on_a_raw_stream(
     """Empty and duplicate call ids are refused; cancelling an unknown id is a no-op."""
     _, sidecar = stack
     async with grpc.aio.insecure_channel(sidecar.tcp_target) as channel:
-        stream = pb_grpc.DispatcherStub(channel).Dispatch()
+        stream = pb_grpc.DispatcherStub(channel).Dispatch(metadata=sidecar.auth_metadata)
         slow = pb.ToolCall(call_id="x", tool="slow", arguments=b"{}", timeout_ms=300)
         await stream.write(
             pb.DispatchFrame(
@@ -213,7 +219,8 @@ async def test_rate_limit_per_agent_rejects_with_retry_after(
     assert len(ok) == 5, burst
     assert len(limited) == 7
     assert all(0 < r.retry_after_ms <= 1000 for r in limited)
-    assert all(r.limited_by == "agent_tool" for r in limited)
+    assert {r.limited_by for r in limited} == {"agent_tool:limited:greedy"}
+    assert "agent_tool limit on limited:greedy" in limited[0].error
     assert upstream.requests["/limited"] == 5
     other = await client.call("limited", agent_id="polite")
     assert other.status is Status.OK
@@ -357,7 +364,7 @@ async def test_list_tools_health_and_tcp(
     stack: tuple[Upstream, SidecarProcess], client_for: MakeClient
 ) -> None:
     _, sidecar = stack
-    client = client_for(sidecar.tcp_target)
+    client = client_for(sidecar.tcp_target, auth_token=sidecar.auth_token)
     tools = {t.name: t for t in await client.list_tools()}
     assert set(tools) == {
         "weather",

@@ -1,47 +1,77 @@
-//! One tool call from receipt to result, in the order a call meets each stage:
+//! One tool call from receipt to result. This file is the policy stack: the
+//! order below is the order a call meets each stage, and each stage is
+//! bounded by the call's deadline.
 //!
 //! ```text
-//! lookup tool -> parse arguments -> validate (input schema) -> render request
-//!   -> rate limits (may wait, never past the deadline)
-//!   -> upstream HTTP (bounded by the deadline; body capped)
-//!   -> parse + validate response (output schema) -> result
+//! execute ── cancel / panic guard, result + metrics, secret redaction
+//!  └ run ─── input bounds (size, depth, select) → parse → input schema → render request
+//!     └ shared ── cache hit? → join an identical call in flight (single-flight)?
+//!        └ fetch ── rate limits (reject, or wait within the deadline)
+//!                   → tool concurrency slot → upstream concurrency slot (wait within the deadline)
+//!                   → attempts: circuit breaker → HTTP (attempt timeout) → classify
+//!                       → retry? (idempotent, retryable, budget left, backoff or Retry-After fits the deadline)
+//!                   → response bounds (depth) → parse → output schema
+//!     └ select ── keep only the JSON Pointers the caller asked for
 //! ```
 //!
 //! The deadline is fixed at receipt: min(call timeout_ms, tool timeout, the
-//! transport's deadline). Every stage runs inside it. Whatever happens, the
-//! caller gets exactly one [`ToolResult`].
+//! transport's deadline). Whatever happens, the caller gets exactly one
+//! [`ToolResult`].
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use futures::FutureExt;
 use http::HeaderValue;
 use serde_json::Value;
+use tokio::sync::{Semaphore, SemaphorePermit};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::breaker::Outcome as Health;
+use crate::cache::{FetchStats, Outcome, SingleFlight};
 use crate::error::CallError;
 use crate::metrics::{status_label, Metrics, UNKNOWN_TOOL_LABEL};
 use crate::pb::{Status, Timing, ToolCall, ToolResult};
 use crate::registry::{Registry, Tool};
-use crate::upstream::Upstream;
+use crate::retry::upstream_wait;
+use crate::shape;
+use crate::template::RenderedRequest;
+use crate::upstream::UpstreamResponse;
 
-/// Executes calls against the current registry. Shared by all streams.
+/// Executes calls against the current registry. Cheap to clone; clones share
+/// everything.
+#[derive(Clone)]
 pub struct Executor {
     registry: Arc<ArcSwap<Registry>>,
-    upstream: Upstream,
     metrics: Metrics,
+    flights: Arc<SingleFlight>,
+}
+
+/// Per-call facts every stage needs.
+struct CallContext {
+    deadline: Instant,
+    budget: Duration,
+}
+
+impl CallContext {
+    fn timeout(&self, stage: &'static str) -> CallError {
+        CallError::Timeout {
+            budget: self.budget,
+            stage,
+        }
+    }
 }
 
 impl Executor {
-    pub fn new(registry: Arc<ArcSwap<Registry>>, upstream: Upstream, metrics: Metrics) -> Self {
+    pub fn new(registry: Arc<ArcSwap<Registry>>, metrics: Metrics) -> Self {
         Self {
             registry,
-            upstream,
             metrics,
+            flights: Arc::new(SingleFlight::default()),
         }
     }
 
@@ -64,11 +94,12 @@ impl Executor {
         cancel: &CancellationToken,
     ) -> ToolResult {
         let mut timing = Timing::default();
-        let registry = self.registry.load_full();
-        let tool = registry.get(&call.tool).cloned();
+        // The tool is pinned for the whole call: a reload swaps the registry,
+        // but a call finishes under the config it started with.
+        let tool = self.registry.load().get(&call.tool).cloned();
         let work = AssertUnwindSafe(self.run(
             &call,
-            tool.as_deref(),
+            tool.clone(),
             received,
             transport_deadline,
             &mut timing,
@@ -92,7 +123,7 @@ impl Executor {
             timing: Some(timing),
             ..Default::default()
         };
-        let result = match outcome {
+        let mut result = match outcome {
             Ok((status, body)) => ToolResult {
                 status: Status::Ok as i32,
                 upstream_status: u32::from(status),
@@ -101,6 +132,14 @@ impl Executor {
             },
             Err(e) => e.into_result(result),
         };
+        if let Some(tool) = &tool {
+            if !tool.redactor.is_empty() {
+                result.result = tool
+                    .redactor
+                    .scrub_bytes(std::mem::take(&mut result.result));
+                result.error = tool.redactor.scrub_str(std::mem::take(&mut result.error));
+            }
+        }
         self.record(
             &call.tool,
             &call.agent_id,
@@ -127,11 +166,11 @@ impl Executor {
         result
     }
 
-    /// The pipeline proper; `Ok((http status, JSON body))` on success.
+    /// Input checks, the shared upstream work, then `select`.
     async fn run(
         &self,
         call: &ToolCall,
-        tool: Option<&Tool>,
+        tool: Option<Arc<Tool>>,
         received: Instant,
         transport_deadline: Option<Instant>,
         timing: &mut Timing,
@@ -146,48 +185,256 @@ impl Executor {
             deadline = deadline.min(d);
             budget = deadline.saturating_duration_since(received);
         }
-        let timeout = |stage| CallError::Timeout { budget, stage };
+        let ctx = CallContext { deadline, budget };
 
         let started = Instant::now();
+        shape::check_pointers(&call.select).map_err(CallError::InvalidSelect)?;
+        if call.arguments.len() > tool.max_argument_bytes {
+            return Err(CallError::ArgumentsTooLarge {
+                size: call.arguments.len(),
+                limit: tool.max_argument_bytes,
+            });
+        }
+        if shape::exceeds_depth(&call.arguments, tool.max_json_depth) {
+            return Err(CallError::ArgumentsTooDeep(tool.max_json_depth));
+        }
         let args = parse_arguments(&call.arguments)?;
         let violations = tool.input_schema.violations(&args);
         timing.validation_us = micros(started.elapsed());
         if !violations.is_empty() {
             return Err(CallError::InvalidArguments(violations));
         }
-        let Value::Object(args) = args else {
+        let Value::Object(object) = &args else {
             unreachable!("parse_arguments returns objects only")
         };
-        let mut request = tool.request.render(&args)?;
+        let mut request = tool.request.render(object)?;
         if let Some(tp) = call.metadata.get("traceparent") {
-            if let Ok(value) = HeaderValue::try_from(tp.as_str()) {
+            if let Some(value) = child_traceparent(tp) {
                 request.headers.insert("traceparent", value);
             }
         }
 
-        tokio::time::timeout_at(deadline, tool.rate_limits.acquire(&call.agent_id, deadline))
-            .await
-            .map_err(|_| timeout("waiting for a rate-limit permit"))??;
-        timing.queued_us = micros(received.elapsed());
+        let outcome = self
+            .shared(&tool, &call.agent_id, &args, request, &ctx, timing)
+            .await;
+        timing.attempts = outcome.stats.attempts;
+        timing.queued_us = outcome.stats.queued_us;
+        timing.upstream_us = outcome.stats.upstream_us;
+        timing.validation_us += outcome.stats.validation_us;
+        let (status, body) = outcome.result?;
+        if call.select.is_empty() {
+            return Ok((status, body));
+        }
+        let document: Value = serde_json::from_slice(&body)
+            .map_err(|e| CallError::Internal(format!("validated body no longer parses: {e}")))?;
+        let picked = serde_json::to_vec(&shape::select(&document, &call.select))
+            .map_err(|e| CallError::Internal(format!("cannot encode selection: {e}")))?;
+        Ok((status, Bytes::from(picked)))
+    }
 
-        timing.attempts = 1;
-        let upstream_started = Instant::now();
-        let response = tokio::time::timeout_at(
-            deadline,
-            self.upstream.send(request, tool.max_response_bytes),
+    /// The cache, then single-flight, around [`Executor::fetch`].
+    async fn shared(
+        &self,
+        tool: &Arc<Tool>,
+        agent_id: &str,
+        args: &Value,
+        request: RenderedRequest,
+        ctx: &CallContext,
+        timing: &mut Timing,
+    ) -> Outcome {
+        if tool.cache.is_none() && !tool.coalesce {
+            return self.fetch(tool, agent_id, &request, ctx).await;
+        }
+        let key = format!("{}\u{0}{}", tool.name, shape::canonical(args));
+        let count = |result: &str| {
+            self.metrics
+                .cache_requests
+                .with_label_values(&[&tool.name, result])
+                .inc();
+        };
+        if let Some(cache) = &tool.cache {
+            if let Some(hit) = cache.get(&key).await {
+                count("hit");
+                timing.cache_hit = true;
+                return Outcome {
+                    result: hit.result,
+                    stats: FetchStats::default(),
+                };
+            }
+        }
+        let work = {
+            let this = self.clone();
+            let tool = tool.clone();
+            let agent_id = agent_id.to_owned();
+            let key = key.clone();
+            let leader = CallContext {
+                deadline: ctx.deadline,
+                budget: ctx.budget,
+            };
+            async move {
+                let outcome = this.fetch(&tool, &agent_id, &request, &leader).await;
+                if let Some(cache) = &tool.cache {
+                    cache.put(key, &outcome).await;
+                }
+                outcome
+            }
+            .boxed()
+        };
+        let (flight, leader) = self.flights.join(key, work);
+        count(if leader { "miss" } else { "coalesced" });
+        timing.coalesced = !leader;
+        match tokio::time::timeout_at(ctx.deadline, flight).await {
+            Ok(outcome) => outcome,
+            Err(_) => Outcome {
+                result: Err(ctx.timeout("waiting for a shared upstream request")),
+                stats: FetchStats::default(),
+            },
+        }
+    }
+
+    /// Rate limits, concurrency slots and the attempts loop.
+    async fn fetch(
+        &self,
+        tool: &Tool,
+        agent_id: &str,
+        request: &RenderedRequest,
+        ctx: &CallContext,
+    ) -> Outcome {
+        let started = Instant::now();
+        let mut stats = FetchStats::default();
+        let result = self
+            .limit_and_send(tool, agent_id, request, ctx, &mut stats, started)
+            .await;
+        Outcome { result, stats }
+    }
+
+    async fn limit_and_send(
+        &self,
+        tool: &Tool,
+        agent_id: &str,
+        request: &RenderedRequest,
+        ctx: &CallContext,
+        stats: &mut FetchStats,
+        started: Instant,
+    ) -> Result<(u16, Bytes), CallError> {
+        let limited = tokio::time::timeout_at(
+            ctx.deadline,
+            tool.rate_limits.acquire(&tool.name, agent_id, ctx.deadline),
         )
-        .await;
-        let upstream_elapsed = upstream_started.elapsed();
-        timing.upstream_us = micros(upstream_elapsed);
-        self.metrics
-            .upstream_duration
-            .with_label_values(&[tool.request.origin().as_str()])
-            .observe(upstream_elapsed.as_secs_f64());
-        let response = response.map_err(|_| timeout("waiting for the upstream"))??;
+        .await
+        .map_err(|_| ctx.timeout("waiting for a rate-limit permit"))?;
+        if let Err(CallError::RateLimited { scope, .. }) = &limited {
+            self.metrics
+                .rate_limited
+                .with_label_values(&[tool.name.as_str(), scope])
+                .inc();
+        }
+        limited?;
+        let _tool_slot = acquire(tool.slots.as_deref(), ctx, "tool").await?;
+        let _upstream_slot = acquire(Some(&tool.upstream.slots), ctx, "upstream").await?;
+        stats.queued_us = micros(started.elapsed());
 
+        tool.upstream.budget.deposit();
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let permit =
+                tool.upstream
+                    .breaker
+                    .admit()
+                    .map_err(|retry_after| CallError::CircuitOpen {
+                        upstream: tool.upstream.origin.clone(),
+                        retry_after,
+                    })?;
+            stats.attempts = attempt;
+            let attempt_deadline = tool
+                .retry
+                .attempt_timeout
+                .map_or(ctx.deadline, |t| ctx.deadline.min(Instant::now() + t));
+            let sent = Instant::now();
+            let response = tokio::time::timeout_at(
+                attempt_deadline,
+                tool.client.send(request, tool.max_response_bytes),
+            )
+            .await;
+            let elapsed = sent.elapsed();
+            stats.upstream_us += micros(elapsed);
+            self.metrics
+                .upstream_duration
+                .with_label_values(&[&tool.upstream.origin])
+                .observe(elapsed.as_secs_f64());
+
+            let (error, retryable, upstream_asked) = match response {
+                Ok(Ok(response)) if !tool.retry.retries_status(response.status) => {
+                    permit.record(if response.status >= 500 {
+                        Health::Failure
+                    } else {
+                        Health::Success
+                    });
+                    return self.check_response(tool, response, stats);
+                }
+                Ok(Ok(response)) => {
+                    permit.record(if response.status >= 500 {
+                        Health::Failure
+                    } else {
+                        Health::Success
+                    });
+                    let asked = upstream_wait(&response.headers, SystemTime::now());
+                    let error = self
+                        .check_response(tool, response, stats)
+                        .err()
+                        .unwrap_or(CallError::Internal("retryable status passed".into()));
+                    (error, true, asked)
+                }
+                Ok(Err(e @ CallError::UpstreamUnreachable(_))) => {
+                    permit.record(Health::Failure);
+                    (e, true, None)
+                }
+                Ok(Err(e)) => {
+                    permit.record(Health::Ignored);
+                    return Err(e);
+                }
+                Err(_) if attempt_deadline < ctx.deadline => {
+                    permit.record(Health::Failure);
+                    (ctx.timeout("waiting for one upstream attempt"), true, None)
+                }
+                Err(_) => {
+                    permit.record(Health::Failure);
+                    return Err(ctx.timeout("waiting for the upstream"));
+                }
+            };
+            if !retryable || attempt >= tool.retry.max_attempts {
+                return Err(error);
+            }
+            let wait = tool
+                .retry
+                .backoff(attempt)
+                .max(upstream_asked.unwrap_or_default());
+            if Instant::now() + wait >= ctx.deadline {
+                tracing::debug!(tool = %tool.name, attempt, ?wait, "no time left to retry");
+                return Err(error);
+            }
+            if !tool.upstream.budget.withdraw() {
+                tracing::debug!(tool = %tool.name, upstream = %tool.upstream.origin, "retry budget exhausted");
+                return Err(error);
+            }
+            self.metrics.retries.with_label_values(&[&tool.name]).inc();
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    /// Maps the upstream's answer to an outcome: 2xx JSON passing the output
+    /// schema is OK (the bytes pass through untouched), anything else an
+    /// error.
+    fn check_response(
+        &self,
+        tool: &Tool,
+        response: UpstreamResponse,
+        stats: &mut FetchStats,
+    ) -> Result<(u16, Bytes), CallError> {
         let started = Instant::now();
         let checked = check_response(tool, response.status, response.body);
-        timing.validation_us += micros(started.elapsed());
+        stats.validation_us += micros(started.elapsed());
         checked
     }
 
@@ -209,6 +456,7 @@ impl Executor {
             .call_duration
             .with_label_values(&[label])
             .observe(received.elapsed().as_secs_f64());
+        let timing = result.timing.unwrap_or_default();
         // Per-agent usage lives in logs, not metric labels.
         if status == Status::Internal {
             tracing::error!(tool, agent_id, call_id = %result.call_id, error = %result.error, "tool call failed internally");
@@ -219,16 +467,37 @@ impl Executor {
                 call_id = %result.call_id,
                 status = status_label(status),
                 upstream_status = result.upstream_status,
-                total_us = result.timing.as_ref().map_or(0, |t| t.total_us),
+                attempts = timing.attempts,
+                cache_hit = timing.cache_hit,
+                total_us = timing.total_us,
                 "tool call finished"
             );
         }
     }
 }
 
-/// Parses the arguments: a JSON object (empty bytes mean `{}`). serde_json's
-/// recursion limit turns absurdly deep nesting into an error, not a stack
-/// overflow.
+/// A slot from `slots`, waiting no longer than the deadline allows.
+async fn acquire<'a>(
+    slots: Option<&'a Semaphore>,
+    ctx: &CallContext,
+    which: &'static str,
+) -> Result<Option<SemaphorePermit<'a>>, CallError> {
+    let Some(slots) = slots else { return Ok(None) };
+    if let Ok(permit) = slots.try_acquire() {
+        return Ok(Some(permit));
+    }
+    match tokio::time::timeout_at(ctx.deadline, slots.acquire()).await {
+        Ok(Ok(permit)) => Ok(Some(permit)),
+        Ok(Err(_)) => Err(CallError::Internal("concurrency limiter closed".into())),
+        Err(_) => Err(CallError::Overloaded(match which {
+            "tool" => "no free slot under this tool's concurrency limit before the deadline",
+            _ => "no free slot under the upstream's concurrency limit before the deadline",
+        })),
+    }
+}
+
+/// Parses the arguments: a JSON object (empty bytes mean `{}`). Depth was
+/// checked before; serde_json's own recursion limit is a second guard.
 fn parse_arguments(bytes: &[u8]) -> Result<Value, CallError> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(Value::Object(Default::default()));
@@ -241,17 +510,24 @@ fn parse_arguments(bytes: &[u8]) -> Result<Value, CallError> {
     }
 }
 
-/// Maps the upstream's answer to a result: 2xx JSON passing the output schema
-/// is OK (the bytes are passed through untouched), everything else an error.
+/// The upstream's answer as an outcome (see [`Executor::check_response`]).
 fn check_response(tool: &Tool, status: u16, body: Bytes) -> Result<(u16, Bytes), CallError> {
     let is_blank = body.iter().all(u8::is_ascii_whitespace);
+    let too_deep = shape::exceeds_depth(&body, tool.max_json_depth);
     if !(200..300).contains(&status) {
         let json_body = (!is_blank
+            && !too_deep
             && serde_json::from_slice::<serde::de::IgnoredAny>(&body).is_ok())
         .then_some(body);
         return Err(CallError::UpstreamStatus {
             status,
             body: json_body,
+        });
+    }
+    if too_deep {
+        return Err(CallError::ResponseNotJson {
+            reason: format!("nests deeper than {} levels", tool.max_json_depth),
+            status,
         });
     }
     let (value, body) = if is_blank {
@@ -270,6 +546,29 @@ fn check_response(tool: &Tool, status: u16, body: Bytes) -> Result<(u16, Bytes),
         }
     }
     Ok((status, body))
+}
+
+/// The W3C `traceparent` for the upstream request: same trace id and flags,
+/// a fresh parent id for the sidecar's hop. Malformed input is dropped.
+fn child_traceparent(incoming: &str) -> Option<HeaderValue> {
+    let parts: Vec<&str> = incoming.trim().split('-').collect();
+    let [version, trace_id, parent, flags] = parts.as_slice() else {
+        return None;
+    };
+    let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
+    if !hex(version, 2) || !hex(trace_id, 32) || !hex(parent, 16) || !hex(flags, 2) {
+        return None;
+    }
+    if trace_id.bytes().all(|b| b == b'0') {
+        return None;
+    }
+    let span_id = loop {
+        let id = fastrand::u64(..);
+        if id != 0 {
+            break id;
+        }
+    };
+    HeaderValue::try_from(format!("00-{trace_id}-{span_id:016x}-{flags}")).ok()
 }
 
 fn json_type(v: &Value) -> &'static str {
@@ -309,5 +608,19 @@ mod tests {
         let deep = format!("{{\"a\":{}{}}}", "[".repeat(100_000), "]".repeat(100_000));
         let e = parse_arguments(deep.as_bytes()).unwrap_err();
         assert!(e.to_string().contains("recursion limit"), "{e}");
+    }
+
+    #[test]
+    fn traceparent_keeps_trace_id_with_a_new_parent() {
+        let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let child = child_traceparent(tp).unwrap();
+        let child = child.to_str().unwrap();
+        assert!(child.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"));
+        assert!(child.ends_with("-01"));
+        assert_ne!(child, tp);
+        assert!(child_traceparent("garbage").is_none());
+        assert!(
+            child_traceparent("00-00000000000000000000000000000000-00f067aa0ba902b7-01").is_none()
+        );
     }
 }

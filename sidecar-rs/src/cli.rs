@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 
+use crate::auth::BearerAuth;
 use crate::dispatch::Admission;
 use crate::server::{ListenAddr, ServerConfig};
 use crate::upstream::UpstreamOptions;
@@ -31,6 +32,25 @@ pub struct Cli {
         default_value = "127.0.0.1:50051"
     )]
     pub listen: Vec<ListenAddr>,
+
+    /// Health checks only, for kubelet probes on the pod IP while tool calls
+    /// use the unix socket; no authentication.
+    #[arg(long, env = "SIDECAR_HEALTH_LISTEN")]
+    pub health_listen: Option<SocketAddr>,
+
+    /// File holding the bearer token TCP clients must send
+    /// (`authorization: Bearer <token>`); or set SIDECAR_AUTH_TOKEN.
+    #[arg(long, env = "SIDECAR_AUTH_TOKEN_FILE")]
+    pub auth_token_file: Option<PathBuf>,
+
+    /// Serve tool calls on TCP without a token (local development only).
+    #[arg(long)]
+    pub allow_unauthenticated_tcp: bool,
+
+    /// How often the tools file (and secret files it references) are checked
+    /// for changes; SIGHUP reloads at once.
+    #[arg(long, env = "SIDECAR_RELOAD_INTERVAL", default_value = "2s", value_parser = humantime_duration)]
+    pub reload_interval: Duration,
 
     /// Where to serve Prometheus metrics (`/metrics`); off when unset.
     #[arg(long, env = "SIDECAR_METRICS_LISTEN")]
@@ -77,11 +97,21 @@ fn humantime_duration(s: &str) -> Result<Duration, String> {
 }
 
 impl Cli {
-    pub fn server_config(&self) -> ServerConfig {
-        ServerConfig {
+    /// The server's settings; fails on an unreadable or too short token.
+    pub fn server_config(&self) -> Result<ServerConfig, String> {
+        let auth = match (&self.auth_token_file, std::env::var("SIDECAR_AUTH_TOKEN")) {
+            (Some(path), _) => Some(BearerAuth::from_file(path)?),
+            (None, Ok(token)) => Some(BearerAuth::new(&token)?),
+            (None, Err(_)) => None,
+        };
+        Ok(ServerConfig {
             config_path: self.config.clone(),
             listen: self.listen.clone(),
+            health_listen: self.health_listen,
             metrics_listen: self.metrics_listen,
+            auth,
+            allow_unauthenticated_tcp: self.allow_unauthenticated_tcp,
+            reload_interval: self.reload_interval,
             admission: Admission {
                 max_inflight: self.max_inflight,
                 max_inflight_per_stream: self.max_inflight_per_stream,
@@ -91,6 +121,6 @@ impl Cli {
                 connect_timeout: self.connect_timeout,
                 ..UpstreamOptions::default()
             },
-        }
+        })
     }
 }

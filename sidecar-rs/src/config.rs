@@ -22,6 +22,10 @@ struct RawFile {
     /// Values every tool inherits unless it sets its own.
     #[serde(default)]
     defaults: Defaults,
+    /// Policies per upstream origin (`scheme://host:port`): circuit breaker,
+    /// concurrency limit, retry budget. Origins not listed get the defaults.
+    #[serde(default)]
+    upstreams: BTreeMap<String, UpstreamSpec>,
     /// Kept as raw YAML so each tool can be deserialized with its name in hand.
     tools: Vec<serde_yaml_ng::Value>,
 }
@@ -30,6 +34,8 @@ struct RawFile {
 #[derive(Debug)]
 pub struct ConfigFile {
     pub tools: Vec<ToolSpec>,
+    pub upstreams: BTreeMap<String, UpstreamSpec>,
+    pub default_upstream: UpstreamSpec,
 }
 
 /// Settings shared by all tools.
@@ -45,6 +51,20 @@ pub struct Defaults {
     /// exhaust the sidecar's memory.
     #[serde(default = "default_max_response_bytes")]
     pub max_response_bytes: usize,
+    /// Largest arguments document accepted, in bytes, checked before parsing.
+    #[serde(default = "default_max_argument_bytes")]
+    pub max_argument_bytes: usize,
+    /// Deepest nesting of arrays/objects accepted in arguments and responses.
+    /// Checked by a linear scan before parsing, so hostile input cannot
+    /// exhaust the stack.
+    #[serde(default = "default_max_json_depth")]
+    pub max_json_depth: usize,
+    /// Retry policy for tools that do not set their own.
+    #[serde(default)]
+    pub retry: RetrySpec,
+    /// Policy for upstream origins not listed under `upstreams`.
+    #[serde(default)]
+    pub upstream: UpstreamSpec,
 }
 
 impl Default for Defaults {
@@ -52,8 +72,232 @@ impl Default for Defaults {
         Self {
             timeout: default_timeout(),
             max_response_bytes: default_max_response_bytes(),
+            max_argument_bytes: default_max_argument_bytes(),
+            max_json_depth: default_max_json_depth(),
+            retry: RetrySpec::default(),
+            upstream: UpstreamSpec::default(),
         }
     }
+}
+
+fn default_max_argument_bytes() -> usize {
+    256 * 1024
+}
+
+fn default_max_json_depth() -> usize {
+    64
+}
+
+/// How a failed upstream request is retried. Retries happen only for tools
+/// that are idempotent, and always inside the call's deadline.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetrySpec {
+    /// Attempts in total, the first included; 1 disables retries.
+    #[serde(default = "default_attempts")]
+    pub max_attempts: u32,
+    /// Upstream statuses worth retrying. Connect errors and per-attempt
+    /// timeouts are always retried.
+    #[serde(default = "default_retry_statuses")]
+    pub on_status: Vec<u16>,
+    /// First backoff; each retry doubles it, up to `backoff_max`. The actual
+    /// wait is uniformly random below that (full jitter), or the upstream's
+    /// `Retry-After` when it asks for longer.
+    #[serde(with = "humantime_serde", default = "default_backoff_initial")]
+    pub backoff_initial: Duration,
+    #[serde(with = "humantime_serde", default = "default_backoff_max")]
+    pub backoff_max: Duration,
+    /// Bound on one attempt, so a hung connection leaves time to retry.
+    /// Defaults to the whole call deadline.
+    #[serde(with = "humantime_serde", default)]
+    pub attempt_timeout: Option<Duration>,
+}
+
+impl Default for RetrySpec {
+    fn default() -> Self {
+        Self {
+            max_attempts: default_attempts(),
+            on_status: default_retry_statuses(),
+            backoff_initial: default_backoff_initial(),
+            backoff_max: default_backoff_max(),
+            attempt_timeout: None,
+        }
+    }
+}
+
+fn default_attempts() -> u32 {
+    3
+}
+
+fn default_retry_statuses() -> Vec<u16> {
+    vec![429, 502, 503, 504]
+}
+
+fn default_backoff_initial() -> Duration {
+    Duration::from_millis(50)
+}
+
+fn default_backoff_max() -> Duration {
+    Duration::from_secs(2)
+}
+
+/// Policies shared by every tool that calls one upstream origin.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamSpec {
+    /// Requests in flight to this origin at once; a call waits for a slot
+    /// only as long as its deadline allows, then gets OVERLOADED.
+    #[serde(default = "default_upstream_concurrency")]
+    pub max_concurrency: usize,
+    #[serde(default)]
+    pub circuit_breaker: BreakerSpec,
+    #[serde(default)]
+    pub retry_budget: RetryBudgetSpec,
+}
+
+impl Default for UpstreamSpec {
+    fn default() -> Self {
+        Self {
+            max_concurrency: default_upstream_concurrency(),
+            circuit_breaker: BreakerSpec::default(),
+            retry_budget: RetryBudgetSpec::default(),
+        }
+    }
+}
+
+fn default_upstream_concurrency() -> usize {
+    1024
+}
+
+/// Opens on a failure ratio over a rolling window (with a minimum number of
+/// requests) or on consecutive failures; while open, calls fail fast with
+/// CIRCUIT_OPEN; after `open_for`, `half_open_probes` calls test the upstream.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BreakerSpec {
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Failure ratio (0-1] over `window` that opens the circuit.
+    #[serde(default = "default_failure_ratio")]
+    pub failure_ratio: f64,
+    #[serde(with = "humantime_serde", default = "default_window")]
+    pub window: Duration,
+    /// Requests needed in the window before the ratio counts.
+    #[serde(default = "default_min_requests")]
+    pub min_requests: u32,
+    /// Consecutive failures that open the circuit regardless of the ratio.
+    #[serde(default = "default_consecutive")]
+    pub consecutive_failures: u32,
+    #[serde(with = "humantime_serde", default = "default_open_for")]
+    pub open_for: Duration,
+    #[serde(default = "default_probes")]
+    pub half_open_probes: u32,
+}
+
+impl Default for BreakerSpec {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            failure_ratio: default_failure_ratio(),
+            window: default_window(),
+            min_requests: default_min_requests(),
+            consecutive_failures: default_consecutive(),
+            open_for: default_open_for(),
+            half_open_probes: default_probes(),
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_failure_ratio() -> f64 {
+    0.5
+}
+fn default_window() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_min_requests() -> u32 {
+    20
+}
+fn default_consecutive() -> u32 {
+    5
+}
+fn default_open_for() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_probes() -> u32 {
+    1
+}
+
+/// Caps retries to a share of recent traffic so that retries cannot
+/// multiply an outage: at most `ratio` × requests over the last 10 s, plus
+/// `min_per_second` so a quiet upstream can still be retried.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryBudgetSpec {
+    #[serde(default = "default_budget_ratio")]
+    pub ratio: f64,
+    #[serde(default = "default_budget_floor")]
+    pub min_per_second: u32,
+}
+
+impl Default for RetryBudgetSpec {
+    fn default() -> Self {
+        Self {
+            ratio: default_budget_ratio(),
+            min_per_second: default_budget_floor(),
+        }
+    }
+}
+
+fn default_budget_ratio() -> f64 {
+    0.2
+}
+fn default_budget_floor() -> u32 {
+    5
+}
+
+/// Opt-in response cache for a tool.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheSpec {
+    /// How long an OK result is served from the cache.
+    #[serde(with = "humantime_serde")]
+    pub ttl: Duration,
+    /// Each entry lives `ttl` ± up to this fraction, so entries written
+    /// together do not expire together.
+    #[serde(default = "default_jitter")]
+    pub jitter: f64,
+    #[serde(default = "default_cache_entries")]
+    pub max_entries: u64,
+    /// Bound on the cached bodies' total size.
+    #[serde(default = "default_cache_bytes")]
+    pub max_bytes: u64,
+    /// Cache error results (UPSTREAM_ERROR, INVALID_RESPONSE) this long;
+    /// off unless set.
+    #[serde(with = "humantime_serde", default)]
+    pub negative_ttl: Option<Duration>,
+}
+
+fn default_jitter() -> f64 {
+    0.1
+}
+fn default_cache_entries() -> u64 {
+    10_000
+}
+fn default_cache_bytes() -> u64 {
+    64 * 1024 * 1024
+}
+
+/// Addresses a tool may reach although they are loopback, private,
+/// link-local or unspecified (refused by default).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EgressSpec {
+    /// CIDRs, e.g. `127.0.0.0/8` or `10.1.2.3/32`.
+    #[serde(default)]
+    pub allow: Vec<String>,
 }
 
 fn default_timeout() -> Duration {
@@ -92,6 +336,34 @@ pub struct ToolSpec {
     /// Rate limits checked before the upstream is called, in order.
     #[serde(default)]
     pub rate_limits: Vec<RateLimitSpec>,
+    /// Whether repeating the request is safe; only such tools are retried.
+    /// Defaults to true for GET and HEAD, false otherwise.
+    #[serde(default)]
+    pub idempotent: Option<bool>,
+    /// Overrides `defaults.retry`.
+    #[serde(default)]
+    pub retry: Option<RetrySpec>,
+    /// Calls of this tool in flight at once (waiting within the deadline).
+    #[serde(default)]
+    pub max_concurrency: Option<usize>,
+    /// Cache OK results by arguments (key order does not matter).
+    #[serde(default)]
+    pub cache: Option<CacheSpec>,
+    /// Concurrent identical calls share one upstream request.
+    #[serde(default)]
+    pub coalesce: bool,
+    /// Overrides `defaults.max_argument_bytes`.
+    #[serde(default)]
+    pub max_argument_bytes: Option<usize>,
+    /// Overrides `defaults.max_json_depth`.
+    #[serde(default)]
+    pub max_json_depth: Option<usize>,
+    /// Redirects followed (each re-checked by the egress rules); 0 = none.
+    #[serde(default)]
+    pub follow_redirects: u8,
+    /// Private address ranges this tool may reach.
+    #[serde(default)]
+    pub egress: EgressSpec,
 }
 
 /// The HTTP request template. `{name}` placeholders refer to top-level
@@ -152,7 +424,7 @@ impl Method {
 }
 
 /// `rate` calls per `per`, allowing bursts of `burst`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RateLimitSpec {
     /// Who shares the budget: every agent together (`tool`) or each agent on
@@ -233,12 +505,19 @@ pub fn parse(text: &str) -> Result<ConfigFile, ConfigError> {
             let field = e.path().to_string();
             ConfigError::tool(&name, if field == "." { "" } else { &field }, e.inner())
         })?;
-        spec.timeout.get_or_insert(raw.defaults.timeout);
-        spec.max_response_bytes
-            .get_or_insert(raw.defaults.max_response_bytes);
+        let d = &raw.defaults;
+        spec.timeout.get_or_insert(d.timeout);
+        spec.max_response_bytes.get_or_insert(d.max_response_bytes);
+        spec.max_argument_bytes.get_or_insert(d.max_argument_bytes);
+        spec.max_json_depth.get_or_insert(d.max_json_depth);
+        spec.retry.get_or_insert_with(|| d.retry.clone());
         tools.push(spec);
     }
-    Ok(ConfigFile { tools })
+    Ok(ConfigFile {
+        tools,
+        upstreams: raw.upstreams,
+        default_upstream: raw.defaults.upstream,
+    })
 }
 
 #[cfg(test)]

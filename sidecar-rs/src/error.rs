@@ -44,8 +44,9 @@ impl ConfigError {
 }
 
 /// Why a call failed. The messages are written for the agent (and its LLM):
-/// specific, actionable, and free of credentials.
-#[derive(Debug, thiserror::Error)]
+/// specific, actionable, and free of credentials. `Clone` because calls that
+/// share one upstream request (single-flight, cache) share its outcome.
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum CallError {
     #[error("call_id must be non-empty")]
     EmptyCallId,
@@ -57,15 +58,34 @@ pub enum CallError {
     MalformedArguments(String),
     #[error("arguments must be a JSON object, got {0}")]
     ArgumentsNotObject(&'static str),
+    #[error("arguments are {size} bytes; this tool accepts at most {limit}")]
+    ArgumentsTooLarge { size: usize, limit: usize },
+    #[error("arguments nest deeper than {0} levels of arrays/objects")]
+    ArgumentsTooDeep(usize),
+    #[error("{0}")]
+    InvalidSelect(String),
     #[error("arguments do not match the input schema: {}", summarize(.0))]
     InvalidArguments(Vec<Violation>),
     /// An argument passed the schema but cannot be placed in the request
     /// (e.g. a path segment of `..`).
     #[error("argument {name:?} {reason}")]
     UnusableArgument { name: String, reason: String },
-    #[error("rate limited by the {limit} limit; retry in {}ms", .retry_after.as_millis())]
+    /// The request would leave the tool's allowed address space: a
+    /// forbidden resolved address, a redirect to one, or a path value that
+    /// tries to climb out of its segment.
+    #[error("egress denied: {0}")]
+    EgressDenied(String),
+    #[error("circuit open for {upstream}: it failed recently; retry in {}ms", .retry_after.as_millis())]
+    CircuitOpen {
+        upstream: String,
+        retry_after: Duration,
+    },
+    #[error("rate limited by the {scope} limit on {key}; retry in {}ms", .retry_after.as_millis())]
     RateLimited {
-        limit: &'static str,
+        /// `tool` or `agent_tool`.
+        scope: &'static str,
+        /// The bucket: the tool, or `tool:agent` for per-agent limits.
+        key: String,
         retry_after: Duration,
     },
     #[error("deadline of {}ms exceeded {stage}", .budget.as_millis())]
@@ -124,12 +144,17 @@ impl CallError {
             CallError::UnknownTool(_) => Status::UnknownTool,
             CallError::MalformedArguments(_)
             | CallError::ArgumentsNotObject(_)
+            | CallError::ArgumentsTooLarge { .. }
+            | CallError::ArgumentsTooDeep(_)
+            | CallError::InvalidSelect(_)
             | CallError::InvalidArguments(_)
             | CallError::UnusableArgument { .. } => Status::InvalidArguments,
             CallError::RateLimited { .. } => Status::RateLimited,
             CallError::Timeout { .. } => Status::Timeout,
             CallError::Cancelled(_) => Status::Cancelled,
             CallError::Overloaded(_) => Status::Overloaded,
+            CallError::EgressDenied(_) => Status::EgressDenied,
+            CallError::CircuitOpen { .. } => Status::CircuitOpen,
             CallError::Draining => Status::Draining,
             CallError::UpstreamUnreachable(_) | CallError::UpstreamStatus { .. } => {
                 Status::UpstreamError
@@ -148,9 +173,16 @@ impl CallError {
         result.error = self.to_string();
         match self {
             CallError::InvalidArguments(violations) => result.violations = violations,
-            CallError::RateLimited { limit, retry_after } => {
+            CallError::RateLimited {
+                scope,
+                key,
+                retry_after,
+            } => {
                 result.retry_after_ms = ceil_millis(retry_after);
-                result.limited_by = limit.to_owned();
+                result.limited_by = format!("{scope}:{key}");
+            }
+            CallError::CircuitOpen { retry_after, .. } => {
+                result.retry_after_ms = ceil_millis(retry_after);
             }
             CallError::UpstreamStatus { status, body } => {
                 result.upstream_status = u32::from(status);
@@ -193,13 +225,14 @@ mod tests {
     #[test]
     fn rate_limited_result_carries_wait_and_limit() {
         let r = CallError::RateLimited {
-            limit: "agent_tool",
+            scope: "agent_tool",
+            key: "search:a7".into(),
             retry_after: Duration::from_micros(1500),
         }
         .into_result(ToolResult::default());
         assert_eq!(r.status, Status::RateLimited as i32);
         assert_eq!(r.retry_after_ms, 2);
-        assert_eq!(r.limited_by, "agent_tool");
+        assert_eq!(r.limited_by, "agent_tool:search:a7");
     }
 
     #[test]

@@ -22,19 +22,29 @@
 //! | [`pb`] | code generated from `proto/` |
 #![forbid(unsafe_code)]
 
+pub mod auth;
+pub mod breaker;
+pub mod cache;
 pub mod call;
 pub mod cli;
 pub mod config;
 pub mod dispatch;
 pub mod drain;
+pub mod egress;
 pub mod error;
 pub mod metrics;
 pub mod pb;
 pub mod ratelimit;
 pub mod registry;
+pub mod reload;
+pub mod retry;
 pub mod schema;
+pub mod secrets;
 pub mod server;
+pub mod shape;
 pub mod template;
 pub mod upstream;
+pub mod upstreams;
+pub mod window;
 
 pub use server::{run, ListenAddr, ServerConfig};

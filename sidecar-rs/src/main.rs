@@ -4,19 +4,14 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use sidecar::cli::{Cli, LogFormat};
+use sidecar::metrics::Metrics;
 use sidecar::registry::Registry;
+use sidecar::upstreams::Upstreams;
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
-    if rustls::crypto::ring::default_provider()
-        .install_default()
-        .is_err()
-    {
-        tracing::debug!("a TLS crypto provider was already installed");
-    }
-
     if cli.check_config {
         return check_config(&cli);
     }
@@ -31,7 +26,14 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(sidecar::run(cli.server_config(), shutdown_signal())) {
+    let config = match cli.server_config() {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("sidecar: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(sidecar::run(config, shutdown_signal())) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = format!("{e:#}"), "sidecar failed");
@@ -43,7 +45,8 @@ fn main() -> ExitCode {
 
 fn check_config(cli: &Cli) -> ExitCode {
     let path = cli.config.display();
-    match Registry::load(&cli.config) {
+    let upstreams = Upstreams::new(Default::default(), Metrics::new());
+    match Registry::load(&cli.config, &upstreams, None) {
         Ok(registry) => {
             let names: Vec<String> = registry.describe().into_iter().map(|t| t.name).collect();
             println!("{path}: OK, {} tools: {}", names.len(), names.join(", "));

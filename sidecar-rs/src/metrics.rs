@@ -13,7 +13,8 @@ use hyper::service::service_fn;
 use hyper::{Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -38,6 +39,17 @@ pub struct Metrics {
     pub inflight: IntGauge,
     /// `sidecar_streams_active`: open Dispatch streams.
     pub streams: IntGauge,
+    /// `sidecar_rate_limited_total{tool,scope}`: calls refused by a rate limit.
+    pub rate_limited: IntCounterVec,
+    /// `sidecar_circuit_state{upstream}`: 0 closed, 1 open, 2 half-open.
+    pub circuit_state: IntGaugeVec,
+    /// `sidecar_cache_requests_total{tool,result}`: `hit`, `miss` or
+    /// `coalesced` (joined an identical call in flight).
+    pub cache_requests: IntCounterVec,
+    /// `sidecar_retries_total{tool}`: upstream requests that were retries.
+    pub retries: IntCounterVec,
+    /// `sidecar_config_reloads_total{result}`: `success` or `rejected`.
+    pub config_reloads: IntCounterVec,
 }
 
 impl Default for Metrics {
@@ -86,12 +98,48 @@ impl Metrics {
         .expect("static metric definition");
         let streams = IntGauge::new("sidecar_streams_active", "Open Dispatch streams.")
             .expect("static metric definition");
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            IntCounterVec::new(Opts::new(name, help), labels).expect("static metric definition")
+        };
+        let rate_limited = counter(
+            "sidecar_rate_limited_total",
+            "Calls refused by a rate limit, by tool and limit scope.",
+            &["tool", "scope"],
+        );
+        let cache_requests = counter(
+            "sidecar_cache_requests_total",
+            "Cache and single-flight lookups: hit, miss or coalesced.",
+            &["tool", "result"],
+        );
+        let retries = counter(
+            "sidecar_retries_total",
+            "Upstream requests that were retries.",
+            &["tool"],
+        );
+        let config_reloads = counter(
+            "sidecar_config_reloads_total",
+            "Config reloads, by result (success or rejected).",
+            &["result"],
+        );
+        let circuit_state = IntGaugeVec::new(
+            Opts::new(
+                "sidecar_circuit_state",
+                "Circuit breaker state per upstream: 0 closed, 1 open, 2 half-open.",
+            ),
+            &["upstream"],
+        )
+        .expect("static metric definition");
         for c in [
             Box::new(calls.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(call_duration.clone()),
             Box::new(upstream_duration.clone()),
             Box::new(inflight.clone()),
             Box::new(streams.clone()),
+            Box::new(rate_limited.clone()),
+            Box::new(circuit_state.clone()),
+            Box::new(cache_requests.clone()),
+            Box::new(retries.clone()),
+            Box::new(config_reloads.clone()),
         ] {
             registry.register(c).expect("metric names are unique");
         }
@@ -102,6 +150,11 @@ impl Metrics {
             upstream_duration,
             inflight,
             streams,
+            rate_limited,
+            circuit_state,
+            cache_requests,
+            retries,
+            config_reloads,
         }
     }
 
@@ -175,6 +228,8 @@ pub fn status_label(status: Status) -> &'static str {
         Status::Internal => "internal",
         Status::InvalidRequest => "invalid_request",
         Status::Draining => "draining",
+        Status::EgressDenied => "egress_denied",
+        Status::CircuitOpen => "circuit_open",
     }
 }
 

@@ -73,7 +73,12 @@ impl RateLimits {
     /// Takes one permit from every limit, waiting (for `wait` limits) only as
     /// long as `deadline` allows. On refusal the error names the limit and how
     /// long until a permit frees up.
-    pub async fn acquire(&self, agent_id: &str, deadline: Instant) -> Result<(), CallError> {
+    pub async fn acquire(
+        &self,
+        tool: &str,
+        agent_id: &str,
+        deadline: Instant,
+    ) -> Result<(), CallError> {
         if self.limits.is_empty() {
             return Ok(());
         }
@@ -82,8 +87,13 @@ impl RateLimits {
             while let Err(wait) = limit.check(&key) {
                 let fits = Instant::now() + wait <= deadline;
                 if limit.spec.on_limit == OnLimit::Reject || !fits {
+                    let scope = limit.spec.scope;
                     return Err(CallError::RateLimited {
-                        limit: limit.spec.scope.as_str(),
+                        scope: scope.as_str(),
+                        key: match scope {
+                            LimitScope::Tool => tool.to_owned(),
+                            LimitScope::AgentTool => format!("{tool}:{agent_id}"),
+                        },
                         retry_after: wait,
                     });
                 }
@@ -147,32 +157,37 @@ mod tests {
     #[tokio::test]
     async fn per_agent_limit_isolates_agents() {
         let l = limits("[{scope: agent_tool, rate: 2, per: 1h}]");
-        assert!(l.acquire("a", far()).await.is_ok());
-        assert!(l.acquire("a", far()).await.is_ok());
-        match l.acquire("a", far()).await {
-            Err(CallError::RateLimited { limit, retry_after }) => {
-                assert_eq!(limit, "agent_tool");
+        assert!(l.acquire("t", "a", far()).await.is_ok());
+        assert!(l.acquire("t", "a", far()).await.is_ok());
+        match l.acquire("t", "a", far()).await {
+            Err(CallError::RateLimited {
+                scope,
+                key,
+                retry_after,
+            }) => {
+                assert_eq!(scope, "agent_tool");
+                assert_eq!(key, "t:a");
                 assert!(retry_after > Duration::from_secs(60 * 29));
             }
             other => panic!("{other:?}"),
         }
-        assert!(l.acquire("b", far()).await.is_ok());
+        assert!(l.acquire("t", "b", far()).await.is_ok());
     }
 
     #[tokio::test]
     async fn wait_mode_waits_but_not_past_the_deadline() {
         let l = limits("[{scope: tool, rate: 20, per: 1s, burst: 1, on_limit: wait}]");
-        l.acquire("a", far()).await.unwrap();
+        l.acquire("t", "a", far()).await.unwrap();
         // The next permit is ~50ms away: a deadline 1s out waits for it...
-        l.acquire("a", Instant::now() + Duration::from_secs(1))
+        l.acquire("t", "a", Instant::now() + Duration::from_secs(1))
             .await
             .unwrap();
         // ...a deadline 1ms out is refused at once rather than waiting.
         let e = l
-            .acquire("a", Instant::now() + Duration::from_millis(1))
+            .acquire("t", "a", Instant::now() + Duration::from_millis(1))
             .await
             .unwrap_err();
-        assert!(matches!(e, CallError::RateLimited { limit: "tool", .. }));
+        assert!(matches!(e, CallError::RateLimited { scope: "tool", .. }));
     }
 
     #[test]

@@ -7,12 +7,20 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::config::{self, ToolSpec};
+use tokio::sync::Semaphore;
+
+use crate::cache::ToolCache;
+use crate::config::{self, ConfigFile, Method, RateLimitSpec, ToolSpec, UpstreamSpec};
+use crate::egress::EgressPolicy;
 use crate::error::ConfigError;
 use crate::pb;
 use crate::ratelimit::RateLimits;
+use crate::retry::RetryPolicy;
 use crate::schema::{self, Schema};
+use crate::secrets::Redactor;
 use crate::template::RequestTemplate;
+use crate::upstream::Upstream;
+use crate::upstreams::{UpstreamState, Upstreams};
 
 /// A tool ready to run.
 #[derive(Debug)]
@@ -24,7 +32,23 @@ pub struct Tool {
     pub request: RequestTemplate,
     pub timeout: Duration,
     pub max_response_bytes: usize,
-    pub rate_limits: RateLimits,
+    pub max_argument_bytes: usize,
+    pub max_json_depth: usize,
+    /// Shared with the previous config when the limits did not change, so a
+    /// reload does not hand every agent a fresh burst.
+    pub rate_limits: Arc<RateLimits>,
+    rate_limit_specs: Vec<RateLimitSpec>,
+    pub retry: RetryPolicy,
+    /// Calls of this tool in flight, when limited.
+    pub slots: Option<Arc<Semaphore>>,
+    pub cache: Option<ToolCache>,
+    pub coalesce: bool,
+    /// The HTTP client for this tool's egress policy.
+    pub client: Upstream,
+    /// Breaker, retry budget and slots of the tool's upstream origin.
+    pub upstream: Arc<UpstreamState>,
+    /// Scrubs this tool's secrets from anything returned to the brain.
+    pub redactor: Redactor,
 }
 
 /// All tools of one config, by name.
@@ -34,16 +58,31 @@ pub struct Registry {
 }
 
 impl Registry {
-    /// Loads and compiles the tools file at `path`.
-    pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        Self::from_specs(config::load(path)?.tools)
+    /// Loads and compiles the tools file at `path`. State worth keeping
+    /// (rate-limit buckets) is carried over from `previous`.
+    pub fn load(
+        path: &Path,
+        upstreams: &Upstreams,
+        previous: Option<&Registry>,
+    ) -> Result<Self, ConfigError> {
+        Self::build(config::load(path)?, upstreams, previous)
     }
 
-    /// Compiles parsed specs; the first error names its tool and field.
-    pub fn from_specs(specs: Vec<ToolSpec>) -> Result<Self, ConfigError> {
-        let mut tools = HashMap::with_capacity(specs.len());
-        for spec in specs {
-            let tool = Tool::compile(spec)?;
+    /// Compiles a parsed file; the first error names its tool and field.
+    pub fn build(
+        file: ConfigFile,
+        upstreams: &Upstreams,
+        previous: Option<&Registry>,
+    ) -> Result<Self, ConfigError> {
+        let mut tools = HashMap::with_capacity(file.tools.len());
+        for spec in file.tools {
+            let origin = origin_key(&spec);
+            let upstream_spec = file
+                .upstreams
+                .get(&origin)
+                .unwrap_or(&file.default_upstream);
+            let previous = previous.and_then(|r| r.get(&spec.name)).map(Arc::as_ref);
+            let tool = Tool::compile(spec, upstreams, upstream_spec, previous)?;
             if tools.contains_key(&tool.name) {
                 return Err(ConfigError::tool(
                     &tool.name,
@@ -81,8 +120,21 @@ impl Registry {
     }
 }
 
+/// The `upstreams:` key a tool's URL falls under: `scheme://host:port`.
+fn origin_key(spec: &ToolSpec) -> String {
+    url::Url::parse(&spec.request.url)
+        .ok()
+        .map(|u| u.origin().ascii_serialization())
+        .unwrap_or_default()
+}
+
 impl Tool {
-    fn compile(spec: ToolSpec) -> Result<Self, ConfigError> {
+    fn compile(
+        spec: ToolSpec,
+        upstreams: &Upstreams,
+        upstream_spec: &UpstreamSpec,
+        previous: Option<&Tool>,
+    ) -> Result<Self, ConfigError> {
         let name = spec.name.clone();
         let err = |field: &str, msg: String| ConfigError::tool(&name, field, msg);
 
@@ -147,7 +199,59 @@ impl Tool {
                 "must be greater than zero".into(),
             ));
         }
-        let rate_limits = RateLimits::new(&spec.rate_limits).map_err(|(f, m)| err(&f, m))?;
+        let rate_limits = match previous {
+            Some(old) if old.rate_limit_specs == spec.rate_limits => old.rate_limits.clone(),
+            _ => Arc::new(RateLimits::new(&spec.rate_limits).map_err(|(f, m)| err(&f, m))?),
+        };
+
+        let idempotent = spec
+            .idempotent
+            .unwrap_or(matches!(spec.request.method, Method::Get | Method::Head));
+        let retry_spec = spec.retry.clone().unwrap_or_default();
+        let retry = RetryPolicy::new(&retry_spec, idempotent).map_err(|(f, m)| err(&f, m))?;
+        let slots = match spec.max_concurrency {
+            Some(0) => return Err(err("max_concurrency", "must be at least 1".into())),
+            Some(n) => Some(Arc::new(Semaphore::new(n))),
+            None => None,
+        };
+        let cache = spec
+            .cache
+            .as_ref()
+            .map(ToolCache::new)
+            .transpose()
+            .map_err(|(f, m)| err(&f, m))?;
+
+        let policy = EgressPolicy::parse(&spec.egress.allow).map_err(|m| err("egress.allow", m))?;
+        // IP-literal hosts skip DNS, so the resolver's check cannot see them:
+        // check them here, once.
+        let literal = match request.origin().host() {
+            Some(url::Host::Ipv4(ip)) => Some(std::net::IpAddr::V4(ip)),
+            Some(url::Host::Ipv6(ip)) => Some(std::net::IpAddr::V6(ip)),
+            _ => None,
+        };
+        if let Some(ip) = literal.filter(|ip| !policy.permits(*ip)) {
+            return Err(err(
+                "request.url",
+                format!(
+                    "{ip} is a loopback, private, link-local or unspecified address; \
+                     list it under egress.allow to let this tool reach it"
+                ),
+            ));
+        }
+        let client = upstreams
+            .client(&policy, spec.follow_redirects)
+            .map_err(|e| err("request", format!("cannot build the HTTP client: {e}")))?;
+        let origin = request.origin().origin().ascii_serialization();
+        let upstream = upstreams.state(&origin, upstream_spec);
+        let redactor = Redactor::new(&request.secrets());
+        let max_argument_bytes = spec.max_argument_bytes.unwrap_or(256 * 1024);
+        let max_json_depth = spec.max_json_depth.unwrap_or(64);
+        if max_json_depth == 0 || max_argument_bytes == 0 {
+            return Err(err(
+                "max_json_depth",
+                "limits must be greater than zero".into(),
+            ));
+        }
 
         Ok(Self {
             name: spec.name,
@@ -157,7 +261,17 @@ impl Tool {
             request,
             timeout,
             max_response_bytes,
+            max_argument_bytes,
+            max_json_depth,
             rate_limits,
+            rate_limit_specs: spec.rate_limits,
+            retry,
+            slots,
+            cache,
+            coalesce: spec.coalesce,
+            client,
+            upstream,
+            redactor,
         })
     }
 
@@ -183,7 +297,8 @@ mod tests {
 
     fn load(yaml: &str) -> Result<Registry, String> {
         let cfg = config::parse(yaml).map_err(|e| e.to_string())?;
-        Registry::from_specs(cfg.tools).map_err(|e| e.to_string())
+        let upstreams = Upstreams::new(Default::default(), crate::metrics::Metrics::new());
+        Registry::build(cfg, &upstreams, None).map_err(|e| e.to_string())
     }
 
     const GOOD: &str = r#"
@@ -198,6 +313,7 @@ tools:
       url: http://127.0.0.1:9/weather/{city}
       query: {units: "{units}"}
     rate_limits: [{scope: agent_tool, rate: 5}]
+    egress: {allow: [127.0.0.0/8]}
 "#;
 
     #[test]
@@ -227,6 +343,23 @@ tools:
             (GOOD.replace("name: weather", "name: 'bad name'"), "name"),
             (GOOD.replace("rate: 5", "rate: 0"), "rate_limits[0].rate"),
             (format!("{GOOD}{}", &GOOD[7..]), "defined more than once"),
+            (
+                GOOD.replace("    egress: {allow: [127.0.0.0/8]}\n", ""),
+                "egress.allow",
+            ),
+            (GOOD.replace("127.0.0.0/8", "localhost"), "egress.allow"),
+            (
+                GOOD.replace("rate_limits:", "retry: {max_attempts: 0}\n    rate_limits:"),
+                "retry.max_attempts",
+            ),
+            (
+                GOOD.replace("rate_limits:", "cache: {ttl: 0s}\n    rate_limits:"),
+                "cache.ttl",
+            ),
+            (
+                GOOD.replace("{units}\"", "${env:TANDEM_TEST_UNSET}\""),
+                "TANDEM_TEST_UNSET",
+            ),
         ];
         for (yaml, field) in cases {
             let e = load(&yaml).unwrap_err();

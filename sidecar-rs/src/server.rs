@@ -17,17 +17,21 @@ use tokio::net::{TcpListener, UnixListener};
 use tokio::task::JoinSet;
 use tokio_stream::wrappers::UnixListenerStream;
 use tokio_util::sync::CancellationToken;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::Server;
 use tonic_health::ServingStatus;
 
+use crate::auth::BearerAuth;
 use crate::call::Executor;
 use crate::dispatch::{Admission, DispatchService};
 use crate::drain::Drain;
 use crate::metrics::Metrics;
 use crate::pb::{self, dispatcher_server::DispatcherServer};
 use crate::registry::Registry;
-use crate::upstream::{Upstream, UpstreamOptions};
+use crate::reload::Reloader;
+use crate::upstream::UpstreamOptions;
+use crate::upstreams::Upstreams;
 
 /// Largest gRPC message accepted or sent: a frame may batch many calls, and a
 /// result may carry a multi-megabyte document.
@@ -64,7 +68,15 @@ impl FromStr for ListenAddr {
 pub struct ServerConfig {
     pub config_path: PathBuf,
     pub listen: Vec<ListenAddr>,
+    /// Health checks only (no tool calls, no auth): where kubelet probes go
+    /// when the data plane is a unix socket.
+    pub health_listen: Option<SocketAddr>,
     pub metrics_listen: Option<SocketAddr>,
+    /// Required on TCP listeners unless `allow_unauthenticated_tcp`.
+    pub auth: Option<BearerAuth>,
+    pub allow_unauthenticated_tcp: bool,
+    /// How often the tools file is checked for changes.
+    pub reload_interval: Duration,
     pub admission: Admission,
     pub drain_timeout: Duration,
     pub upstream: UpstreamOptions,
@@ -74,7 +86,20 @@ pub struct ServerConfig {
 /// has stopped; an error means the sidecar could not start or a listener
 /// failed.
 pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-    let registry = Registry::load(&config.config_path)
+    let tcp_data_plane = config
+        .listen
+        .iter()
+        .any(|l| matches!(l, ListenAddr::Tcp(_)));
+    if tcp_data_plane && config.auth.is_none() && !config.allow_unauthenticated_tcp {
+        anyhow::bail!(
+            "a TCP --listen address would serve tool calls (and the credentials they use) \
+             without authentication: set --auth-token-file or SIDECAR_AUTH_TOKEN, listen on \
+             a unix socket, or pass --allow-unauthenticated-tcp for local development"
+        );
+    }
+    let metrics = Metrics::new();
+    let upstreams = Arc::new(Upstreams::new(config.upstream.clone(), metrics.clone()));
+    let registry = Registry::load(&config.config_path, &upstreams, None)
         .with_context(|| format!("config {}", config.config_path.display()))?;
     tracing::info!(
         config = %config.config_path.display(),
@@ -82,9 +107,7 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> an
         "config loaded"
     );
     let registry = Arc::new(ArcSwap::from_pointee(registry));
-    let metrics = Metrics::new();
-    let upstream = Upstream::new(&config.upstream).context("building the HTTP client")?;
-    let exec = Arc::new(Executor::new(registry.clone(), upstream, metrics.clone()));
+    let exec = Arc::new(Executor::new(registry.clone(), metrics.clone()));
     let drain = Drain::new();
 
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -108,15 +131,27 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> an
         DispatcherServer::new(DispatchService::new(exec, config.admission, drain.clone()))
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
-    let router = Server::builder()
-        .http2_keepalive_interval(Some(Duration::from_secs(20)))
-        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-        .initial_stream_window_size(Some(1 << 20))
-        .initial_connection_window_size(Some(8 << 20))
-        .add_service(health_service)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
-        .add_service(dispatcher);
+    let server = || {
+        Server::builder()
+            .http2_keepalive_interval(Some(Duration::from_secs(20)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+            .initial_stream_window_size(Some(1 << 20))
+            .initial_connection_window_size(Some(8 << 20))
+    };
+    // The unix socket is guarded by its file mode; TCP by the bearer token.
+    let unix_router = server()
+        .add_service(health_service.clone())
+        .add_service(reflection_v1.clone())
+        .add_service(reflection_v1alpha.clone())
+        .add_service(dispatcher.clone());
+    let tcp_router = match &config.auth {
+        Some(auth) => server()
+            .add_service(health_service.clone())
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .add_service(InterceptedService::new(dispatcher, auth.clone())),
+        None => unix_router.clone(),
+    };
 
     let background = CancellationToken::new();
     if let Some(addr) = config.metrics_listen {
@@ -140,20 +175,49 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> an
                     .with_context(|| format!("binding --listen {addr}"))?;
                 tracing::info!(addr = %listener.local_addr()?, "listening");
                 let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-                servers.spawn(router.clone().serve_with_incoming_shutdown(incoming, stop));
+                servers.spawn(
+                    tcp_router
+                        .clone()
+                        .serve_with_incoming_shutdown(incoming, stop),
+                );
             }
             ListenAddr::Unix(path) => {
                 let listener = bind_unix(path)?;
                 tracing::info!(addr = %format!("unix:{}", path.display()), "listening");
                 sockets.push(path.clone());
                 servers.spawn(
-                    router
+                    unix_router
                         .clone()
                         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), stop),
                 );
             }
         }
     }
+    if let Some(addr) = config.health_listen {
+        let listener = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding --health-listen {addr}"))?;
+        tracing::info!(addr = %listener.local_addr()?, "health listening");
+        let stop = {
+            let drain = drain.clone();
+            async move { drain.draining().await }
+        };
+        servers.spawn(
+            server()
+                .add_service(health_service)
+                .serve_with_incoming_shutdown(TcpIncoming::from(listener), stop),
+        );
+    }
+    tokio::spawn(
+        Reloader {
+            path: config.config_path.clone(),
+            registry: registry.clone(),
+            upstreams: upstreams.clone(),
+            metrics: metrics.clone(),
+            interval: config.reload_interval,
+        }
+        .run(background.clone()),
+    );
     {
         let registry = registry.clone();
         let stop = background.clone();

@@ -15,6 +15,7 @@ use url::Url;
 
 use crate::config::RequestSpec;
 use crate::error::CallError;
+use crate::secrets::{Secret, SecretRef};
 
 /// Everything except RFC 3986 unreserved characters is encoded, so a value
 /// always stays inside one path segment (`/`, `?`, `#`, `%` included).
@@ -37,26 +38,57 @@ pub struct Template {
 enum Part {
     Literal(String),
     Arg(String),
+    /// A resolved `${env:..}` / `${file:..}` reference.
+    Secret(Secret),
 }
 
 impl Template {
     /// Parses `text`. `{` must open a placeholder named like an identifier
     /// (`*` is accepted too; callers decide where it is allowed).
     pub fn parse(text: &str) -> Result<Self, String> {
+        Self::parse_inner(text, false)
+    }
+
+    /// Like [`Template::parse`], also resolving `${env:NAME}` and
+    /// `${file:/path}` secret references.
+    pub fn parse_with_secrets(text: &str) -> Result<Self, String> {
+        Self::parse_inner(text, true)
+    }
+
+    fn parse_inner(text: &str, secrets: bool) -> Result<Self, String> {
         let mut parts = Vec::new();
         let mut rest = text;
-        while let Some(open) = rest.find(['{', '}']) {
+        while let Some(mut open) = rest.find(['{', '}']) {
             if rest.as_bytes()[open] == b'}' {
                 return Err(format!("unmatched '}}' in {text:?}"));
+            }
+            let is_secret = open > 0 && rest.as_bytes()[open - 1] == b'$';
+            if is_secret {
+                open -= 1;
             }
             if open > 0 {
                 parts.push(Part::Literal(rest[..open].to_owned()));
             }
-            let after = &rest[open + 1..];
+            let body_start = open + if is_secret { 2 } else { 1 };
+            let after = &rest[body_start..];
             let close = after
                 .find('}')
                 .ok_or_else(|| format!("unclosed '{{' in {text:?}"))?;
             let name = &after[..close];
+            if is_secret {
+                if !secrets {
+                    return Err(format!(
+                        "secret reference ${{{name}}} is only allowed in header and query values"
+                    ));
+                }
+                let reference = SecretRef::parse(name)?;
+                let secret = reference
+                    .resolve()
+                    .map_err(|e| format!("{}: {e}", reference.describe()))?;
+                parts.push(Part::Secret(secret));
+                rest = &after[close + 1..];
+                continue;
+            }
             if !is_placeholder_name(name) {
                 return Err(format!(
                     "invalid placeholder {{{name}}} in {text:?}: use the name of a top-level argument"
@@ -75,7 +107,15 @@ impl Template {
     pub fn placeholders(&self) -> impl Iterator<Item = &str> {
         self.parts.iter().filter_map(|p| match p {
             Part::Arg(name) => Some(name.as_str()),
-            Part::Literal(_) => None,
+            Part::Literal(_) | Part::Secret(_) => None,
+        })
+    }
+
+    /// The secrets this template embeds.
+    pub fn secrets(&self) -> impl Iterator<Item = &Secret> {
+        self.parts.iter().filter_map(|p| match p {
+            Part::Secret(s) => Some(s),
+            _ => None,
         })
     }
 
@@ -88,7 +128,7 @@ impl Template {
     }
 
     fn is_literal(&self) -> bool {
-        self.placeholders().next().is_none()
+        self.parts.iter().all(|p| matches!(p, Part::Literal(_)))
     }
 
     /// Renders with every value passed through `encode`. `Ok(None)` when an
@@ -102,6 +142,7 @@ impl Template {
         for part in &self.parts {
             match part {
                 Part::Literal(text) => out.push_str(text),
+                Part::Secret(secret) => out.push_str(secret.expose()),
                 Part::Arg(name) => match args.get(name) {
                     None | Some(Value::Null) => return Ok(None),
                     Some(value) => out.push_str(&encode(name, &scalar_text(name, value)?)?),
@@ -133,12 +174,25 @@ fn scalar_text<'a>(name: &str, value: &'a Value) -> Result<Cow<'a, str>, CallErr
     }
 }
 
+/// Characters refused in a path value, raw or percent-decoded: they could
+/// climb or leave the path (`/`, `\\`, dot segments), smuggle userinfo or a
+/// port (`@`, `:`), or start a query or fragment once an upstream decodes.
+const PATH_REFUSED: &[char] = &['/', '\\', '@', ':', '?', '#'];
+
 fn encode_segment(name: &str, value: &str) -> Result<String, CallError> {
-    if value.is_empty() || value == "." || value == ".." {
-        return Err(CallError::UnusableArgument {
-            name: name.to_owned(),
-            reason: format!("cannot be used as a URL path segment: {value:?}"),
-        });
+    let decoded = percent_encoding::percent_decode_str(value).decode_utf8_lossy();
+    for v in [value, decoded.as_ref()] {
+        if v.is_empty()
+            || v == "."
+            || v == ".."
+            || v.contains(PATH_REFUSED)
+            || v.chars().any(char::is_control)
+        {
+            return Err(CallError::EgressDenied(format!(
+                "argument {name:?} cannot be used as a URL path segment: {value:?} \
+                 (no '/', '\\', '@', ':', '?', '#', dot segments or their percent-encodings)"
+            )));
+        }
     }
     Ok(utf8_percent_encode(value, PATH_SEGMENT).to_string())
 }
@@ -234,7 +288,8 @@ pub struct RenderedRequest {
     pub method: http::Method,
     pub url: Url,
     pub headers: HeaderMap,
-    pub body: Option<Vec<u8>>,
+    /// `Bytes` so each retry re-sends it without a copy.
+    pub body: Option<bytes::Bytes>,
 }
 
 /// The compiled form of a [`RequestSpec`].
@@ -307,7 +362,8 @@ impl RequestTemplate {
 
         let mut query = Vec::new();
         for (key, value) in &spec.query {
-            let t = Template::parse(value).map_err(|m| (format!("request.query.{key}"), m))?;
+            let t = Template::parse_with_secrets(value)
+                .map_err(|m| (format!("request.query.{key}"), m))?;
             if t.placeholders().any(|p| p == "*") {
                 return Err((
                     format!("request.query.{key}"),
@@ -321,7 +377,7 @@ impl RequestTemplate {
             let field = format!("request.headers.{key}");
             let name = HeaderName::try_from(key.as_str())
                 .map_err(|e| (field.clone(), format!("invalid header name: {e}")))?;
-            let t = Template::parse(value).map_err(|m| (field.clone(), m))?;
+            let t = Template::parse_with_secrets(value).map_err(|m| (field.clone(), m))?;
             if t.is_literal() {
                 HeaderValue::try_from(value.as_str())
                     .map_err(|e| (field.clone(), format!("invalid header value: {e}")))?;
@@ -374,6 +430,17 @@ impl RequestTemplate {
         (required, all)
     }
 
+    /// Every secret the request embeds, for redaction.
+    pub fn secrets(&self) -> Vec<Secret> {
+        let query = self.query.iter().map(|(_, t)| t);
+        let headers = self.headers.iter().map(|(_, t)| t);
+        query
+            .chain(headers)
+            .flat_map(Template::secrets)
+            .cloned()
+            .collect()
+    }
+
     pub fn method(&self) -> &http::Method {
         &self.method
     }
@@ -416,11 +483,13 @@ impl RequestTemplate {
         let mut headers = HeaderMap::with_capacity(self.headers.len() + 1);
         for (name, t) in &self.headers {
             if let Some(value) = t.render(args, verbatim)? {
-                let value =
+                let mut value =
                     HeaderValue::try_from(value).map_err(|_| CallError::UnusableArgument {
                         name: t.placeholders().next().unwrap_or_default().to_owned(),
                         reason: format!("contains characters not allowed in the {name} header"),
                     })?;
+                // Sensitive values are never HPACK-indexed nor printed by Debug.
+                value.set_sensitive(t.secrets().next().is_some());
                 headers.insert(name.clone(), value);
             }
         }
@@ -434,7 +503,7 @@ impl RequestTemplate {
                     http::header::CONTENT_TYPE,
                     HeaderValue::from_static("application/json"),
                 );
-                Some(bytes)
+                Some(bytes::Bytes::from(bytes))
             }
         };
         Ok(RenderedRequest {
@@ -462,21 +531,42 @@ mod tests {
     #[test]
     fn path_placeholders_are_encoded_as_one_segment() {
         let t = RequestTemplate::compile(&spec("url: http://h:8/w/{city}/now")).unwrap();
-        let r = t.render(&args(json!({"city": "São Paulo/x?y#z"}))).unwrap();
+        let r = t.render(&args(json!({"city": "São Paulo & co%"}))).unwrap();
         assert_eq!(
             r.url.as_str(),
-            "http://h:8/w/S%C3%A3o%20Paulo%2Fx%3Fy%23z/now"
+            "http://h:8/w/S%C3%A3o%20Paulo%20%26%20co%25/now"
         );
     }
 
     #[test]
-    fn dot_segments_and_missing_path_args_are_refused() {
+    fn traversal_and_authority_tricks_are_refused() {
         let t = RequestTemplate::compile(&spec("url: http://h/w/{city}")).unwrap();
-        for bad in ["..", ".", ""] {
-            let e = t.render(&args(json!({ "city": bad }))).unwrap_err();
-            assert!(matches!(e, CallError::UnusableArgument { .. }), "{bad}");
+        let bad = [
+            "..",
+            ".",
+            "",
+            "../admin",
+            "%2e%2e",
+            "%2E%2E%2Fadmin",
+            "a/b",
+            "a%2fb",
+            "a\\b",
+            "user@evil",
+            "evil:8080",
+            "//evil.com",
+            "x?y",
+            "x#y",
+            "a%00b",
+            "line\nbreak",
+        ];
+        for value in bad {
+            let e = t.render(&args(json!({ "city": value }))).unwrap_err();
+            assert!(matches!(e, CallError::EgressDenied(_)), "{value}: {e:?}");
         }
-        assert!(t.render(&args(json!({}))).is_err());
+        assert!(matches!(
+            t.render(&args(json!({}))),
+            Err(CallError::UnusableArgument { .. })
+        ));
     }
 
     #[test]
@@ -519,7 +609,7 @@ mod tests {
     fn post_sends_arguments_by_default() {
         let t = RequestTemplate::compile(&spec("method: POST\nurl: http://h/c")).unwrap();
         let r = t.render(&args(json!({"a": [1, 2]}))).unwrap();
-        assert_eq!(r.body.unwrap(), br#"{"a":[1,2]}"#);
+        assert_eq!(&r.body.unwrap()[..], br#"{"a":[1,2]}"#);
         assert_eq!(r.headers["content-type"], "application/json");
     }
 

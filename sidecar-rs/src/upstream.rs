@@ -11,6 +11,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use http::HeaderMap;
 
+use crate::egress::{self, EgressPolicy, GuardedResolver};
 use crate::error::CallError;
 use crate::template::RenderedRequest;
 
@@ -48,7 +49,16 @@ impl Default for UpstreamOptions {
 }
 
 impl Upstream {
-    pub fn new(options: &UpstreamOptions) -> Result<Self, reqwest::Error> {
+    /// A client whose connections go only where `policy` permits, following
+    /// up to `redirects` redirects (each re-checked).
+    pub fn new(
+        options: &UpstreamOptions,
+        policy: EgressPolicy,
+        redirects: u8,
+    ) -> Result<Self, reqwest::Error> {
+        // TLS uses ring (quick to build, no C toolchain needed beyond cc);
+        // installing it twice is harmless.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let client = reqwest::Client::builder()
             .user_agent(concat!("tandem-sidecar/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(options.connect_timeout)
@@ -60,7 +70,8 @@ impl Upstream {
             // Egress goes where the operator configured it, never through a
             // proxy picked up from the environment.
             .no_proxy()
-            .redirect(reqwest::redirect::Policy::none())
+            .dns_resolver(std::sync::Arc::new(GuardedResolver::new(policy.clone())))
+            .redirect(egress::redirect_policy(redirects, policy))
             .build()?;
         Ok(Self { client })
     }
@@ -69,15 +80,15 @@ impl Upstream {
     /// `max_body` bytes.
     pub async fn send(
         &self,
-        request: RenderedRequest,
+        request: &RenderedRequest,
         max_body: usize,
     ) -> Result<UpstreamResponse, CallError> {
         let mut builder = self
             .client
-            .request(request.method, request.url)
-            .headers(request.headers);
-        if let Some(body) = request.body {
-            builder = builder.body(body);
+            .request(request.method.clone(), request.url.clone())
+            .headers(request.headers.clone());
+        if let Some(body) = &request.body {
+            builder = builder.body(body.clone());
         }
         let mut response = builder.send().await.map_err(describe)?;
         let status = response.status().as_u16();
@@ -107,11 +118,16 @@ impl Upstream {
 /// A transport error as the agent sees it: what failed, without the URL
 /// (query strings may carry values the agent should not echo around).
 fn describe(e: reqwest::Error) -> CallError {
+    if let Some(denied) = egress::denial_in(&e) {
+        return CallError::EgressDenied(denied.to_string());
+    }
     let e = e.without_url();
     let kind = if e.is_connect() {
         "connection failed"
     } else if e.is_body() || e.is_decode() {
         "response body interrupted"
+    } else if e.is_redirect() {
+        "redirect refused"
     } else {
         "request failed"
     };

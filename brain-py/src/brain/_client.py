@@ -32,7 +32,7 @@ import itertools
 import logging
 import random
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -70,6 +70,9 @@ class ClientOptions:
     backoff_max: float = 5.0
     #: Largest message accepted from the sidecar (results can carry big documents).
     max_receive_bytes: int = 64 * 1024 * 1024
+    #: Bearer token for a sidecar listening on TCP (the unix socket needs none). This is
+    #: the brain's own credential to its sidecar, never a tool's.
+    auth_token: str | None = None
 
 
 class _Call:
@@ -110,6 +113,7 @@ class SidecarClient:
         self._generation = 0
         self._closed = False
         self._tasks: list[asyncio.Task[None]] = []
+        self._metadata: tuple[tuple[str, str], ...] = ()
         #: Number of Dispatch streams opened so far (1 + reconnects); for tests and metrics.
         self.streams_opened = 0
         #: Number of frames written; for measuring coalescing.
@@ -148,6 +152,8 @@ class SidecarClient:
             ],
         )
         self._stub = pb_grpc.DispatcherStub(self._channel)  # type: ignore[no-untyped-call]
+        if o.auth_token:
+            self._metadata = (("authorization", f"Bearer {o.auth_token}"),)
         self._tasks = [
             asyncio.create_task(self._run_streams(), name="sidecar-streams"),
             asyncio.create_task(self._sweep_deadlines(), name="sidecar-deadlines"),
@@ -195,11 +201,14 @@ class SidecarClient:
         agent_id: str = "",
         timeout: float | None = None,
         metadata: Mapping[str, str] | None = None,
+        select: Sequence[str] = (),
     ) -> ToolResult:
         """Run ``tool`` with ``arguments`` (a mapping, or JSON bytes) on the Dispatch stream.
 
-        Returns the result whatever its status; raises only for transport problems
-        (:class:`SidecarUnavailable`, :class:`ClientClosed`).
+        ``select`` lists JSON Pointers: the result is then ``{pointer: value}`` with just
+        those parts of the upstream's document. Returns the result whatever its status;
+        raises only for transport problems (:class:`SidecarUnavailable`,
+        :class:`ClientClosed`).
         """
         if self._closed:
             raise ClientClosed("client is closed")
@@ -218,6 +227,7 @@ class SidecarClient:
             tool=tool,
             arguments=_encode_arguments(arguments),
             timeout_ms=max(1, int(timeout * 1000)),
+            select=select,
         )
         if metadata:
             msg.metadata.update(metadata)
@@ -244,6 +254,7 @@ class SidecarClient:
         agent_id: str = "",
         timeout: float | None = None,
         metadata: Mapping[str, str] | None = None,
+        select: Sequence[str] = (),
     ) -> ToolResult:
         """Like :meth:`call`, but as one unary ``Invoke`` RPC (no coalescing)."""
         stub = await self._ready_stub()
@@ -255,11 +266,14 @@ class SidecarClient:
             tool=tool,
             arguments=_encode_arguments(arguments),
             timeout_ms=max(1, int(timeout * 1000)),
+            select=select,
         )
         if metadata:
             msg.metadata.update(metadata)
         with _map_grpc_errors(self.target):
-            reply = await stub.Invoke(msg, timeout=timeout + self.options.grace)
+            reply = await stub.Invoke(
+                msg, timeout=timeout + self.options.grace, metadata=self._metadata
+            )
         return ToolResult(reply)
 
     async def list_tools(self, *, timeout: float = 10.0) -> list[ToolInfo]:
@@ -267,7 +281,10 @@ class SidecarClient:
         stub = await self._ready_stub()
         with _map_grpc_errors(self.target):
             reply = await stub.ListTools(
-                pb.ListToolsRequest(), timeout=timeout, wait_for_ready=True
+                pb.ListToolsRequest(),
+                timeout=timeout,
+                wait_for_ready=True,
+                metadata=self._metadata,
             )
         return [ToolInfo.from_pb(t) for t in reply.tools]
 
@@ -294,7 +311,7 @@ class SidecarClient:
         while True:
             self._generation += 1
             generation = self._generation
-            stream = self._stub.Dispatch(wait_for_ready=True)
+            stream = self._stub.Dispatch(wait_for_ready=True, metadata=self._metadata)
             writer: asyncio.Task[None] | None = None
             reason = "stream ended"
             try:

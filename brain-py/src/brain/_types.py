@@ -35,6 +35,8 @@ class Status(enum.IntEnum):
     INTERNAL = pb.STATUS_INTERNAL
     INVALID_REQUEST = pb.STATUS_INVALID_REQUEST
     DRAINING = pb.STATUS_DRAINING
+    EGRESS_DENIED = pb.STATUS_EGRESS_DENIED
+    CIRCUIT_OPEN = pb.STATUS_CIRCUIT_OPEN
 
 
 _STATUSES = {s.value: s for s in Status}
@@ -58,6 +60,8 @@ class Timing:
     validation_us: int
     total_us: int
     attempts: int
+    cache_hit: bool = False
+    coalesced: bool = False
 
 
 class ToolResult:
@@ -126,7 +130,15 @@ class ToolResult:
     @property
     def timing(self) -> Timing:
         t = self._msg.timing
-        return Timing(t.queued_us, t.upstream_us, t.validation_us, t.total_us, t.attempts)
+        return Timing(
+            t.queued_us,
+            t.upstream_us,
+            t.validation_us,
+            t.total_us,
+            t.attempts,
+            t.cache_hit,
+            t.coalesced,
+        )
 
     @property
     def tool_hint(self) -> str:

@@ -22,6 +22,8 @@ class Status(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     STATUS_INTERNAL: _ClassVar[Status]
     STATUS_INVALID_REQUEST: _ClassVar[Status]
     STATUS_DRAINING: _ClassVar[Status]
+    STATUS_EGRESS_DENIED: _ClassVar[Status]
+    STATUS_CIRCUIT_OPEN: _ClassVar[Status]
 STATUS_UNSPECIFIED: Status
 STATUS_OK: Status
 STATUS_INVALID_ARGUMENTS: Status
@@ -35,6 +37,8 @@ STATUS_OVERLOADED: Status
 STATUS_INTERNAL: Status
 STATUS_INVALID_REQUEST: Status
 STATUS_DRAINING: Status
+STATUS_EGRESS_DENIED: Status
+STATUS_CIRCUIT_OPEN: Status
 
 class DispatchFrame(_message.Message):
     __slots__ = ("calls", "cancel_call_ids")
@@ -51,7 +55,7 @@ class ResultFrame(_message.Message):
     def __init__(self, results: _Optional[_Iterable[_Union[ToolResult, _Mapping]]] = ...) -> None: ...
 
 class ToolCall(_message.Message):
-    __slots__ = ("call_id", "agent_id", "tool", "arguments", "timeout_ms", "metadata")
+    __slots__ = ("call_id", "agent_id", "tool", "arguments", "timeout_ms", "metadata", "select")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -65,13 +69,15 @@ class ToolCall(_message.Message):
     ARGUMENTS_FIELD_NUMBER: _ClassVar[int]
     TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
     METADATA_FIELD_NUMBER: _ClassVar[int]
+    SELECT_FIELD_NUMBER: _ClassVar[int]
     call_id: str
     agent_id: str
     tool: str
     arguments: bytes
     timeout_ms: int
     metadata: _containers.ScalarMap[str, str]
-    def __init__(self, call_id: _Optional[str] = ..., agent_id: _Optional[str] = ..., tool: _Optional[str] = ..., arguments: _Optional[bytes] = ..., timeout_ms: _Optional[int] = ..., metadata: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    select: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, call_id: _Optional[str] = ..., agent_id: _Optional[str] = ..., tool: _Optional[str] = ..., arguments: _Optional[bytes] = ..., timeout_ms: _Optional[int] = ..., metadata: _Optional[_Mapping[str, str]] = ..., select: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Violation(_message.Message):
     __slots__ = ("instance_path", "schema_path", "message")
@@ -84,18 +90,22 @@ class Violation(_message.Message):
     def __init__(self, instance_path: _Optional[str] = ..., schema_path: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
 
 class Timing(_message.Message):
-    __slots__ = ("queued_us", "upstream_us", "validation_us", "total_us", "attempts")
+    __slots__ = ("queued_us", "upstream_us", "validation_us", "total_us", "attempts", "cache_hit", "coalesced")
     QUEUED_US_FIELD_NUMBER: _ClassVar[int]
     UPSTREAM_US_FIELD_NUMBER: _ClassVar[int]
     VALIDATION_US_FIELD_NUMBER: _ClassVar[int]
     TOTAL_US_FIELD_NUMBER: _ClassVar[int]
     ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    CACHE_HIT_FIELD_NUMBER: _ClassVar[int]
+    COALESCED_FIELD_NUMBER: _ClassVar[int]
     queued_us: int
     upstream_us: int
     validation_us: int
     total_us: int
     attempts: int
-    def __init__(self, queued_us: _Optional[int] = ..., upstream_us: _Optional[int] = ..., validation_us: _Optional[int] = ..., total_us: _Optional[int] = ..., attempts: _Optional[int] = ...) -> None: ...
+    cache_hit: bool
+    coalesced: bool
+    def __init__(self, queued_us: _Optional[int] = ..., upstream_us: _Optional[int] = ..., validation_us: _Optional[int] = ..., total_us: _Optional[int] = ..., attempts: _Optional[int] = ..., cache_hit: _Optional[bool] = ..., coalesced: _Optional[bool] = ...) -> None: ...
 
 class ToolResult(_message.Message):
     __slots__ = ("call_id", "status", "result", "upstream_status", "error", "violations", "retry_after_ms", "timing", "limited_by")
