@@ -24,10 +24,10 @@ def start_sidecar(tmp_path: Path) -> Iterator[Callable[..., SidecarProcess]]:
     """Start a sidecar with the given tools YAML (and extra flags); killed at teardown."""
     started: list[SidecarProcess] = []
 
-    def start(config: str, *args: str) -> SidecarProcess:
+    def start(config: str, *args: str, env: dict[str, str] | None = None) -> SidecarProcess:
         workdir = tmp_path / f"sidecar{len(started)}"
         workdir.mkdir()
-        proc = SidecarProcess(workdir, config, *args).start()
+        proc = SidecarProcess(workdir, config, *args, env=env).start()
         started.append(proc)
         return proc
 

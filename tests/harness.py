@@ -97,7 +97,7 @@ class Upstream:
     async def _dispatch(self, request: web.Request) -> web.StreamResponse:
         key = request.path
         self.requests[key] += 1
-        self.headers.append(dict(request.headers))
+        self.headers.append({k.lower(): v for k, v in request.headers.items()})
         handler = self._routes.get((request.method, key)) or self._routes.get(("*", key))
         if handler is None:
             return web.json_response({"error": f"no route {request.method} {key}"}, status=404)
@@ -140,7 +140,10 @@ async def _new_event() -> asyncio.Event:
 class SidecarProcess:
     """The real sidecar binary, configured by a YAML string."""
 
-    def __init__(self, workdir: Path, config: str, *extra_args: str) -> None:
+    def __init__(
+        self, workdir: Path, config: str, *extra_args: str, env: dict[str, str] | None = None
+    ) -> None:
+        self.extra_env = env or {}
         self.workdir = workdir
         self.config_path = workdir / "tools.yaml"
         self.config_path.write_text(config)
@@ -175,6 +178,7 @@ class SidecarProcess:
             **os.environ,
             "RUST_LOG": os.environ.get("RUST_LOG", "info"),
             "SIDECAR_AUTH_TOKEN": self.auth_token,
+            **self.extra_env,
         }
         self.proc = subprocess.Popen(
             [
@@ -257,3 +261,48 @@ class SidecarProcess:
 
     def log_text(self) -> str:
         return "\n".join(self.raw_logs)
+
+
+def tool(
+    name: str,
+    url: str,
+    *,
+    method: str = "GET",
+    input_schema: dict[str, Any] | None = None,
+    request: dict[str, Any] | None = None,
+    loopback: bool = True,
+    **fields: Any,
+) -> dict[str, Any]:
+    """One tool entry for a tools file (YAML is a superset of JSON)."""
+    entry: dict[str, Any] = {
+        "name": name,
+        "description": f"Test tool {name}.",
+        "input_schema": input_schema or {"type": "object"},
+        "request": {"method": method, "url": url, **(request or {})},
+        **fields,
+    }
+    if loopback:
+        # Test upstreams live on 127.0.0.1, which the egress guard refuses by default.
+        entry["egress"] = {"allow": ["127.0.0.0/8"]}
+    return entry
+
+
+def tools_file(*tools: dict[str, Any], **top: Any) -> str:
+    """A tools file with these tools and top-level sections."""
+    return json.dumps({"tools": list(tools), **top}, indent=2)
+
+
+def scrape(port: int) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
+    """Metric samples by name and sorted labels, via the Prometheus text parser."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    out: dict[str, dict[tuple[tuple[str, str], ...], float]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            key = tuple(sorted(sample.labels.items()))
+            out.setdefault(sample.name, {})[key] = sample.value
+    return out

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import time
-import urllib.request
 from collections.abc import Callable
 
 import grpc
@@ -17,13 +16,12 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
-from prometheus_client.parser import text_string_to_metric_families
 
 from brain import SidecarClient, SidecarUnavailable, Status
 from brain._proto.dispatch.v1 import dispatch_pb2 as pb
 from brain._proto.dispatch.v1 import dispatch_pb2_grpc as pb_grpc
 
-from harness import SidecarProcess, Upstream, sidecar_binary
+from harness import SidecarProcess, Upstream, scrape, sidecar_binary
 
 Start = Callable[..., SidecarProcess]
 MakeClient = Callable[..., SidecarClient]
@@ -415,18 +413,6 @@ async def test_metrics_count_the_calls_made(
     assert durations[(("tool", "weather"),)] == 8
     assert samples["sidecar_inflight_calls"][()] == 0
     assert samples["sidecar_streams_active"][()] == 1
-
-
-def scrape(port: int) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
-    """Samples by name and sorted labels, parsed with the Prometheus text parser."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
-        text = response.read().decode()
-    out: dict[str, dict[tuple[tuple[str, str], ...], float]] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            key = tuple(sorted(sample.labels.items()))
-            out.setdefault(sample.name, {})[key] = sample.value
-    return out
 
 
 def test_check_config_names_the_tool_and_field(tmp_path: object) -> None:

@@ -251,6 +251,7 @@ mod tests {
             result: Err(CallError::UpstreamStatus {
                 status: 500,
                 body: None,
+                retry_after: None,
             }),
             stats: FetchStats::default(),
         };

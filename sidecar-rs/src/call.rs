@@ -380,10 +380,17 @@ impl Executor {
                         Health::Success
                     });
                     let asked = upstream_wait(&response.headers, SystemTime::now());
-                    let error = self
-                        .check_response(tool, response, stats)
-                        .err()
-                        .unwrap_or(CallError::Internal("retryable status passed".into()));
+                    let error = match self.check_response(tool, response, stats) {
+                        Err(CallError::UpstreamStatus { status, body, .. }) => {
+                            CallError::UpstreamStatus {
+                                status,
+                                body,
+                                retry_after: asked,
+                            }
+                        }
+                        Err(other) => other,
+                        Ok(_) => CallError::Internal("a retryable status passed as OK".into()),
+                    };
                     (error, true, asked)
                 }
                 Ok(Err(e @ CallError::UpstreamUnreachable(_))) => {
@@ -522,6 +529,7 @@ fn check_response(tool: &Tool, status: u16, body: Bytes) -> Result<(u16, Bytes),
         return Err(CallError::UpstreamStatus {
             status,
             body: json_body,
+            retry_after: None,
         });
     }
     if too_deep {

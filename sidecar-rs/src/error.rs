@@ -102,7 +102,12 @@ pub enum CallError {
     #[error("upstream unreachable: {0}")]
     UpstreamUnreachable(String),
     #[error("upstream answered HTTP {status}")]
-    UpstreamStatus { status: u16, body: Option<Bytes> },
+    UpstreamStatus {
+        status: u16,
+        body: Option<Bytes>,
+        /// What the upstream asked for in `Retry-After` / `x-ratelimit-reset`.
+        retry_after: Option<Duration>,
+    },
     #[error("upstream response is too large: more than {limit} bytes")]
     ResponseTooLarge { limit: usize, status: u16 },
     #[error("upstream response is not valid JSON: {reason}")]
@@ -184,9 +189,14 @@ impl CallError {
             CallError::CircuitOpen { retry_after, .. } => {
                 result.retry_after_ms = ceil_millis(retry_after);
             }
-            CallError::UpstreamStatus { status, body } => {
+            CallError::UpstreamStatus {
+                status,
+                body,
+                retry_after,
+            } => {
                 result.upstream_status = u32::from(status);
                 result.result = body.unwrap_or_default();
+                result.retry_after_ms = retry_after.map_or(0, ceil_millis);
             }
             CallError::ResponseTooLarge { status, .. }
             | CallError::ResponseNotJson { status, .. } => {

@@ -198,15 +198,19 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> an
             .await
             .with_context(|| format!("binding --health-listen {addr}"))?;
         tracing::info!(addr = %listener.local_addr()?, "health listening");
-        let stop = {
-            let drain = drain.clone();
-            async move { drain.draining().await }
-        };
-        servers.spawn(
-            server()
-                .add_service(health_service)
-                .serve_with_incoming_shutdown(TcpIncoming::from(listener), stop),
-        );
+        // Outlives the drain so probes see NOT_SERVING rather than a refused
+        // connection while calls finish.
+        let stop = background.clone();
+        let probes = server()
+            .add_service(health_service)
+            .serve_with_incoming_shutdown(TcpIncoming::from(listener), async move {
+                stop.cancelled().await
+            });
+        tokio::spawn(async move {
+            if let Err(e) = probes.await {
+                tracing::error!(error = %e, "health listener failed");
+            }
+        });
     }
     tokio::spawn(
         Reloader {

@@ -1,0 +1,153 @@
+"""Operating the sidecar: tracing, hot reload, graceful drain."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from collections.abc import Callable
+
+import grpc
+import grpc.aio
+import pytest
+from aiohttp import web
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from brain import SidecarClient, Status
+
+from harness import SidecarProcess, Upstream, scrape, tool, tools_file
+
+Start = Callable[..., SidecarProcess]
+MakeClient = Callable[..., SidecarClient]
+
+
+async def test_traceparent_continues_into_the_upstream_request(
+    upstream: Upstream, start_sidecar: Start, client_for: MakeClient
+) -> None:
+    upstream.json("GET", "/x", {"ok": True})
+    sidecar = start_sidecar(tools_file(tool("x", f"{upstream.url}/x")))
+    trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+    incoming = f"00-{trace_id}-00f067aa0ba902b7-01"
+    r = await client_for(sidecar.unix_target).call("x", metadata={"traceparent": incoming})
+    assert r.ok
+    sent = upstream.headers[-1]["traceparent"]
+    version, sent_trace, parent, flags = sent.split("-")
+    assert (version, sent_trace, flags) == ("00", trace_id, "01")
+    assert parent != "00f067aa0ba902b7"  # the sidecar's hop is a span of its own
+
+
+async def test_hot_reload_applies_new_limits_and_rejects_broken_files(
+    upstream: Upstream, start_sidecar: Start, client_for: MakeClient
+) -> None:
+    upstream.json("GET", "/x", {"ok": True})
+
+    def config(rate: int) -> str:
+        limit = {"scope": "agent_tool", "rate": rate, "per": "1h"}
+        return tools_file(tool("x", f"{upstream.url}/x", rate_limits=[limit]))
+
+    sidecar = start_sidecar(config(1))
+    client = client_for(sidecar.unix_target)
+    assert (await client.call("x", agent_id="a")).ok
+    assert (await client.call("x", agent_id="a")).status is Status.RATE_LIMITED
+
+    sidecar.config_path.write_text(config(100))
+    await wait_for_reloads(sidecar, "success", 1)
+    results = [await client.call("x", agent_id="a") for _ in range(5)]
+    assert {r.status for r in results} == {Status.OK}
+
+    sidecar.config_path.write_text(config(100).replace('"rate": 100', '"rate": 0'))
+    await wait_for_reloads(sidecar, "rejected", 1)
+    assert (await client.call("x", agent_id="a")).ok  # the previous config is in force
+    assert "config reload rejected" in sidecar.log_text()
+    assert "rate_limits[0].rate" in sidecar.log_text()
+
+    # SIGHUP reloads at once, even when nothing changed.
+    assert sidecar.proc is not None
+    sidecar.proc.send_signal(signal.SIGHUP)
+    await wait_for_reloads(sidecar, "rejected", 2)
+
+
+async def wait_for_reloads(sidecar: SidecarProcess, result: str, count: int) -> None:
+    for _ in range(100):
+        samples = await asyncio.to_thread(scrape, sidecar.metrics_port)
+        reloads = samples.get("sidecar_config_reloads_total", {})
+        if reloads.get((("result", result),), 0) >= count:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"no {result} reload #{count}:\n{sidecar.log_text()}")
+
+
+async def test_sigterm_drains_in_flight_calls_and_refuses_new_ones(
+    upstream: Upstream, start_sidecar: Start, client_for: MakeClient
+) -> None:
+    gate = upstream.gate()
+
+    async def slow(_: web.Request) -> web.StreamResponse:
+        await gate.wait()
+        return web.json_response({"ok": True})
+
+    upstream.route("GET", "/slow", slow)
+    sidecar = start_sidecar(
+        tools_file(tool("slow", f"{upstream.url}/slow")), "--drain-timeout", "20s"
+    )
+    client = client_for(sidecar.unix_target)
+    in_flight = [asyncio.create_task(client.call("slow", timeout=30)) for _ in range(50)]
+    assert await asyncio.to_thread(upstream.wait_for, lambda: upstream.requests["/slow"] == 50)
+
+    assert sidecar.proc is not None
+    started = time.monotonic()
+    sidecar.proc.send_signal(signal.SIGTERM)
+    await asyncio.sleep(0.3)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{sidecar.health_port}") as channel:
+        health = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
+        assert health.status == health_pb2.HealthCheckResponse.NOT_SERVING
+    refused = await asyncio.gather(*(client.call("slow") for _ in range(5)))
+    assert {r.status for r in refused} == {Status.DRAINING}
+    assert upstream.requests["/slow"] == 50
+
+    upstream.open(gate)
+    done = await asyncio.gather(*in_flight)
+    assert {r.status for r in done} == {Status.OK}
+    code = await asyncio.to_thread(sidecar.proc.wait, 20)
+    assert code == 0
+    assert time.monotonic() - started < 20
+
+
+async def test_drain_timeout_cancels_what_is_left_and_still_exits_cleanly(
+    upstream: Upstream, start_sidecar: Start, client_for: MakeClient
+) -> None:
+    async def never(_: web.Request) -> web.StreamResponse:
+        await asyncio.sleep(60)
+        return web.json_response({})
+
+    upstream.route("GET", "/never", never)
+    sidecar = start_sidecar(
+        tools_file(tool("never", f"{upstream.url}/never")), "--drain-timeout", "1s"
+    )
+    client = client_for(sidecar.unix_target)
+    calls = [asyncio.create_task(client.call("never", timeout=30)) for _ in range(10)]
+    assert await asyncio.to_thread(upstream.wait_for, lambda: upstream.requests["/never"] == 10)
+    started = time.monotonic()
+    code = await asyncio.to_thread(sidecar.terminate, 15)
+    assert code == 0
+    assert time.monotonic() - started < 8
+    results = await asyncio.gather(*calls)
+    assert {r.status for r in results} == {Status.CANCELLED}
+    assert await asyncio.to_thread(upstream.wait_for, lambda: upstream.disconnects["/never"] == 10)
+    assert "drain timeout passed" in sidecar.log_text()
+
+
+async def test_health_port_serves_probes_without_a_token(
+    upstream: Upstream, start_sidecar: Start
+) -> None:
+    sidecar = start_sidecar(tools_file(tool("x", f"{upstream.url}/x")))
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{sidecar.health_port}") as channel:
+        reply = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING
+        # Only health lives there: no tool calls on the probe port.
+        from brain._proto.dispatch.v1 import dispatch_pb2 as pb
+        from brain._proto.dispatch.v1 import dispatch_pb2_grpc as pb_grpc
+
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await pb_grpc.DispatcherStub(channel).ListTools(pb.ListToolsRequest())
+        assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
