@@ -6,12 +6,14 @@ import asyncio
 import signal
 import time
 from collections.abc import Callable
+from typing import Any
 
 import grpc
 import grpc.aio
 import pytest
 from aiohttp import web
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 
 from brain import SidecarClient, Status
 
@@ -151,3 +153,57 @@ async def test_health_port_serves_probes_without_a_token(
         with pytest.raises(grpc.aio.AioRpcError) as info:
             await pb_grpc.DispatcherStub(channel).ListTools(pb.ListToolsRequest())
         assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
+class Collector(trace_service_pb2_grpc.TraceServiceServicer):  # type: ignore[misc]
+    """A minimal OTLP/gRPC trace collector that keeps what it receives."""
+
+    def __init__(self) -> None:
+        self.spans: list[Any] = []
+
+    async def Export(self, request: Any, context: Any) -> Any:
+        for resource_spans in request.resource_spans:
+            for scope_spans in resource_spans.scope_spans:
+                self.spans.extend(scope_spans.spans)
+        return trace_service_pb2.ExportTraceServiceResponse()
+
+
+async def test_otlp_exports_a_span_per_call_in_the_callers_trace(
+    upstream: Upstream, start_sidecar: Start, client_for: MakeClient
+) -> None:
+    collector = Collector()
+    server = grpc.aio.server()
+    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(collector, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        upstream.json("GET", "/x", {"ok": True})
+        sidecar = start_sidecar(
+            tools_file(tool("x", f"{upstream.url}/x")),
+            "--otlp-endpoint",
+            f"http://127.0.0.1:{port}",
+        )
+        trace_id = "0af7651916cd43dd8448eb211c80319c"
+        parent = "b7ad6b7169203331"
+        r = await client_for(sidecar.unix_target).call(
+            "x", agent_id="a9", metadata={"traceparent": f"00-{trace_id}-{parent}-01"}
+        )
+        assert r.ok
+        # The upstream request carries the sidecar's span as its parent.
+        sent = upstream.headers[-1]["traceparent"].split("-")
+        assert sent[1] == trace_id
+        # Spans are flushed on shutdown at the latest.
+        assert await asyncio.to_thread(sidecar.terminate) == 0
+        calls = [s for s in collector.spans if s.name == "tool_call"]
+        assert len(calls) == 1, collector.spans
+        span = calls[0]
+        assert span.trace_id.hex() == trace_id
+        assert span.parent_span_id.hex() == parent
+        assert span.span_id.hex() == sent[2]
+        attributes = {a.key: a.value.string_value or a.value.int_value for a in span.attributes}
+        assert attributes["tool"] == "x"
+        assert attributes["status"] == "ok"
+        assert attributes["attempts"] == 1
+        assert attributes["agent_id"] == "a9"
+    finally:
+        await server.stop(None)

@@ -30,6 +30,8 @@ use serde_json::Value;
 use tokio::sync::{Semaphore, SemaphorePermit};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::breaker::Outcome as Health;
 use crate::cache::{FetchStats, Outcome, SingleFlight};
@@ -39,6 +41,7 @@ use crate::pb::{Status, Timing, ToolCall, ToolResult};
 use crate::registry::{Registry, Tool};
 use crate::retry::upstream_wait;
 use crate::shape;
+use crate::telemetry;
 use crate::template::RenderedRequest;
 use crate::upstream::UpstreamResponse;
 
@@ -49,6 +52,8 @@ pub struct Executor {
     registry: Arc<ArcSwap<Registry>>,
     metrics: Metrics,
     flights: Arc<SingleFlight>,
+    /// Spans are exported (OTLP): propagate their context upstream.
+    tracing: bool,
 }
 
 /// Per-call facts every stage needs.
@@ -72,7 +77,14 @@ impl Executor {
             registry,
             metrics,
             flights: Arc::new(SingleFlight::default()),
+            tracing: false,
         }
+    }
+
+    /// Calls become exported spans joined to the caller's trace.
+    pub fn with_tracing(mut self, enabled: bool) -> Self {
+        self.tracing = enabled;
+        self
     }
 
     pub fn registry(&self) -> Arc<Registry> {
@@ -97,6 +109,15 @@ impl Executor {
         // The tool is pinned for the whole call: a reload swaps the registry,
         // but a call finishes under the config it started with.
         let tool = self.registry.load().get(&call.tool).cloned();
+        let span = tracing::info_span!(
+            "tool_call",
+            tool = %call.tool,
+            call_id = %call.call_id,
+            agent_id = %call.agent_id,
+        );
+        if self.tracing {
+            let _ = span.set_parent(telemetry::extract(&call.metadata));
+        }
         let work = AssertUnwindSafe(self.run(
             &call,
             tool.clone(),
@@ -104,7 +125,8 @@ impl Executor {
             transport_deadline,
             &mut timing,
         ))
-        .catch_unwind();
+        .catch_unwind()
+        .instrument(span.clone());
         let outcome = tokio::select! {
             biased;
             _ = cancel.cancelled() => Err(CallError::Cancelled("the call was cancelled")),
@@ -138,6 +160,17 @@ impl Executor {
                     .redactor
                     .scrub_bytes(std::mem::take(&mut result.result));
                 result.error = tool.redactor.scrub_str(std::mem::take(&mut result.error));
+            }
+        }
+        if self.tracing {
+            let status = Status::try_from(result.status).unwrap_or(Status::Unspecified);
+            span.set_attribute("status", status_label(status));
+            span.set_attribute(
+                "attempts",
+                i64::from(result.timing.map_or(0, |t| t.attempts)),
+            );
+            if status != Status::Ok {
+                span.set_status(opentelemetry::trace::Status::error(result.error.clone()));
             }
         }
         self.record(
@@ -208,8 +241,15 @@ impl Executor {
             unreachable!("parse_arguments returns objects only")
         };
         let mut request = tool.request.render(object)?;
-        if let Some(tp) = call.metadata.get("traceparent") {
-            if let Some(value) = child_traceparent(tp) {
+        let exported = self.tracing
+            && telemetry::inject(&tracing::Span::current().context(), &mut request.headers);
+        if !exported {
+            // Not exporting spans: still keep the caller's trace connected.
+            if let Some(value) = call
+                .metadata
+                .get("traceparent")
+                .and_then(|tp| child_traceparent(tp))
+            {
                 request.headers.insert("traceparent", value);
             }
         }

@@ -81,6 +81,11 @@ pub struct Cli {
     #[arg(long, env = "SIDECAR_CONNECT_TIMEOUT", default_value = "5s", value_parser = humantime_duration)]
     pub connect_timeout: Duration,
 
+    /// Export a span per tool call over OTLP/gRPC to this collector, e.g.
+    /// `http://otel-collector:4317`; off when unset.
+    #[arg(long, env = "SIDECAR_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
+
     /// Log format: human-readable text or one JSON object per line.
     #[arg(long, env = "SIDECAR_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -112,6 +117,7 @@ impl Cli {
             auth,
             allow_unauthenticated_tcp: self.allow_unauthenticated_tcp,
             reload_interval: self.reload_interval,
+            tracing: self.otlp_endpoint.is_some(),
             admission: Admission {
                 max_inflight: self.max_inflight,
                 max_inflight_per_stream: self.max_inflight_per_stream,

@@ -18,6 +18,7 @@
 //! | [`error`] | `ConfigError`, `CallError`, and the one mapping from errors to results |
 //! | [`drain`] | shutdown stages: draining, then abort |
 //! | [`metrics`] | Prometheus metrics and their `/metrics` endpoint |
+//! | [`telemetry`] | logs, and OTLP spans per call joined to the caller's trace |
 //! | [`cli`] | flags |
 //! | [`pb`] | code generated from `proto/` |
 #![forbid(unsafe_code)]
@@ -42,6 +43,7 @@ pub mod schema;
 pub mod secrets;
 pub mod server;
 pub mod shape;
+pub mod telemetry;
 pub mod template;
 pub mod upstream;
 pub mod upstreams;

@@ -1,21 +1,17 @@
-//! `sidecar`: parse flags, set up logging, and hand over to [`sidecar::run`].
+//! `sidecar`: parse flags, set up logging and tracing, and hand over to
+//! [`sidecar::run`].
 
 use std::process::ExitCode;
 
 use clap::Parser;
-use sidecar::cli::{Cli, LogFormat};
+use sidecar::cli::Cli;
 use sidecar::metrics::Metrics;
 use sidecar::registry::Registry;
+use sidecar::telemetry::Telemetry;
 use sidecar::upstreams::Upstreams;
-use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
-    if cli.check_config {
-        return check_config(&cli);
-    }
-
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -26,6 +22,25 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let otlp = if cli.check_config {
+        None
+    } else {
+        cli.otlp_endpoint.as_deref()
+    };
+    let telemetry = {
+        let _inside = runtime.enter();
+        match Telemetry::init(cli.log_format, otlp) {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("sidecar: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    };
+
+    if cli.check_config {
+        return check_config(&cli);
+    }
     let config = match cli.server_config() {
         Ok(config) => config,
         Err(e) => {
@@ -33,14 +48,18 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(sidecar::run(config, shutdown_signal())) {
+    let code = match runtime.block_on(sidecar::run(config, shutdown_signal())) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = format!("{e:#}"), "sidecar failed");
             eprintln!("sidecar: {e:#}");
             ExitCode::FAILURE
         }
-    }
+    };
+    // Flushing blocks on the exporter's task; do it off the runtime's workers.
+    let flush = runtime.spawn_blocking(move || telemetry.shutdown());
+    let _ = runtime.block_on(flush);
+    code
 }
 
 fn check_config(cli: &Cli) -> ExitCode {
@@ -56,17 +75,6 @@ fn check_config(cli: &Cli) -> ExitCode {
             eprintln!("sidecar: {path}: {e}");
             ExitCode::FAILURE
         }
-    }
-}
-
-fn init_logging(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Json => builder.json().flatten_event(true).init(),
-        LogFormat::Text => builder.init(),
     }
 }
 

@@ -37,6 +37,9 @@ use crate::upstreams::Upstreams;
 /// result may carry a multi-megabyte document.
 const MAX_MESSAGE_BYTES: usize = 64 << 20;
 
+/// Pause between the last stream ending and the process exiting.
+const LINGER: Duration = Duration::from_millis(200);
+
 /// How often idle per-agent rate-limit buckets are forgotten.
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
 
@@ -77,6 +80,8 @@ pub struct ServerConfig {
     pub allow_unauthenticated_tcp: bool,
     /// How often the tools file is checked for changes.
     pub reload_interval: Duration,
+    /// Spans are exported (set by whoever installed the OTLP exporter).
+    pub tracing: bool,
     pub admission: Admission,
     pub drain_timeout: Duration,
     pub upstream: UpstreamOptions,
@@ -107,7 +112,8 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> an
         "config loaded"
     );
     let registry = Arc::new(ArcSwap::from_pointee(registry));
-    let exec = Arc::new(Executor::new(registry.clone(), metrics.clone()));
+    let exec =
+        Arc::new(Executor::new(registry.clone(), metrics.clone()).with_tracing(config.tracing));
     let drain = Drain::new();
 
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -271,6 +277,9 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> an
             servers.abort_all();
         }
     }
+    // The last results and trailers are on the wire; give clients a moment to
+    // read them before the sockets close under them.
+    tokio::time::sleep(LINGER).await;
     background.cancel();
     remove_sockets(&sockets);
     tracing::info!("sidecar stopped");
