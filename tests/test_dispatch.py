@@ -71,13 +71,13 @@ tools:
     egress: {{allow: [127.0.0.0/8]}}
     input_schema: {{type: object}}
     request: {{url: {base}/limited}}
-    rate_limits: [{{scope: agent_tool, rate: 5, per: 1s}}]
+    rate_limits: [{{key: agent, rate: 5, per: 1s}}]
   - name: limited_wait
     description: Ten per second, one at a time, callers wait.
     egress: {{allow: [127.0.0.0/8]}}
     input_schema: {{type: object}}
     request: {{url: {base}/limited}}
-    rate_limits: [{{scope: agent_tool, rate: 10, per: 1s, burst: 1, on_limit: wait}}]
+    rate_limits: [{{key: agent, rate: 10, per: 1s, burst: 1, on_limit: wait}}]
 """
 
 
@@ -217,8 +217,8 @@ async def test_rate_limit_per_agent_rejects_with_retry_after(
     assert len(ok) == 5, burst
     assert len(limited) == 7
     assert all(0 < r.retry_after_ms <= 1000 for r in limited)
-    assert {r.limited_by for r in limited} == {"agent_tool:limited:greedy"}
-    assert "agent_tool limit on limited:greedy" in limited[0].error
+    assert {r.limited_by for r in limited} == {"pod:limited:greedy"}
+    assert "pod limit on limited:greedy" in limited[0].error
     assert upstream.requests["/limited"] == 5
     other = await client.call("limited", agent_id="polite")
     assert other.status is Status.OK
@@ -374,7 +374,8 @@ async def test_list_tools_health_and_tcp(
     }
     assert tools["weather"].input_schema["required"] == ["city"]
     assert tools["weather"].output_schema is not None
-    assert tools["limited"].rate_limits[0].scope == "agent_tool"
+    assert tools["limited"].rate_limits[0].key == "agent"
+    assert tools["limited"].rate_limits[0].scope == "pod"
     assert tools["limited"].rate_limits[0].rate == 5
     assert (await client.call("weather", {"city": "Oslo"})).ok
     async with grpc.aio.insecure_channel(sidecar.tcp_target) as channel:

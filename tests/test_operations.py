@@ -44,7 +44,7 @@ async def test_hot_reload_applies_new_limits_and_rejects_broken_files(
     upstream.json("GET", "/x", {"ok": True})
 
     def config(rate: int) -> str:
-        limit = {"scope": "agent_tool", "rate": rate, "per": "1h"}
+        limit = {"key": "agent", "rate": rate, "per": "1h"}
         return tools_file(tool("x", f"{upstream.url}/x", rate_limits=[limit]))
 
     sidecar = start_sidecar(config(1))

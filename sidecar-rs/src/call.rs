@@ -36,8 +36,10 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 use crate::breaker::Outcome as Health;
 use crate::cache::{FetchStats, Outcome, SingleFlight};
 use crate::error::CallError;
+use crate::fleet::Fleet;
 use crate::metrics::{status_label, Metrics, UNKNOWN_TOOL_LABEL};
 use crate::pb::{Status, Timing, ToolCall, ToolResult};
+use crate::quota;
 use crate::registry::{Registry, Tool};
 use crate::retry::upstream_wait;
 use crate::shape;
@@ -54,12 +56,16 @@ pub struct Executor {
     flights: Arc<SingleFlight>,
     /// Spans are exported (OTLP): propagate their context upstream.
     tracing: bool,
+    /// Shares learned upstream throttles with the fleet.
+    fleet: Option<Arc<Fleet>>,
 }
 
 /// Per-call facts every stage needs.
 struct CallContext {
     deadline: Instant,
     budget: Duration,
+    /// Estimated LLM tokens, for limits counted in tokens (0 otherwise).
+    tokens: f64,
 }
 
 impl CallContext {
@@ -78,7 +84,14 @@ impl Executor {
             metrics,
             flights: Arc::new(SingleFlight::default()),
             tracing: false,
+            fleet: None,
         }
+    }
+
+    /// Broadcasts learned upstream throttles through `fleet`.
+    pub fn with_fleet(mut self, fleet: Option<Arc<Fleet>>) -> Self {
+        self.fleet = fleet;
+        self
     }
 
     /// Calls become exported spans joined to the caller's trace.
@@ -218,7 +231,11 @@ impl Executor {
             deadline = deadline.min(d);
             budget = deadline.saturating_duration_since(received);
         }
-        let ctx = CallContext { deadline, budget };
+        let mut ctx = CallContext {
+            deadline,
+            budget,
+            tokens: 0.0,
+        };
 
         let started = Instant::now();
         shape::check_pointers(&call.select).map_err(CallError::InvalidSelect)?;
@@ -240,6 +257,9 @@ impl Executor {
         let Value::Object(object) = &args else {
             unreachable!("parse_arguments returns objects only")
         };
+        if tool.rate_limits.counts_tokens() {
+            ctx.tokens = estimate_tokens(&call.arguments, object);
+        }
         let mut request = tool.request.render(object)?;
         let exported = self.tracing
             && telemetry::inject(&tracing::Span::current().context(), &mut request.headers);
@@ -310,6 +330,7 @@ impl Executor {
             let leader = CallContext {
                 deadline: ctx.deadline,
                 budget: ctx.budget,
+                tokens: ctx.tokens,
             };
             async move {
                 let outcome = this.fetch(&tool, &agent_id, &request, &leader).await;
@@ -359,7 +380,8 @@ impl Executor {
     ) -> Result<(u16, Bytes), CallError> {
         let limited = tokio::time::timeout_at(
             ctx.deadline,
-            tool.rate_limits.acquire(&tool.name, agent_id, ctx.deadline),
+            tool.rate_limits
+                .acquire(&tool.name, agent_id, ctx.tokens, ctx.deadline),
         )
         .await
         .map_err(|_| ctx.timeout("waiting for a rate-limit permit"))?;
@@ -369,7 +391,38 @@ impl Executor {
                 .with_label_values(&[tool.name.as_str(), scope])
                 .inc();
         }
-        limited?;
+        let admitted = limited?;
+        for scope in &admitted.shadowed {
+            self.metrics
+                .rate_limit_shadow
+                .with_label_values(&[tool.name.as_str(), scope])
+                .inc();
+        }
+        let result = self
+            .send_with_retries(tool, request, ctx, stats, started)
+            .await;
+        if tool.rate_limits.counts_tokens() {
+            // Correct the estimate with what the upstream reports it used;
+            // a failed call used nothing it reports.
+            let used = match &result {
+                Ok((_, body)) => used_tokens(body).unwrap_or(ctx.tokens),
+                Err(_) => 0.0,
+            };
+            tool.rate_limits.settle(admitted.charges, used).await;
+        }
+        result
+    }
+
+    /// Concurrency slots, then attempts until one succeeds or retrying is
+    /// not allowed, useful or affordable.
+    async fn send_with_retries(
+        &self,
+        tool: &Tool,
+        request: &RenderedRequest,
+        ctx: &CallContext,
+        stats: &mut FetchStats,
+        started: Instant,
+    ) -> Result<(u16, Bytes), CallError> {
         let _tool_slot = acquire(tool.slots.as_deref(), ctx, "tool").await?;
         let _upstream_slot = acquire(Some(&tool.upstream.slots), ctx, "upstream").await?;
         stats.queued_us = micros(started.elapsed());
@@ -378,6 +431,7 @@ impl Executor {
         let mut attempt = 0;
         loop {
             attempt += 1;
+            self.hold_for_upstream_quota(tool, ctx).await?;
             let permit =
                 tool.upstream
                     .breaker
@@ -404,6 +458,9 @@ impl Executor {
                 .with_label_values(&[&tool.upstream.origin])
                 .observe(elapsed.as_secs_f64());
 
+            if let Ok(Ok(response)) = &response {
+                self.learn_quota(tool, response).await;
+            }
             let (error, retryable, upstream_asked) = match response {
                 Ok(Ok(response)) if !tool.retry.retries_status(response.status) => {
                     permit.record(if response.status >= 500 {
@@ -470,6 +527,49 @@ impl Executor {
         }
     }
 
+    /// Waits out a quota the upstream announced (if the wait fits the
+    /// deadline), or refuses with RATE_LIMITED naming the upstream.
+    async fn hold_for_upstream_quota(
+        &self,
+        tool: &Tool,
+        ctx: &CallContext,
+    ) -> Result<(), CallError> {
+        let Some(wait) = tool.upstream.throttled() else {
+            return Ok(());
+        };
+        self.metrics
+            .upstream_throttled
+            .with_label_values(&[&tool.upstream.origin])
+            .inc();
+        if Instant::now() + wait >= ctx.deadline {
+            self.metrics
+                .rate_limited
+                .with_label_values(&[tool.name.as_str(), "upstream"])
+                .inc();
+            return Err(CallError::RateLimited {
+                scope: "upstream",
+                key: tool.upstream.origin.clone(),
+                retry_after: wait,
+            });
+        }
+        tokio::time::sleep(wait).await;
+        Ok(())
+    }
+
+    /// Notes a spent quota announced in `response`, for this sidecar and,
+    /// with Redis, for the whole fleet.
+    async fn learn_quota(&self, tool: &Tool, response: &UpstreamResponse) {
+        let Some(wait) =
+            quota::exhausted_for(response.status, &response.headers, SystemTime::now())
+        else {
+            return;
+        };
+        tool.upstream.throttle(wait);
+        if let Some(fleet) = &self.fleet {
+            fleet.publish_throttle(&tool.upstream.origin, wait).await;
+        }
+    }
+
     /// Maps the upstream's answer to an outcome: 2xx JSON passing the output
     /// schema is OK (the bytes pass through untouched), anything else an
     /// error.
@@ -521,6 +621,31 @@ impl Executor {
             );
         }
     }
+}
+
+/// A rough token count for an LLM request: about four bytes of prompt per
+/// token, plus the completion budget it asks for (or 256).
+fn estimate_tokens(raw: &[u8], args: &serde_json::Map<String, Value>) -> f64 {
+    let completion = ["max_completion_tokens", "max_tokens"]
+        .iter()
+        .find_map(|k| args.get(*k).and_then(Value::as_f64))
+        .unwrap_or(256.0);
+    (raw.len() as f64 / 4.0).ceil() + completion
+}
+
+/// `usage.total_tokens` from an OpenAI-style response.
+fn used_tokens(body: &[u8]) -> Option<f64> {
+    #[derive(serde::Deserialize)]
+    struct Usage {
+        total_tokens: f64,
+    }
+    #[derive(serde::Deserialize)]
+    struct Response {
+        usage: Usage,
+    }
+    serde_json::from_slice::<Response>(body)
+        .ok()
+        .map(|r| r.usage.total_tokens)
 }
 
 /// A slot from `slots`, waiting no longer than the deadline allows.

@@ -81,6 +81,11 @@ pub struct Cli {
     #[arg(long, env = "SIDECAR_CONNECT_TIMEOUT", default_value = "5s", value_parser = humantime_duration)]
     pub connect_timeout: Duration,
 
+    /// Redis for `scope: fleet` rate limits and fleet-wide upstream
+    /// throttles, e.g. `redis://redis:6379/0`.
+    #[arg(long, env = "SIDECAR_REDIS_URL")]
+    pub redis_url: Option<String>,
+
     /// Export a span per tool call over OTLP/gRPC to this collector, e.g.
     /// `http://otel-collector:4317`; off when unset.
     #[arg(long, env = "SIDECAR_OTLP_ENDPOINT")]
@@ -118,6 +123,7 @@ impl Cli {
             allow_unauthenticated_tcp: self.allow_unauthenticated_tcp,
             reload_interval: self.reload_interval,
             tracing: self.otlp_endpoint.is_some(),
+            redis_url: self.redis_url.clone(),
             admission: Admission {
                 max_inflight: self.max_inflight,
                 max_inflight_per_stream: self.max_inflight_per_stream,

@@ -423,45 +423,98 @@ impl Method {
     }
 }
 
-/// `rate` calls per `per`, allowing bursts of `burst`.
+/// `rate` permits per `per`, allowing bursts of `burst`.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RateLimitSpec {
-    /// Who shares the budget: every agent together (`tool`) or each agent on
-    /// its own (`agent_tool`).
+    /// Who shares a bucket: all calls of the tool (`tool`) or each agent
+    /// separately (`agent`).
+    #[serde(default)]
+    pub key: LimitKey,
+    /// Where the bucket lives: in this sidecar (`pod`) or in Redis, shared
+    /// by every sidecar of the fleet (`fleet`, needs `--redis-url`).
+    #[serde(default)]
     pub scope: LimitScope,
     /// Permits per `per`.
     pub rate: u32,
     /// The period `rate` is counted over, e.g. `1s` or `1m`.
     #[serde(with = "humantime_serde", default = "one_second")]
     pub per: Duration,
-    /// Calls allowed back to back after a quiet period; defaults to `rate`.
+    /// Permits available back to back after a quiet period; defaults to `rate`.
     #[serde(default)]
     pub burst: Option<u32>,
     /// What a call over the limit gets: RATE_LIMITED at once (`reject`), or a
     /// wait for the next permit as long as its deadline allows (`wait`).
     #[serde(default)]
     pub on_limit: OnLimit,
+    /// What a permit is: one call (`requests`), or LLM tokens (`tokens`):
+    /// charged from the request's estimate, corrected with the response's
+    /// `usage.total_tokens`.
+    #[serde(default)]
+    pub unit: LimitUnit,
+    /// `false` runs the limit in shadow mode: would-be refusals are counted
+    /// and logged, nothing is refused. For rolling a new limit out safely.
+    #[serde(default = "yes")]
+    pub enforce: bool,
+    /// For fleet limits while Redis is unreachable: `local_share` (each
+    /// sidecar enforces rate ÷ the last known number of live sidecars) or
+    /// `deny` (calls get LIMITER_UNAVAILABLE).
+    #[serde(default)]
+    pub on_redis_error: OnRedisError,
 }
 
 fn one_second() -> Duration {
     Duration::from_secs(1)
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LimitKey {
+    #[default]
+    Tool,
+    Agent,
+}
+
+impl LimitKey {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LimitKey::Tool => "tool",
+            LimitKey::Agent => "agent",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum LimitScope {
-    Tool,
-    AgentTool,
+    #[default]
+    Pod,
+    Fleet,
 }
 
 impl LimitScope {
     pub fn as_str(self) -> &'static str {
         match self {
-            LimitScope::Tool => "tool",
-            LimitScope::AgentTool => "agent_tool",
+            LimitScope::Pod => "pod",
+            LimitScope::Fleet => "fleet",
         }
     }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LimitUnit {
+    #[default]
+    Requests,
+    Tokens,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnRedisError {
+    #[default]
+    LocalShare,
+    Deny,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]

@@ -80,6 +80,8 @@ pub enum CallError {
         upstream: String,
         retry_after: Duration,
     },
+    #[error("{0}")]
+    LimiterUnavailable(String),
     #[error("rate limited by the {scope} limit on {key}; retry in {}ms", .retry_after.as_millis())]
     RateLimited {
         /// `tool` or `agent_tool`.
@@ -155,6 +157,7 @@ impl CallError {
             | CallError::InvalidArguments(_)
             | CallError::UnusableArgument { .. } => Status::InvalidArguments,
             CallError::RateLimited { .. } => Status::RateLimited,
+            CallError::LimiterUnavailable(_) => Status::LimiterUnavailable,
             CallError::Timeout { .. } => Status::Timeout,
             CallError::Cancelled(_) => Status::Cancelled,
             CallError::Overloaded(_) => Status::Overloaded,
@@ -235,14 +238,14 @@ mod tests {
     #[test]
     fn rate_limited_result_carries_wait_and_limit() {
         let r = CallError::RateLimited {
-            scope: "agent_tool",
+            scope: "pod",
             key: "search:a7".into(),
             retry_after: Duration::from_micros(1500),
         }
         .into_result(ToolResult::default());
         assert_eq!(r.status, Status::RateLimited as i32);
         assert_eq!(r.retry_after_ms, 2);
-        assert_eq!(r.limited_by, "agent_tool:search:a7");
+        assert_eq!(r.limited_by, "pod:search:a7");
     }
 
     #[test]

@@ -11,7 +11,9 @@
 //! | [`call`] | one call's pipeline: parse → validate → render → rate limit → upstream → check response |
 //! | [`schema`] | JSON Schema compile (once) and validation with JSON Pointer violations |
 //! | [`template`] | request templates: arguments fill path segments, query, headers and body, never the host |
-//! | [`ratelimit`] | per-tool and per-(agent, tool) GCRA limits, reject or wait within the deadline |
+//! | [`ratelimit`] | rate limits keyed by tool or agent, in the pod or fleet-wide, counting calls or LLM tokens; reject, wait or shadow |
+//! | [`fleet`] | Redis: leased fleet buckets, live-sidecar presence, broadcast upstream throttles |
+//! | [`quota`] | reading an upstream's announced quota (`x-ratelimit-*`, `Retry-After`) |
 //! | [`upstream`] | the shared HTTP client and the size-capped body reader |
 //! | [`registry`] | the compiled tools of one config file |
 //! | [`config`] | `tools.yaml` as serde data |
@@ -25,6 +27,7 @@
 
 pub mod auth;
 pub mod breaker;
+pub mod bucket;
 pub mod cache;
 pub mod call;
 pub mod cli;
@@ -33,8 +36,10 @@ pub mod dispatch;
 pub mod drain;
 pub mod egress;
 pub mod error;
+pub mod fleet;
 pub mod metrics;
 pub mod pb;
+pub mod quota;
 pub mod ratelimit;
 pub mod registry;
 pub mod reload;

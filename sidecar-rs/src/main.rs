@@ -5,10 +5,12 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use sidecar::cli::Cli;
+use sidecar::fleet::Fleet;
 use sidecar::metrics::Metrics;
 use sidecar::registry::Registry;
 use sidecar::telemetry::Telemetry;
 use sidecar::upstreams::Upstreams;
+use tokio_util::sync::CancellationToken;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -39,7 +41,7 @@ fn main() -> ExitCode {
     };
 
     if cli.check_config {
-        return check_config(&cli);
+        return runtime.block_on(async { check_config(&cli) });
     }
     let config = match cli.server_config() {
         Ok(config) => config,
@@ -64,7 +66,18 @@ fn main() -> ExitCode {
 
 fn check_config(cli: &Cli) -> ExitCode {
     let path = cli.config.display();
-    let upstreams = Upstreams::new(Default::default(), Metrics::new());
+    let metrics = Metrics::new();
+    let mut upstreams = Upstreams::new(Default::default(), metrics.clone());
+    if let Some(url) = &cli.redis_url {
+        // Only to compile fleet limits; nothing is sent.
+        match Fleet::start(url, metrics.fleet.clone(), CancellationToken::new()) {
+            Ok(fleet) => upstreams = upstreams.with_fleet(fleet),
+            Err(e) => {
+                eprintln!("sidecar: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
     match Registry::load(&cli.config, &upstreams, None) {
         Ok(registry) => {
             let names: Vec<String> = registry.describe().into_iter().map(|t| t.name).collect();

@@ -50,6 +50,14 @@ pub struct Metrics {
     pub retries: IntCounterVec,
     /// `sidecar_config_reloads_total{result}`: `success` or `rejected`.
     pub config_reloads: IntCounterVec,
+    /// `sidecar_rate_limit_shadow_total{tool,scope}`: calls a shadow-mode
+    /// limit would have refused.
+    pub rate_limit_shadow: IntCounterVec,
+    /// `sidecar_upstream_throttled_total{upstream}`: calls held or refused
+    /// because the upstream announced its quota was spent.
+    pub upstream_throttled: IntCounterVec,
+    /// Fleet (Redis) metrics.
+    pub fleet: crate::fleet::FleetMetrics,
 }
 
 impl Default for Metrics {
@@ -121,6 +129,38 @@ impl Metrics {
             "Config reloads, by result (success or rejected).",
             &["result"],
         );
+        let rate_limit_shadow = counter(
+            "sidecar_rate_limit_shadow_total",
+            "Calls a shadow-mode (enforce: false) limit would have refused.",
+            &["tool", "scope"],
+        );
+        let upstream_throttled = counter(
+            "sidecar_upstream_throttled_total",
+            "Calls held or refused because the upstream announced its quota was spent.",
+            &["upstream"],
+        );
+        let fleet = crate::fleet::FleetMetrics {
+            commands: counter(
+                "sidecar_fleet_redis_commands_total",
+                "Redis commands sent for fleet limits, by operation.",
+                &["op"],
+            ),
+            errors: counter(
+                "sidecar_fleet_redis_errors_total",
+                "Redis commands that failed or timed out, by operation.",
+                &["op"],
+            ),
+            connected: IntGauge::new(
+                "sidecar_fleet_connected",
+                "1 while Redis answers (fleet mode), 0 while limits use their fallback.",
+            )
+            .expect("static metric definition"),
+            live: IntGauge::new(
+                "sidecar_fleet_live_sidecars",
+                "Sidecars with a fresh heartbeat in Redis.",
+            )
+            .expect("static metric definition"),
+        };
         let circuit_state = IntGaugeVec::new(
             Opts::new(
                 "sidecar_circuit_state",
@@ -140,6 +180,12 @@ impl Metrics {
             Box::new(cache_requests.clone()),
             Box::new(retries.clone()),
             Box::new(config_reloads.clone()),
+            Box::new(rate_limit_shadow.clone()),
+            Box::new(upstream_throttled.clone()),
+            Box::new(fleet.commands.clone()),
+            Box::new(fleet.errors.clone()),
+            Box::new(fleet.connected.clone()),
+            Box::new(fleet.live.clone()),
         ] {
             registry.register(c).expect("metric names are unique");
         }
@@ -155,6 +201,9 @@ impl Metrics {
             cache_requests,
             retries,
             config_reloads,
+            rate_limit_shadow,
+            upstream_throttled,
+            fleet,
         }
     }
 
@@ -230,6 +279,7 @@ pub fn status_label(status: Status) -> &'static str {
         Status::Draining => "draining",
         Status::EgressDenied => "egress_denied",
         Status::CircuitOpen => "circuit_open",
+        Status::LimiterUnavailable => "limiter_unavailable",
     }
 }
 

@@ -201,7 +201,10 @@ impl Tool {
         }
         let rate_limits = match previous {
             Some(old) if old.rate_limit_specs == spec.rate_limits => old.rate_limits.clone(),
-            _ => Arc::new(RateLimits::new(&spec.rate_limits).map_err(|(f, m)| err(&f, m))?),
+            _ => Arc::new(
+                RateLimits::new(&spec.rate_limits, upstreams.fleet())
+                    .map_err(|(f, m)| err(&f, m))?,
+            ),
         };
 
         let idempotent = spec
@@ -312,7 +315,7 @@ tools:
     request:
       url: http://127.0.0.1:9/weather/{city}
       query: {units: "{units}"}
-    rate_limits: [{scope: agent_tool, rate: 5}]
+    rate_limits: [{key: agent, rate: 5}]
     egress: {allow: [127.0.0.0/8]}
 "#;
 
@@ -323,7 +326,8 @@ tools:
         assert_eq!(info.len(), 1);
         assert_eq!(info[0].name, "weather");
         assert!(info[0].input_schema.contains("\"city\""));
-        assert_eq!(info[0].rate_limits[0].scope, "agent_tool");
+        assert_eq!(info[0].rate_limits[0].key, "agent");
+        assert_eq!(info[0].rate_limits[0].scope, "pod");
         assert_eq!(info[0].rate_limits[0].burst, 5);
     }
 

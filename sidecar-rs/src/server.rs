@@ -26,6 +26,7 @@ use crate::auth::BearerAuth;
 use crate::call::Executor;
 use crate::dispatch::{Admission, DispatchService};
 use crate::drain::Drain;
+use crate::fleet::Fleet;
 use crate::metrics::Metrics;
 use crate::pb::{self, dispatcher_server::DispatcherServer};
 use crate::registry::Registry;
@@ -82,6 +83,8 @@ pub struct ServerConfig {
     pub reload_interval: Duration,
     /// Spans are exported (set by whoever installed the OTLP exporter).
     pub tracing: bool,
+    /// Redis for fleet-scoped limits and shared upstream throttles.
+    pub redis_url: Option<String>,
     pub admission: Admission,
     pub drain_timeout: Duration,
     pub upstream: UpstreamOptions,
@@ -103,7 +106,26 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> an
         );
     }
     let metrics = Metrics::new();
-    let upstreams = Arc::new(Upstreams::new(config.upstream.clone(), metrics.clone()));
+    let background = CancellationToken::new();
+    let mut upstreams = Upstreams::new(config.upstream.clone(), metrics.clone());
+    let fleet = match &config.redis_url {
+        Some(url) => {
+            let fleet = Fleet::start(url, metrics.fleet.clone(), background.clone())
+                .map_err(anyhow::Error::msg)?;
+            tracing::info!(id = fleet.id(), "fleet limits enabled");
+            upstreams = upstreams.with_fleet(fleet.clone());
+            Some(fleet)
+        }
+        None => None,
+    };
+    let upstreams = Arc::new(upstreams);
+    if let Some(fleet) = &fleet {
+        let upstreams = upstreams.clone();
+        tokio::spawn(fleet.clone().subscribe_throttles(
+            move |origin, wait| upstreams.apply_throttle(origin, wait),
+            background.clone(),
+        ));
+    }
     let registry = Registry::load(&config.config_path, &upstreams, None)
         .with_context(|| format!("config {}", config.config_path.display()))?;
     tracing::info!(
@@ -112,8 +134,11 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> an
         "config loaded"
     );
     let registry = Arc::new(ArcSwap::from_pointee(registry));
-    let exec =
-        Arc::new(Executor::new(registry.clone(), metrics.clone()).with_tracing(config.tracing));
+    let exec = Arc::new(
+        Executor::new(registry.clone(), metrics.clone())
+            .with_tracing(config.tracing)
+            .with_fleet(fleet),
+    );
     let drain = Drain::new();
 
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -159,7 +184,6 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> an
         None => unix_router.clone(),
     };
 
-    let background = CancellationToken::new();
     if let Some(addr) = config.metrics_listen {
         let listener = Metrics::bind(addr)
             .await

@@ -9,9 +9,14 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::Semaphore;
 
+use std::time::Duration;
+
+use tokio::time::Instant;
+
 use crate::breaker::CircuitBreaker;
 use crate::config::UpstreamSpec;
 use crate::egress::EgressPolicy;
+use crate::fleet::Fleet;
 use crate::metrics::Metrics;
 use crate::retry::RetryBudget;
 use crate::upstream::{Upstream, UpstreamOptions};
@@ -25,12 +30,44 @@ pub struct UpstreamState {
     pub budget: RetryBudget,
     /// Requests in flight to this origin.
     pub slots: Arc<Semaphore>,
+    /// Until when the upstream asked for no requests (its quota is spent).
+    throttled_until: Mutex<Option<Instant>>,
+}
+
+impl UpstreamState {
+    /// Holds requests to this origin for `wait` (extending, never
+    /// shortening, a hold already in force).
+    pub fn throttle(&self, wait: Duration) {
+        let until = Instant::now() + wait;
+        let mut held = self
+            .throttled_until
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if held.is_none_or(|h| h < until) {
+            if held.is_none_or(|h| h <= Instant::now()) {
+                tracing::info!(upstream = %self.origin, ?wait, "upstream quota exhausted; holding requests until its reset");
+            }
+            *held = Some(until);
+        }
+    }
+
+    /// How long requests to this origin are still held, if they are.
+    pub fn throttled(&self) -> Option<Duration> {
+        let held = self
+            .throttled_until
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        held.and_then(|until| until.checked_duration_since(Instant::now()))
+            .filter(|d| !d.is_zero())
+    }
 }
 
 /// Every origin's state and every client, by key.
 pub struct Upstreams {
     metrics: Metrics,
     options: UpstreamOptions,
+    /// Present when the sidecar runs with `--redis-url`.
+    fleet: Option<Arc<Fleet>>,
     states: Mutex<HashMap<String, Arc<UpstreamState>>>,
     clients: Mutex<HashMap<(EgressPolicy, u8), Upstream>>,
 }
@@ -40,8 +77,27 @@ impl Upstreams {
         Self {
             metrics,
             options,
+            fleet: None,
             states: Mutex::default(),
             clients: Mutex::default(),
+        }
+    }
+
+    /// Shares fleet-scoped limits and upstream throttles through `fleet`.
+    pub fn with_fleet(mut self, fleet: Arc<Fleet>) -> Self {
+        self.fleet = Some(fleet);
+        self
+    }
+
+    pub fn fleet(&self) -> Option<&Arc<Fleet>> {
+        self.fleet.as_ref()
+    }
+
+    /// Applies a throttle another sidecar learned for `origin`.
+    pub fn apply_throttle(&self, origin: &str, wait: Duration) {
+        let states = self.states.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(state) = states.get(origin) {
+            state.throttle(wait);
         }
     }
 
@@ -60,6 +116,7 @@ impl Upstreams {
             breaker: CircuitBreaker::new(origin.to_owned(), spec.circuit_breaker.clone(), gauge),
             budget: RetryBudget::new(spec.retry_budget.clone()),
             slots: Arc::new(Semaphore::new(spec.max_concurrency)),
+            throttled_until: Mutex::new(None),
             spec: spec.clone(),
         });
         states.insert(origin.to_owned(), state.clone());

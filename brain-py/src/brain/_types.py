@@ -37,6 +37,7 @@ class Status(enum.IntEnum):
     DRAINING = pb.STATUS_DRAINING
     EGRESS_DENIED = pb.STATUS_EGRESS_DENIED
     CIRCUIT_OPEN = pb.STATUS_CIRCUIT_OPEN
+    LIMITER_UNAVAILABLE = pb.STATUS_LIMITER_UNAVAILABLE
 
 
 _STATUSES = {s.value: s for s in Status}
@@ -168,13 +169,20 @@ class ToolResult:
 
 @dataclass(frozen=True, slots=True)
 class RateLimitInfo:
-    """A configured limit: ``rate`` per ``period_ms``, bursts up to ``burst``."""
+    """A configured limit: ``rate`` per ``period_ms``, bursts up to ``burst``.
+
+    ``key`` is ``tool`` or ``agent``; ``scope`` is ``pod`` or ``fleet``; ``unit`` is
+    ``requests`` or ``tokens``; ``enforce`` is false in shadow mode.
+    """
 
     scope: str
     rate: int
     period_ms: int
     burst: int
     on_limit: str
+    key: str = "tool"
+    unit: str = "requests"
+    enforce: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,7 +205,9 @@ class ToolInfo:
             output_schema=orjson.loads(t.output_schema) if t.output_schema else None,
             timeout_ms=t.timeout_ms,
             rate_limits=tuple(
-                RateLimitInfo(r.scope, r.rate, r.period_ms, r.burst, r.on_limit)
+                RateLimitInfo(
+                    r.scope, r.rate, r.period_ms, r.burst, r.on_limit, r.key, r.unit, r.enforce
+                )
                 for r in t.rate_limits
             ),
         )

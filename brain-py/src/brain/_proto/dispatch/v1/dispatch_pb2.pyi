@@ -24,6 +24,7 @@ class Status(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     STATUS_DRAINING: _ClassVar[Status]
     STATUS_EGRESS_DENIED: _ClassVar[Status]
     STATUS_CIRCUIT_OPEN: _ClassVar[Status]
+    STATUS_LIMITER_UNAVAILABLE: _ClassVar[Status]
 STATUS_UNSPECIFIED: Status
 STATUS_OK: Status
 STATUS_INVALID_ARGUMENTS: Status
@@ -39,6 +40,7 @@ STATUS_INVALID_REQUEST: Status
 STATUS_DRAINING: Status
 STATUS_EGRESS_DENIED: Status
 STATUS_CIRCUIT_OPEN: Status
+STATUS_LIMITER_UNAVAILABLE: Status
 
 class DispatchFrame(_message.Message):
     __slots__ = ("calls", "cancel_call_ids")
@@ -140,18 +142,24 @@ class ListToolsResponse(_message.Message):
     def __init__(self, tools: _Optional[_Iterable[_Union[ToolInfo, _Mapping]]] = ...) -> None: ...
 
 class RateLimit(_message.Message):
-    __slots__ = ("scope", "rate", "period_ms", "burst", "on_limit")
+    __slots__ = ("scope", "rate", "period_ms", "burst", "on_limit", "key", "unit", "enforce")
     SCOPE_FIELD_NUMBER: _ClassVar[int]
     RATE_FIELD_NUMBER: _ClassVar[int]
     PERIOD_MS_FIELD_NUMBER: _ClassVar[int]
     BURST_FIELD_NUMBER: _ClassVar[int]
     ON_LIMIT_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    UNIT_FIELD_NUMBER: _ClassVar[int]
+    ENFORCE_FIELD_NUMBER: _ClassVar[int]
     scope: str
     rate: int
     period_ms: int
     burst: int
     on_limit: str
-    def __init__(self, scope: _Optional[str] = ..., rate: _Optional[int] = ..., period_ms: _Optional[int] = ..., burst: _Optional[int] = ..., on_limit: _Optional[str] = ...) -> None: ...
+    key: str
+    unit: str
+    enforce: bool
+    def __init__(self, scope: _Optional[str] = ..., rate: _Optional[int] = ..., period_ms: _Optional[int] = ..., burst: _Optional[int] = ..., on_limit: _Optional[str] = ..., key: _Optional[str] = ..., unit: _Optional[str] = ..., enforce: _Optional[bool] = ...) -> None: ...
 
 class ToolInfo(_message.Message):
     __slots__ = ("name", "description", "input_schema", "output_schema", "timeout_ms", "rate_limits")
