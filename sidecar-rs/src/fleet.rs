@@ -27,7 +27,8 @@ use redis::aio::ConnectionManager;
 use tokio_util::sync::CancellationToken;
 
 /// Takes a lease: refill by elapsed Redis time, return `returned`, grant up
-/// to `want`, and say how long until one permit is there if none was granted.
+/// to `want`, and if nothing was granted, say how long until `want` permits
+/// will be there (so a refused sidecar comes back once, for a whole block).
 /// KEYS[1] bucket; ARGV rate_per_ms, burst, want, returned, ttl_ms.
 const LEASE: &str = r#"
 local t = redis.call('TIME')
@@ -47,7 +48,7 @@ tokens = tokens - granted
 redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'ts', now)
 redis.call('PEXPIRE', KEYS[1], ARGV[5])
 local wait = 0
-if granted == 0 then wait = math.ceil((1 - tokens) / rate) end
+if granted == 0 then wait = math.ceil((math.min(want, burst) - tokens) / rate) end
 return {granted, wait}
 "#;
 

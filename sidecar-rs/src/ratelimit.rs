@@ -324,6 +324,10 @@ impl FleetLimit {
         if bucket.take_local(cost) {
             return Ok(());
         }
+        if let Some(wait) = bucket.refused_for() {
+            // Redis said when a block will be there: don't ask again sooner.
+            return Err(Refusal::Wait(wait));
+        }
         if !self.fleet.healthy() {
             return self.fall_back(&bucket, cost, "Redis is unreachable");
         }
@@ -356,7 +360,11 @@ impl FleetLimit {
                     )))
                 }
             }
-            Ok(lease) => Err(Refusal::Wait(lease.wait.max(Duration::from_millis(1)))),
+            Ok(lease) => {
+                let wait = lease.wait.max(Duration::from_millis(1));
+                bucket.refuse_until(Instant::now() + wait);
+                Err(Refusal::Wait(wait))
+            }
             Err(e) => self.fall_back(&bucket, cost, &e),
         }
     }
@@ -405,6 +413,8 @@ struct LocalLease {
     used_now: f64,
     used_last: f64,
     window_start: Option<Instant>,
+    /// Redis had nothing to lease before this instant.
+    refused_until: Option<Instant>,
 }
 
 impl FleetBucket {
@@ -449,6 +459,18 @@ impl FleetBucket {
         let fair = (burst / live.max(1)).max(1) as f64;
         let want = (cost + debt).max(demand.min(fair)).ceil() as u64;
         (want.max(1), returned)
+    }
+
+    fn refused_for(&self) -> Option<Duration> {
+        let lease = self.lock();
+        lease
+            .refused_until
+            .and_then(|until| until.checked_duration_since(Instant::now()))
+            .filter(|d| !d.is_zero())
+    }
+
+    fn refuse_until(&self, until: Instant) {
+        self.lock().refused_until = Some(until);
     }
 
     fn add_lease(&self, granted: f64) {

@@ -372,7 +372,13 @@ class SidecarClient:
                     calls.append(pending.msg)
                     pending.msg = None
                     pending.generation = generation
-                await stream.write(frame)
+                try:
+                    await stream.write(frame)
+                except Exception as exc:
+                    # The stream is ending (sidecar draining, restarting or gone); the
+                    # reader sees why and the calls of this frame fail with it.
+                    log.debug("write to the sidecar stream failed: %r", exc)
+                    return
                 self.frames_sent += 1
 
     async def _read(self, stream: Any) -> None:

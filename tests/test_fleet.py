@@ -1,0 +1,275 @@
+"""Fleet-wide limits: several real sidecars sharing a real redis-server."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from brain import SidecarClient, Status
+
+from harness import RedisServer, SidecarProcess, Upstream, scrape, tool, tools_file
+
+Start = Callable[..., SidecarProcess]
+MakeClient = Callable[..., SidecarClient]
+
+RATE = 100
+BURST = 20
+
+
+@pytest.fixture
+def redis(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path).start()
+    yield server
+    server.kill()
+
+
+class Arrivals:
+    """Upstream request times for one path."""
+
+    def __init__(self, upstream: Upstream, path: str, headers: dict[str, str] | None = None):
+        self.times: list[float] = []
+
+        async def handler(_: web.Request) -> web.StreamResponse:
+            self.times.append(time.monotonic())
+            return web.json_response({"ok": True}, headers=headers)
+
+        upstream.route("GET", path, handler)
+
+    def within(self, start: float, end: float) -> int:
+        return sum(1 for t in self.times if start <= t < end)
+
+
+def fleet_config(upstream: Upstream, **limit: Any) -> str:
+    spec = {"scope": "fleet", "rate": RATE, "per": "1s", "burst": BURST, **limit}
+    return tools_file(tool("shared", f"{upstream.url}/shared", rate_limits=[spec]))
+
+
+async def drive(client: SidecarClient, seconds: float, per_second: int) -> dict[Status, int]:
+    """Calls at a steady rate for `seconds`, without waiting for answers to pace."""
+    statuses: dict[Status, int] = {}
+    tasks: set[asyncio.Task[Any]] = set()
+    interval = 1 / per_second
+    end = time.monotonic() + seconds
+    next_at = time.monotonic()
+    while time.monotonic() < end:
+        task = asyncio.create_task(client.call("shared", agent_id="a", timeout=5))
+        tasks.add(task)
+        task.add_done_callback(
+            lambda t: statuses.__setitem__(
+                t.result().status, statuses.get(t.result().status, 0) + 1
+            )
+        )
+        next_at += interval
+        await asyncio.sleep(max(0.0, next_at - time.monotonic()))
+    await asyncio.gather(*tasks)
+    return statuses
+
+
+@pytest.fixture
+def fleet_of(
+    start_sidecar: Start, client_for: MakeClient
+) -> Callable[..., tuple[SidecarProcess, SidecarClient]]:
+    def make(config: str, redis: RedisServer) -> tuple[SidecarProcess, SidecarClient]:
+        sidecar = start_sidecar(config, "--redis-url", redis.url)
+        return sidecar, client_for(sidecar.unix_target)
+
+    return make
+
+
+async def wait_live(sidecar: SidecarProcess, count: int) -> None:
+    for _ in range(100):
+        samples = await asyncio.to_thread(scrape, sidecar.metrics_port)
+        if samples.get("sidecar_fleet_live_sidecars", {}).get((), 0) == count:
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"fleet never saw {count} live sidecars")
+
+
+async def test_three_sidecars_share_one_limit_fairly(
+    upstream: Upstream, redis: RedisServer, fleet_of: Callable[..., Any]
+) -> None:
+    arrivals = Arrivals(upstream, "/shared")
+    config = fleet_config(upstream)
+    members = [fleet_of(config, redis) for _ in range(3)]
+    await wait_live(members[0][0], 3)
+    started = time.monotonic()
+    results = await asyncio.gather(*(drive(client, 10, 2 * RATE) for _, client in members))
+    elapsed = time.monotonic() - started
+    ok = [r.get(Status.OK, 0) for r in results]
+    assert all(set(r) <= {Status.OK, Status.RATE_LIMITED} for r in results), results
+    total = sum(ok)
+    # Documented bound: rate x elapsed + burst, for the whole fleet.
+    assert total <= RATE * elapsed + BURST, (total, elapsed)
+    assert total >= RATE * 10 * 0.8, total  # and the limit is actually usable
+    assert len(arrivals.times) == total
+    # Equal demand, equal shares (within 25% of a third each).
+    for share in ok:
+        assert abs(share - total / 3) <= total / 3 * 0.25, ok
+    # The hot path stays in memory: far fewer Redis commands than calls.
+    samples = await asyncio.to_thread(scrape, members[0][0].metrics_port)
+    leases = samples["sidecar_fleet_redis_commands_total"][(("op", "lease"),)]
+    calls = sum(results[0].values())
+    assert leases < calls / 5, (leases, calls)
+
+
+async def test_scale_up_and_down_mid_run_stays_within_the_bound(
+    upstream: Upstream, redis: RedisServer, fleet_of: Callable[..., Any]
+) -> None:
+    arrivals = Arrivals(upstream, "/shared")
+    config = fleet_config(upstream)
+    members = [fleet_of(config, redis) for _ in range(3)]
+    started = time.monotonic()
+    runs = [asyncio.create_task(drive(client, 9, 2 * RATE)) for _, client in members]
+    await asyncio.sleep(3)
+    joiner = fleet_of(config, redis)  # scale-up
+    runs.append(asyncio.create_task(drive(joiner[1], 6, 2 * RATE)))
+    await asyncio.sleep(3)
+    leaving, _ = members[2]
+    assert await asyncio.to_thread(leaving.terminate) == 0  # scale-down
+    results = await asyncio.gather(*runs, return_exceptions=True)
+    elapsed = time.monotonic() - started
+    # The leaver's calls in flight ended cleanly or its stream closed; count the upstream.
+    assert all(not isinstance(r, Exception) or "broke" in str(r) for r in results), results
+    assert len(arrivals.times) <= RATE * elapsed + BURST, (len(arrivals.times), elapsed)
+    assert len(arrivals.times) >= RATE * 9 * 0.75
+
+
+async def test_redis_outage_falls_back_to_a_local_share_and_recovers(
+    upstream: Upstream, redis: RedisServer, fleet_of: Callable[..., Any]
+) -> None:
+    arrivals = Arrivals(upstream, "/shared")
+    config = fleet_config(upstream)
+    members = [fleet_of(config, redis) for _ in range(2)]
+    await wait_live(members[0][0], 2)
+    runs = [asyncio.create_task(drive(client, 9, 2 * RATE)) for _, client in members]
+    await asyncio.sleep(3)
+    redis.kill()
+    outage_start = time.monotonic()
+    await asyncio.sleep(3)
+    outage_end = time.monotonic()
+    redis.start()  # same port: the sidecars reconnect by themselves
+    results = await asyncio.gather(*runs)
+    # Only RATE_LIMITED besides OK, throughout.
+    for r in results:
+        assert set(r) <= {Status.OK, Status.RATE_LIMITED}, r
+    # During the outage each of the 2 sidecars enforced RATE / 2.
+    during = arrivals.within(outage_start + 0.5, outage_end)
+    assert during <= RATE * (outage_end - outage_start - 0.5) + BURST, during
+    assert during >= RATE * 2.5 * 0.6, during  # traffic did continue
+    for sidecar, _ in members:
+        samples = await asyncio.to_thread(scrape, sidecar.metrics_port)
+        assert samples["sidecar_fleet_connected"][()] == 1  # fleet mode resumed
+        assert sum(samples["sidecar_fleet_redis_errors_total"].values()) >= 1
+        assert "Redis unreachable" in sidecar.log_text()
+        assert "fleet mode on" in sidecar.log_text()
+
+
+async def test_deny_mode_refuses_with_a_clear_status_while_redis_is_down(
+    upstream: Upstream, redis: RedisServer, fleet_of: Callable[..., Any]
+) -> None:
+    Arrivals(upstream, "/shared")
+    _, client = fleet_of(fleet_config(upstream, on_redis_error="deny"), redis)
+    assert (await client.call("shared")).ok
+    redis.kill()
+    for _ in range(50):
+        r = await client.call("shared")
+        if r.status is Status.LIMITER_UNAVAILABLE:
+            break
+        await asyncio.sleep(0.1)
+    assert r.status is Status.LIMITER_UNAVAILABLE, r
+    assert "on_redis_error: deny" in r.error
+
+
+async def test_announced_upstream_quota_is_held_fleet_wide_until_reset(
+    upstream: Upstream, redis: RedisServer, fleet_of: Callable[..., Any]
+) -> None:
+    times: list[float] = []
+
+    async def quota(_: web.Request) -> web.StreamResponse:
+        times.append(time.monotonic())
+        headers = (
+            {"x-ratelimit-remaining": "0", "x-ratelimit-reset": "2"} if len(times) == 1 else {}
+        )
+        return web.json_response({"ok": True}, headers=headers)
+
+    upstream.route("GET", "/quota", quota)
+    config = tools_file(tool("q", f"{upstream.url}/quota", timeout="5s"))
+    (a, client_a), (_, client_b) = fleet_of(config, redis), fleet_of(config, redis)
+    await wait_live(a, 2)
+    await asyncio.sleep(1.2)  # both subscribed to throttle broadcasts
+    first = await client_a.call("q")
+    assert first.ok
+    reset_at = times[0] + 2
+    # Both sidecars hold (wait-within-deadline) or refuse; none reaches the upstream early.
+    short = await client_b.call("q", timeout=0.5)
+    assert short.status is Status.RATE_LIMITED
+    assert short.limited_by == f"upstream:{upstream.url}"
+    held = await asyncio.gather(client_a.call("q", timeout=5), client_b.call("q", timeout=5))
+    assert {r.status for r in held} == {Status.OK}
+    assert len(times) == 3
+    assert min(times[1:]) >= reset_at - 0.05, [t - times[0] for t in times]
+
+
+async def test_llm_token_limit_is_corrected_by_usage(
+    upstream: Upstream, start_sidecar: Start, client_for: MakeClient
+) -> None:
+    usage_total = 0
+    sent: list[float] = []
+
+    async def llm(_: web.Request) -> web.StreamResponse:
+        nonlocal usage_total
+        usage_total += 100
+        sent.append(time.monotonic())
+        return web.json_response({"choices": [], "usage": {"total_tokens": 100}})
+
+    upstream.route("POST", "/v1/chat/completions", llm)
+    limit = {"unit": "tokens", "rate": 1000, "per": "1s", "burst": 200}
+    sidecar = start_sidecar(
+        tools_file(
+            tool(
+                "llm",
+                f"{upstream.url}/v1/chat/completions",
+                method="POST",
+                rate_limits=[limit],
+            )
+        )
+    )
+    client = client_for(sidecar.unix_target)
+    started = time.monotonic()
+    # Each request estimates ~10 tokens (max_tokens 1 + a short prompt) but uses 100.
+    request = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}
+    statuses: dict[Status, int] = {}
+    end = started + 4
+    while time.monotonic() < end:
+        batch = await asyncio.gather(*(client.call("llm", request) for _ in range(10)))
+        for r in batch:
+            statuses[r.status] = statuses.get(r.status, 0) + 1
+        await asyncio.sleep(0.02)
+    elapsed = time.monotonic() - started
+    assert set(statuses) <= {Status.OK, Status.RATE_LIMITED}, statuses
+    # Tokens actually used stay within rate x time + burst + one call's overshoot;
+    # charging estimates alone would have let ~10x more through.
+    assert usage_total <= 1000 * elapsed + 200 + 100, (usage_total, elapsed)
+    assert usage_total >= 1000 * 4 * 0.5, usage_total
+
+
+async def test_shadow_mode_limits_nothing_and_counts(
+    upstream: Upstream, start_sidecar: Start, client_for: MakeClient
+) -> None:
+    Arrivals(upstream, "/shared")
+    limit = {"rate": 1, "per": "1h", "enforce": False}
+    sidecar = start_sidecar(
+        tools_file(tool("shared", f"{upstream.url}/shared", rate_limits=[limit]))
+    )
+    client = client_for(sidecar.unix_target)
+    results = await asyncio.gather(*(client.call("shared") for _ in range(10)))
+    assert {r.status for r in results} == {Status.OK}
+    samples = await asyncio.to_thread(scrape, sidecar.metrics_port)
+    assert samples["sidecar_rate_limit_shadow_total"][(("scope", "pod"), ("tool", "shared"))] == 9
+    assert "shadow mode" in sidecar.log_text()
