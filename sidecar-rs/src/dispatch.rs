@@ -1,7 +1,7 @@
 //! The gRPC `Dispatcher` service: admission (in-flight bounds, draining) and
 //! the per-stream bookkeeping that guarantees exactly one result per call.
 //!
-//! Each Dispatch stream gets one task ([`Session::run`]) that owns the map of
+//! Each Dispatch stream gets one task (`Session::run`) that owns the map of
 //! calls in flight on it, so no lock is needed. Every admitted call runs in a
 //! task of its own and reports back through a bounded channel; the session
 //! batches whatever results are ready into one ResultFrame. A failed send to
