@@ -52,6 +52,13 @@ impl TokenBucket {
         }
     }
 
+    /// Whether the bucket is full and has not been used for `idle`: it can
+    /// be forgotten and made afresh without changing anything.
+    pub fn is_idle(&self, idle: Duration) -> bool {
+        let state = self.refilled();
+        state.0 >= self.capacity && state.1.elapsed() >= idle
+    }
+
     /// Charges `delta` more tokens (negative: refunds them), e.g. once the
     /// real cost of a call is known.
     pub fn adjust(&self, delta: f64) {

@@ -143,6 +143,19 @@ impl Fleet {
         Ok(fleet)
     }
 
+    /// Waits (up to `timeout`) for the first successful contact with Redis,
+    /// so a sidecar does not start out on its fallback share.
+    pub async fn wait_connected(&self, timeout: Duration) -> bool {
+        let end = tokio::time::Instant::now() + timeout;
+        while !self.healthy() {
+            if tokio::time::Instant::now() >= end {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        true
+    }
+
     pub fn id(&self) -> &str {
         &self.id
     }

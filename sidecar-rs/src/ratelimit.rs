@@ -26,6 +26,8 @@ use crate::pb;
 
 /// How long leased fleet permits stay usable before they are handed back.
 const LEASE_TTL: Duration = Duration::from_millis(500);
+/// Buckets unused this long (and holding nothing) are forgotten.
+const IDLE: Duration = Duration::from_secs(300);
 /// A lease aims to cover this much of the sidecar's own recent demand.
 const LEASE_SPAN: f64 = 0.1;
 
@@ -248,9 +250,14 @@ impl RateLimits {
     /// number of recently active agents rather than every agent ever seen.
     pub fn prune(&self) {
         for limit in &self.limits {
-            if let State::PodCalls(Gcra::Agent(l)) = &limit.state {
-                l.retain_recent();
-                l.shrink_to_fit();
+            match &limit.state {
+                State::PodCalls(Gcra::Agent(l)) => {
+                    l.retain_recent();
+                    l.shrink_to_fit();
+                }
+                State::PodCalls(Gcra::Tool(_)) => {}
+                State::PodTokens(keyed) => keyed.buckets.retain(|_, b| !b.is_idle(IDLE)),
+                State::Fleet(fleet) => fleet.buckets.retain(|_, b| !b.is_idle(IDLE)),
             }
         }
     }
@@ -459,6 +466,15 @@ impl FleetBucket {
         let fair = (burst / live.max(1)).max(1) as f64;
         let want = (cost + debt).max(demand.min(fair)).ceil() as u64;
         (want.max(1), returned)
+    }
+
+    /// Unused for `idle` with nothing leased or owed.
+    fn is_idle(&self, idle: Duration) -> bool {
+        let lease = self.lock();
+        lease.permits.abs() < 1.0
+            && lease
+                .window_start
+                .is_none_or(|start| start.elapsed() >= idle)
     }
 
     fn refused_for(&self) -> Option<Duration> {

@@ -112,6 +112,12 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> an
         Some(url) => {
             let fleet = Fleet::start(url, metrics.fleet.clone(), background.clone())
                 .map_err(anyhow::Error::msg)?;
+            if !fleet.wait_connected(Duration::from_secs(2)).await {
+                tracing::warn!(
+                    id = fleet.id(),
+                    "Redis is not reachable yet; fleet limits start on their fallback"
+                );
+            }
             tracing::info!(id = fleet.id(), "fleet limits enabled");
             upstreams = upstreams.with_fleet(fleet.clone());
             Some(fleet)
