@@ -221,16 +221,7 @@ class SidecarClient:
             )
         if timeout is None:
             timeout = self.options.default_timeout
-        msg = pb.ToolCall(
-            call_id=call_id,
-            agent_id=agent_id,
-            tool=tool,
-            arguments=_encode_arguments(arguments),
-            timeout_ms=max(1, int(timeout * 1000)),
-            select=select,
-        )
-        if metadata:
-            msg.metadata.update(metadata)
+        msg = _tool_call(call_id, tool, arguments, agent_id, timeout, metadata, select)
         future: asyncio.Future[ToolResult] = asyncio.get_running_loop().create_future()
         deadline = time.monotonic() + timeout + self.options.grace
         pending = _Call(msg, future, deadline)
@@ -260,16 +251,7 @@ class SidecarClient:
         stub = await self._ready_stub()
         if timeout is None:
             timeout = self.options.default_timeout
-        msg = pb.ToolCall(
-            call_id=str(next(self._ids)),
-            agent_id=agent_id,
-            tool=tool,
-            arguments=_encode_arguments(arguments),
-            timeout_ms=max(1, int(timeout * 1000)),
-            select=select,
-        )
-        if metadata:
-            msg.metadata.update(metadata)
+        msg = _tool_call(str(next(self._ids)), tool, arguments, agent_id, timeout, metadata, select)
         with _map_grpc_errors(self.target):
             reply = await stub.Invoke(
                 msg, timeout=timeout + self.options.grace, metadata=self._metadata
@@ -429,6 +411,28 @@ class SidecarClient:
             if not pending.future.done():
                 pending.future.set_exception(exc)
         return len(failed)
+
+
+def _tool_call(
+    call_id: str,
+    tool: str,
+    arguments: Mapping[str, Any] | bytes | None,
+    agent_id: str,
+    timeout: float,
+    metadata: Mapping[str, str] | None,
+    select: Sequence[str],
+) -> pb.ToolCall:
+    msg = pb.ToolCall(
+        call_id=call_id,
+        agent_id=agent_id,
+        tool=tool,
+        arguments=_encode_arguments(arguments),
+        timeout_ms=max(1, int(timeout * 1000)),
+        select=select,
+    )
+    if metadata:
+        msg.metadata.update(metadata)
+    return msg
 
 
 def _encode_arguments(arguments: Mapping[str, Any] | bytes | None) -> bytes:
