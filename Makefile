@@ -102,3 +102,42 @@ proto: $(STAMP)
 clean:
 	$(CARGO) clean --manifest-path sidecar-rs/Cargo.toml
 	rm -rf $(VENV)
+
+# ---------------------------------------------------------------- performance (issue 7)
+# `make bench` (QUICK=1 for the CI smoke run) and `make load` (HOST=... for a deployed
+# brain API). Their Python packages are pinned in tests/bench/requirements.txt; nginx
+# comes from Debian's packages and ghz from the Go module proxy, installed when missing.
+
+BENCH_STAMP := $(VENV)/.bench-installed
+GHZ_VERSION := v0.120.0
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+GOBIN_PATH := $(shell command -v go >/dev/null 2>&1 && echo "$$(go env GOPATH)/bin")
+QUICK ?=
+HOST ?=
+LOAD_ARGS ?=
+
+.PHONY: bench load bench-tools
+
+$(BENCH_STAMP): $(STAMP) tests/bench/requirements.txt
+	@echo "==> installing the benchmark's pinned Python packages"
+	$(PY) -m pip install --quiet -c brain-py/constraints.txt -r tests/bench/requirements.txt
+	touch $@
+
+bench-tools:
+	@command -v nginx >/dev/null 2>&1 || test -x /usr/sbin/nginx || { \
+		echo "==> installing nginx (Debian's nginx-light)"; \
+		$(SUDO) apt-get update -qq && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light; }
+	@if command -v ghz >/dev/null 2>&1 || test -x "$(GOBIN_PATH)/ghz"; then :; \
+	elif command -v go >/dev/null 2>&1; then \
+		echo "==> installing ghz $(GHZ_VERSION)"; \
+		go install github.com/bojand/ghz/cmd/ghz@$(GHZ_VERSION); \
+	else echo "warning: Go is not installed, so scenario 2 runs without its ghz rows"; fi
+
+bench: $(BENCH_STAMP) bench-tools sidecar-release
+	@echo "==> building the criterion benchmark (scenario 5; the first build takes minutes)"
+	$(CARGO) bench $(CARGO_FLAGS) --bench parse_validate --no-run
+	PATH="$$PATH:$(GOBIN_PATH)" $(PY) tests/bench/run.py $(if $(QUICK),--quick)
+
+load: $(BENCH_STAMP) sidecar-release
+	$(PY) tests/load/run_load.py $(if $(HOST),--host $(HOST)) $(LOAD_ARGS)

@@ -4,10 +4,14 @@ Starts, in the order Kubernetes would:
 1. the demo tool service (``python -m demo_tools``) on a free loopback port,
 2. the sidecar on a unix socket (like the pod's shared emptyDir), with the demo
    tools.yaml pointed at that port,
-3. the brain's demo agents (``python -m brain demo``) against the socket,
+3. the brain's HTTP API (``python -m brain serve``) with the router planner and the
+   bundled embedding model, and waits for ``/readyz``,
 
-prints the agents' summary and the sidecar's own metrics, then stops the brain side
-first and the sidecar after it (SIGTERM, drain), and checks every process exited cleanly.
+then submits the demo tasks through the API, all at once so that the planner's model
+requests share batches (``python -m brain demo``), shows progress, prints every task's
+steps and answer and a summary, and the sidecar's own view. Finally it stops the brain
+first (SIGTERM: drain), the sidecar after it, then the tool service, and checks that
+every process exited cleanly.
 """
 
 from __future__ import annotations
@@ -22,9 +26,12 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import IO
+
+from brain._demo import local_tools_yaml
 
 BRAIN_PY = Path(__file__).resolve().parents[1]
 TOOLS_YAML = BRAIN_PY / "src/demo_tools/tools.yaml"
@@ -34,18 +41,23 @@ DEMO_BASE = "http://127.0.0.1:8081"
 class LineWatcher:
     """Reads a child's output on a thread (so its pipe never fills) and finds lines in it."""
 
-    def __init__(self, stream: IO[str], what: str) -> None:
+    def __init__(self, stream: IO[str], what: str, echo: bool = False) -> None:
         self.what = what
+        self.echo = echo
         self.lines: list[str] = []
         self._cond = threading.Condition()
         self._eof = False
-        threading.Thread(target=self._read, args=(stream,), daemon=True).start()
+        self._thread = threading.Thread(target=self._read, args=(stream,), daemon=True)
+        self._thread.start()
 
     def _read(self, stream: IO[str]) -> None:
-        for line in stream:
-            with self._cond:
-                self.lines.append(line.rstrip())
-                self._cond.notify_all()
+        with stream:
+            for line in stream:
+                if self.echo:
+                    print(f"    [{self.what}] {line.rstrip()}", flush=True)
+                with self._cond:
+                    self.lines.append(line.rstrip())
+                    self._cond.notify_all()
         with self._cond:
             self._eof = True
             self._cond.notify_all()
@@ -67,16 +79,37 @@ class LineWatcher:
                     raise SystemExit(f"{self.what} did not start:\n{tail}")
                 self._cond.wait(left)
 
+    def join(self, timeout: float) -> None:
+        self._thread.join(timeout)
+
 
 def sidecar_metrics(port: int) -> str:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
         text: str = response.read().decode()
     rows = []
     for line in text.splitlines():
-        m = re.match(r'sidecar_tool_calls_total\{status="(\w+)",tool="([\w.-]+)"\} (\d+)', line)
-        if m:
-            rows.append(f"  {m.group(2):<16} {m.group(1):<18} {m.group(3):>6}")
+        if not line.startswith("sidecar_tool_calls_total{"):
+            continue
+        labels = dict(re.findall(r'(\w+)="([^"]*)"', line))
+        value = line.rsplit(" ", 1)[1]
+        rows.append(f"  {labels.get('tool', ''):<16} {labels.get('status', ''):<18} {value:>6}")
     return "\n".join(sorted(rows))
+
+
+def wait_ready(url: str, proc: subprocess.Popen[str], timeout: float) -> None:
+    """Poll ``/readyz`` until 200 (the model is loaded and the sidecar reachable)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"the brain exited with {proc.returncode} while starting")
+        try:
+            with urllib.request.urlopen(f"{url}/readyz", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.2)
+    raise SystemExit(f"the brain was not ready within {timeout}s")
 
 
 def stop(proc: subprocess.Popen[str], name: str, timeout: float) -> int:
@@ -95,13 +128,16 @@ def stop(proc: subprocess.Popen[str], name: str, timeout: float) -> int:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--sidecar-bin", type=Path, required=True)
-    parser.add_argument("--agents", type=int, default=120)
+    parser.add_argument("--tasks", type=int, default=120, help="demo tasks to submit")
+    parser.add_argument("--concurrency", type=int, default=0, help="default: all at once")
     args = parser.parse_args()
 
     workdir = Path(tempfile.mkdtemp(prefix="tandem-demo-"))
     socket = workdir / "sidecar.sock"
     procs: list[tuple[str, subprocess.Popen[str]]] = []
+    watchers: list[LineWatcher] = []
     python = sys.executable
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     try:
         print("==> starting the demo tool service")
         tools = subprocess.Popen(
@@ -111,11 +147,13 @@ def main() -> int:
         )
         procs.append(("demo tools", tools))
         assert tools.stdout is not None
-        base = LineWatcher(tools.stdout, "demo tools").wait(r"listening on (http://\S+)", 30)[1]
+        tools_out = LineWatcher(tools.stdout, "demo tools")
+        watchers.append(tools_out)
+        base = tools_out.wait(r"listening on (http://\S+)", 30)[1]
         print(f"    {base}")
 
         config = workdir / "tools.yaml"
-        config.write_text(TOOLS_YAML.read_text().replace(DEMO_BASE, base))
+        config.write_text(local_tools_yaml(TOOLS_YAML.read_text(), replace={DEMO_BASE: base}))
         print("==> starting the sidecar")
         sidecar = subprocess.Popen(
             [
@@ -131,49 +169,92 @@ def main() -> int:
             ],
             stderr=subprocess.PIPE,
             text=True,
-            env={**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "info")},
+            env={**env, "RUST_LOG": os.environ.get("RUST_LOG", "info")},
         )
         procs.append(("sidecar", sidecar))
         assert sidecar.stderr is not None
         sidecar_log = LineWatcher(sidecar.stderr, "sidecar")
+        watchers.append(sidecar_log)
         line = sidecar_log.wait(r'"message":"metrics listening"', 30).string
         metrics_port = int(json.loads(line)["addr"].rsplit(":", 1)[1])
         sidecar_log.wait(r'"message":"sidecar ready"', 30)
         print(f"    unix:{socket}, metrics on :{metrics_port}")
         subprocess.run([python, "-m", "brain", "--sidecar", f"unix:{socket}", "tools"], check=True)
 
-        print(f"==> running {args.agents} concurrent agents through the sidecar")
+        print("==> starting the brain (router planner, bundled all-MiniLM-L6-v2 model)")
         started = time.perf_counter()
-        demo = subprocess.run(
+        brain = subprocess.Popen(
             [
                 python,
                 "-m",
                 "brain",
                 "--sidecar",
                 f"unix:{socket}",
+                "--log-format",
+                "json",
+                "serve",
+                "--planner",
+                "router",
+                "--port",
+                "0",
+                "--drain-timeout",
+                "20",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        procs.append(("brain", brain))
+        assert brain.stdout is not None
+        assert brain.stderr is not None
+        brain_out = LineWatcher(brain.stdout, "brain")
+        brain_log = LineWatcher(brain.stderr, "brain log")
+        watchers += [brain_out, brain_log]
+        url = brain_out.wait(r"brain listening on (http://\S+)", 120)[1]
+        wait_ready(url, brain, 300)
+        print(f"    {url} ready after {time.perf_counter() - started:.1f}s (model loaded)")
+
+        concurrency = args.concurrency or args.tasks
+        print(f"==> submitting {args.tasks} tasks to POST {url}/v1/runs ({concurrency} at once)")
+        demo = subprocess.run(
+            [
+                python,
+                "-m",
+                "brain",
                 "demo",
-                "--agents",
-                str(args.agents),
+                "--api",
+                url,
+                "--tasks",
+                str(args.tasks),
+                "--concurrency",
+                str(concurrency),
             ],
             check=False,
+            env=env,
         )
-        print(f"    brain exited {demo.returncode} after {time.perf_counter() - started:.1f}s")
         print("==> the sidecar's view (sidecar_tool_calls_total)")
         print(sidecar_metrics(metrics_port))
 
-        print("==> shutting down: sidecar (drain) then tool service")
+        print("==> shutting down: brain (drain), then sidecar (drain), then tool service")
         codes = {
+            "brain": stop(brain, "brain", 40),
             "sidecar": stop(sidecar, "sidecar", 30),
             "demo tools": stop(tools, "demo tools", 10),
         }
         procs.clear()
-        print("    " + json.dumps(codes))
+        drained = [ln for ln in brain_log.lines if '"drained' in ln]
+        if drained:
+            print("    brain: " + json.loads(drained[-1])["message"])
+        print("    exit codes: " + json.dumps(codes))
         clean = all(code == 0 for code in codes.values()) and not socket.exists()
         print("==> done: stopped cleanly" if clean else "==> done: shutdown was NOT clean")
         return 0 if demo.returncode == 0 and clean else 1
     finally:
         for name, proc in reversed(procs):
             stop(proc, name, 10)
+        for watcher in watchers:
+            watcher.join(5)
 
 
 if __name__ == "__main__":

@@ -1,10 +1,11 @@
-"""The demo workload: many concurrent agents running scripted multi-step tasks.
+"""The demo client: submit tasks to a running ``brain serve`` over HTTP, watch, report.
 
-Each agent follows a small plan (steps of one or more tool calls, run concurrently) and
-reacts to what it observes the way an agent loop must: it waits out RATE_LIMITED
-(``retry_after_ms``), corrects INVALID_ARGUMENTS using the reported violations, and
-records every other outcome. The scripted :class:`Plan` stands where an LLM planner will
-(the ``brain`` agent runtime); the calls, the sidecar and the upstream are all real.
+Every task is submitted with ``POST /v1/runs`` (202), followed on its Server-Sent Events
+stream until ``done``, and read back with ``GET /v1/runs/{id}``. All of them are in flight
+at once (up to ``concurrency``), so the planner's embedding requests from many runs meet
+in the same batches. A progress line is printed while they run; at the end, each task's
+steps and answer and a summary: runs by state, tool calls by status, p50/p99 run latency,
+and the average inference batch size read from the brain's ``/metrics``.
 """
 
 from __future__ import annotations
@@ -12,212 +13,248 @@ from __future__ import annotations
 import asyncio
 import random
 import statistics
+import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ._client import SidecarClient
-from ._types import Status, ToolResult
+import aiohttp
+import orjson
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
-__all__ = ["DemoReport", "Plan", "run_demo"]
+__all__ = ["DEMO_TASKS", "DemoReport", "local_tools_yaml", "run_demo"]
 
-CITIES = ["Reykjavík", "Tokyo", "São Paulo", "New York", "Cairo", "Sydney", "Berlin", "Mumbai"]
-TOPICS = ["circuit breaker", "rate limiting", "kubernetes pods", "rust async", "grpc streaming"]
-
-#: How often an agent retries a call the sidecar rate-limited or it corrected.
-MAX_RETRIES = 3
-
-
-@dataclass(frozen=True, slots=True)
-class Request:
-    """One tool call an agent wants to make, and how to fix its arguments if refused."""
-
-    tool: str
-    arguments: dict[str, Any]
-    fix: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+#: Upstreams on this machine that demo and test tools call.
+LOOPBACK_CIDRS = ["127.0.0.0/8"]
 
 
-#: A step: calls to run concurrently, or a function of the previous step's results that
-#: returns them (how an agent uses what it observed).
-Step = Sequence[Request] | Callable[[list[ToolResult]], Sequence[Request]]
+def local_tools_yaml(config: str | dict[str, Any], *, replace: dict[str, str] | None = None) -> str:
+    """A tools.yaml whose tools may call upstreams on this machine (demos and tests).
+
+    The one place where demo and test configs are adapted to local upstreams: each tool
+    gets ``egress.allow`` for the loopback range (the sidecar refuses private and
+    loopback addresses otherwise), and every ``replace`` key in the text (e.g. the demo
+    service's default base URL) becomes its value.
+    """
+    text = config if isinstance(config, str) else yaml.safe_dump(config, sort_keys=False)
+    for old, new in (replace or {}).items():
+        text = text.replace(old, new)
+    parsed = yaml.safe_load(text)
+    for tool in parsed.get("tools", []):
+        tool.setdefault("egress", {"allow": list(LOOPBACK_CIDRS)})
+    return yaml.safe_dump(parsed, sort_keys=False, allow_unicode=True)
 
 
-@dataclass(frozen=True, slots=True)
-class Plan:
-    """A task as the agent would plan it: steps of calls that run concurrently."""
+#: What the demo asks; the router planner handles each with one of the demo tools.
+DEMO_TASKS = [
+    "What's the weather in Tokyo right now?",
+    "Is it warmer in Cairo or in Reykjavík today?",
+    "Give me the 3-day forecast for São Paulo in Fahrenheit.",
+    "Will it rain in London or Paris in the next days?",
+    "How windy is it in Sydney?",
+    "What is 2 ** 10 + sqrt(144)?",
+    "Calculate (17.5 * 4) / 3.",
+    "What is 1234 divided by 7?",
+    "What's the square root of 2 times pi?",
+    "How many miles is a 42.195 km marathon?",
+    "Convert 100 Celsius to Fahrenheit.",
+    "How many pounds are 70 kilograms?",
+    "What is 2 gallons in litres?",
+    "Find articles about circuit breakers and half-open state.",
+    "Search for how rate limiting with token buckets works.",
+    "What does the knowledge base say about Kubernetes pods?",
+    "Look up gRPC streaming.",
+    "What time is it in Tokyo (JST)?",
+    "What's the current time in UTC?",
+    "Which weekday is it now in CET?",
+]
 
+
+@dataclass(slots=True)
+class TaskOutcome:
+    index: int
     task: str
-    steps: Sequence[Step]
-
-
-def _temperature_difference(results: list[ToolResult]) -> Sequence[Request]:
-    if not all(r.ok for r in results):
-        return []
-    a, b = (r.json()["current"]["temperature"] for r in results)
-    return [Request("calculator", {"expression": f"abs({a} - {b})"})]
-
-
-def make_plan(rng: random.Random) -> Plan:
-    """A random task from the demo catalogue."""
-    city, other = rng.sample(CITIES, 2)
-    kind = rng.randrange(5)
-    if kind == 0:
-        return Plan(
-            f"What is the weather in {city}, in Fahrenheit?",
-            [[Request("weather", {"city": city, "units": "f"})]],
-        )
-    if kind == 1:
-        return Plan(
-            f"Is it warmer in {city} or {other}, and by how much?",
-            [
-                [Request("weather", {"city": city}), Request("weather", {"city": other})],
-                _temperature_difference,
-            ],
-        )
-    if kind == 2:
-        topic = rng.choice(TOPICS)
-        # Eight searches at once: more than the per-agent limit of 5/s allows, so some
-        # come back RATE_LIMITED and are retried after retry_after_ms.
-        return Plan(
-            f"Research {topic} from several angles.",
-            [[Request("search", {"query": f"{topic} {angle}", "limit": 3}) for angle in range(8)]],
-        )
-    if kind == 3:
-        # The planner first asks for a unit the tool does not know; the violation names
-        # the field, and the agent corrects it.
-        return Plan(
-            "How many miles is a 42.195 km marathon?",
-            [
-                [
-                    Request(
-                        "convert_units",
-                        {"value": 42.195, "from": "kilometres", "to": "mi"},
-                        fix=lambda args: {**args, "from": "km"},
-                    )
-                ]
-            ],
-        )
-    return Plan(
-        "Compute a few things at once.",
-        [
-            [
-                Request("calculator", {"expression": "2 ** 10 + sqrt(144)"}),
-                Request("calculator", {"expression": "(1 + 2) * pi"}),
-                Request("convert_units", {"value": 100, "from": "c", "to": "f"}),
-            ]
-        ],
-    )
+    run: dict[str, Any]
+    latency_s: float
 
 
 @dataclass(slots=True)
 class DemoReport:
-    """What happened, as seen by the agents."""
-
-    agents: int = 0
-    agents_done: int = 0
+    tasks: int = 0
     wall_s: float = 0.0
-    attempts: Counter[str] = field(default_factory=Counter)
-    outcomes: Counter[str] = field(default_factory=Counter)
-    latencies_ms: list[float] = field(default_factory=list)
-    upstream_ms: list[float] = field(default_factory=list)
-    retries_rate_limited: int = 0
-    corrections: int = 0
-    frames_sent: int = 0
+    outcomes: list[TaskOutcome] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
-    samples: list[tuple[str, str]] = field(default_factory=list)
+    rejected: int = 0
+    batch_items: float = 0.0
+    batches: float = 0.0
 
     @property
-    def calls(self) -> int:
-        return sum(self.attempts.values())
+    def ok(self) -> bool:
+        return not self.errors and len(self.outcomes) == self.tasks
 
     def render(self) -> str:
-        lines = [
-            f"agents: {self.agents_done}/{self.agents} finished in {self.wall_s:.2f}s",
-            f"tool calls: {self.calls} ({self.calls / max(self.wall_s, 1e-9):.0f}/s) "
-            f"in {self.frames_sent} frames "
-            f"({self.calls / max(self.frames_sent, 1):.1f} calls/frame)",
-            "calls by status (every attempt):",
+        lines: list[str] = []
+        for i, outcome in enumerate(sorted(self.outcomes, key=lambda o: o.index), 1):
+            run = outcome.run
+            lines.append(f"[{i}] {outcome.task}")
+            for event in run.get("events") or []:
+                line = _event_line(event)
+                if line:
+                    lines.append(f"    {line}")
+            answer = run.get("answer") or run.get("error") or ""
+            answer = answer.replace("\n", "\n            ")
+            lines.append(f"    {run['state']} in {outcome.latency_s * 1000:.0f} ms: {answer}")
+        states = Counter(o.run["state"] for o in self.outcomes)
+        calls: Counter[str] = Counter()
+        for o in self.outcomes:
+            for event in o.run.get("events") or []:
+                if event["type"] == "result":
+                    calls[event["data"]["status"]] += 1
+        latencies = sorted(o.latency_s * 1000 for o in self.outcomes)
+        lines += [
+            "",
+            f"summary: {len(self.outcomes)}/{self.tasks} runs in {self.wall_s:.2f}s "
+            f"({len(self.outcomes) / max(self.wall_s, 1e-9):.1f} runs/s)",
+            "  runs by state:       " + ", ".join(f"{k} {v}" for k, v in states.most_common()),
+            "  tool calls by status: " + ", ".join(f"{k} {v}" for k, v in calls.most_common()),
         ]
-        lines += [f"  {status:<18} {n:>6}" for status, n in self.attempts.most_common()]
-        lines.append("final outcome of each requested call:")
-        lines += [f"  {status:<18} {n:>6}" for status, n in self.outcomes.most_common()]
-        lines.append(
-            f"rate-limited and retried after retry_after_ms: {self.retries_rate_limited}; "
-            f"arguments corrected after INVALID_ARGUMENTS: {self.corrections}"
-        )
-        if self.latencies_ms:
+        if latencies:
             lines.append(
-                "call latency (agent view): "
-                f"p50 {_pct(self.latencies_ms, 50):.1f} ms, "
-                f"p99 {_pct(self.latencies_ms, 99):.1f} ms; "
-                f"upstream p50 {_pct(self.upstream_ms, 50):.1f} ms"
+                f"  run latency:         p50 {_pct(latencies, 50):.0f} ms, "
+                f"p99 {_pct(latencies, 99):.0f} ms"
             )
-        if self.samples:
-            lines.append("a few answers:")
-            lines += [f"  {task}\n    -> {answer}" for task, answer in self.samples]
+        if self.batches:
+            lines.append(
+                f"  inference batches:   {self.batches:.0f} batches, "
+                f"{self.batch_items:.0f} items, "
+                f"average batch size {self.batch_items / self.batches:.1f}"
+            )
+        if self.rejected:
+            lines.append(f"  refused with 429 and retried: {self.rejected}")
         if self.errors:
-            lines.append(f"errors ({len(self.errors)}): {self.errors[:3]}")
+            lines.append(f"  errors ({len(self.errors)}): {self.errors[:3]}")
         return "\n".join(lines)
 
 
-def _pct(values: list[float], p: int) -> float:
-    if len(values) < 2:
-        return values[0] if values else 0.0
-    return statistics.quantiles(values, n=100, method="inclusive")[p - 1]
+def _event_line(event: dict[str, Any]) -> str | None:
+    d = event["data"]
+    if event["type"] == "plan" and "tool_calls" in d:
+        calls = ", ".join(
+            f"{c['name']}({', '.join(f'{k}={v!r}' for k, v in (c.get('arguments') or {}).items())})"
+            for c in d["tool_calls"]
+        )
+        return f"step {d['step'] + 1}: {calls}"
+    if event["type"] == "result":
+        return f"  -> {d['tool']}: {d['status']} ({d['duration_s'] * 1000:.0f} ms)"
+    if event["type"] == "error":
+        return f"error: {d['message']}"
+    return None
 
 
-async def _call(
-    client: SidecarClient, agent_id: str, request: Request, report: DemoReport
-) -> ToolResult:
-    """Make one requested call, reacting to RATE_LIMITED and INVALID_ARGUMENTS."""
-    arguments = request.arguments
-    for attempt in range(MAX_RETRIES + 1):
-        started = time.perf_counter()
-        result = await client.call(request.tool, arguments, agent_id=agent_id, timeout=10)
-        report.latencies_ms.append((time.perf_counter() - started) * 1000)
-        report.upstream_ms.append(result.timing.upstream_us / 1000)
-        report.attempts[result.status.name] += 1
-        if attempt == MAX_RETRIES:
-            break
-        if result.status is Status.RATE_LIMITED:
-            report.retries_rate_limited += 1
-            await asyncio.sleep(result.retry_after_ms / 1000)
-        elif result.status is Status.INVALID_ARGUMENTS and request.fix is not None:
-            report.corrections += 1
-            arguments = request.fix(arguments)
-        else:
-            break
-    report.outcomes[result.status.name] += 1
-    return result
+def _pct(sorted_values: list[float], p: int) -> float:
+    if len(sorted_values) < 2:
+        return sorted_values[0]
+    return statistics.quantiles(sorted_values, n=100, method="inclusive")[p - 1]
 
 
-async def _agent(client: SidecarClient, agent_id: str, plan: Plan, report: DemoReport) -> None:
-    last: list[ToolResult] = []
-    for step in plan.steps:
-        requests = step(last) if callable(step) else step
-        last = await asyncio.gather(*(_call(client, agent_id, r, report) for r in requests))
-    report.agents_done += 1
-    seen = {task.split()[0] for task, _ in report.samples}
-    if len(report.samples) < 5 and last and last[0].ok and plan.task.split()[0] not in seen:
-        answer = last[0].json()
-        summary = {k: answer[k] for k in list(answer)[:3]} if isinstance(answer, dict) else answer
-        report.samples.append((plan.task, str(summary)[:160]))
-
-
-async def run_demo(client: SidecarClient, *, agents: int, seed: int = 7) -> DemoReport:
-    """Run ``agents`` concurrent agents to completion and report what they saw."""
-    rng = random.Random(seed)
-    report = DemoReport(agents=agents)
-    await client.wait_connected(timeout=15)
-    frames_before = client.frames_sent
+async def _one(
+    http: aiohttp.ClientSession,
+    api: str,
+    index: int,
+    task: str,
+    report: DemoReport,
+    progress: Counter[str],
+) -> None:
     started = time.perf_counter()
-    outcomes = await asyncio.gather(
-        *(_agent(client, f"agent-{i:04d}", make_plan(rng), report) for i in range(agents)),
-        return_exceptions=True,
-    )
-    report.wall_s = time.perf_counter() - started
-    report.frames_sent = client.frames_sent - frames_before
-    report.errors = [repr(o) for o in outcomes if isinstance(o, BaseException)]
+    while True:
+        async with http.post(f"{api}/v1/runs", json={"task": task, "deadline_s": 60}) as resp:
+            if resp.status == 429:
+                report.rejected += 1
+                await asyncio.sleep(float(resp.headers.get("Retry-After", "1")))
+                continue
+            if resp.status != 202:
+                raise RuntimeError(f"POST /v1/runs answered {resp.status}: {await resp.text()}")
+            run_id = (await resp.json())["id"]
+            break
+    progress["running"] += 1
+    # Follow the run's events until `done` (the SSE stream ends there).
+    async with http.get(f"{api}/v1/runs/{run_id}/events") as resp:
+        event = ""
+        async for raw in resp.content:
+            line = raw.decode().rstrip("\n")
+            if line.startswith("event: "):
+                event = line[7:]
+            elif line.startswith("data: ") and event == "done":
+                break
+    latency = time.perf_counter() - started
+    async with http.get(f"{api}/v1/runs/{run_id}") as resp:
+        run = await resp.json(loads=orjson.loads)
+    progress["running"] -= 1
+    progress[run["state"]] += 1
+    report.outcomes.append(TaskOutcome(index, task, run, latency))
+
+
+async def _progress(report: DemoReport, progress: Counter[str], stop: asyncio.Event) -> None:
+    tty = sys.stdout.isatty()
+    while not stop.is_set():
+        done = len(report.outcomes)
+        line = (
+            f"    progress: {done}/{report.tasks} finished, {progress['running']} running"
+            f" ({progress['succeeded']} succeeded)"
+        )
+        print(("\r" + line) if tty else line, end="" if tty else "\n", flush=True)
+        try:
+            async with asyncio.timeout(0.25 if tty else 1.0):
+                await stop.wait()
+        except TimeoutError:
+            pass
+    if tty:
+        print()
+
+
+async def _batch_stats(http: aiohttp.ClientSession, api: str) -> tuple[float, float]:
+    async with http.get(f"{api}/metrics") as resp:
+        text = await resp.text()
+    items = batches = 0.0
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "brain_batch_size_sum":
+                items += sample.value
+            elif sample.name == "brain_batch_size_count":
+                batches += sample.value
+    return items, batches
+
+
+async def run_demo(api: str, *, tasks: int, concurrency: int, seed: int = 7) -> DemoReport:
+    """Submit ``tasks`` demo tasks (``concurrency`` at a time) and collect what happened."""
+    rng = random.Random(seed)
+    chosen = [DEMO_TASKS[i % len(DEMO_TASKS)] for i in range(tasks)]
+    rng.shuffle(chosen)
+    report = DemoReport(tasks=tasks)
+    progress: Counter[str] = Counter()
+    limit = asyncio.Semaphore(concurrency)
+    timeout = aiohttp.ClientTimeout(total=300)
+    connector = aiohttp.TCPConnector(limit=concurrency * 2 + 4)
+    async with aiohttp.ClientSession(timeout=timeout, connector=connector) as http:
+        items0, batches0 = await _batch_stats(http, api)
+
+        async def guarded(index: int, task: str) -> None:
+            async with limit:
+                await _one(http, api, index, task, report, progress)
+
+        stop = asyncio.Event()
+        printer = asyncio.create_task(_progress(report, progress, stop))
+        started = time.perf_counter()
+        results = await asyncio.gather(
+            *(guarded(i, t) for i, t in enumerate(chosen)), return_exceptions=True
+        )
+        report.wall_s = time.perf_counter() - started
+        stop.set()
+        await printer
+        report.errors = [repr(r) for r in results if isinstance(r, BaseException)]
+        items1, batches1 = await _batch_stats(http, api)
+    report.batch_items = items1 - items0
+    report.batches = batches1 - batches0
     return report

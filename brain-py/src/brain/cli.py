@@ -1,46 +1,210 @@
 """The ``brain`` command.
 
-``brain demo`` runs the demo workload against a running sidecar; ``brain tools`` lists
-the sidecar's tools. (The agent API server and LLM planners arrive with ``brain serve``.)
+``brain serve`` runs the HTTP API (agent runs planned by the router, openai or local
+planner, every tool call through the sidecar); ``brain run "task"`` runs one task in this
+process and prints its steps and answer; ``brain tools`` lists the sidecar's tools;
+``brain demo`` submits the demo tasks to a running ``brain serve`` and reports.
+
+Every flag can also be set by an environment variable (shown in ``--help``), which is how
+the Kubernetes manifests configure it.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
+import os
+import signal
 import sys
+from pathlib import Path
+
+import uvloop
 
 from ._client import SidecarClient
-from ._demo import run_demo
+from ._errors import AdmissionRefused
 from ._exceptions import BrainError
+from ._factory import PLANNERS, PlannerConfig, build_planner
+from ._logging import setup_logging
+from ._metrics import BrainMetrics
+from ._planner_openai import OpenAIOptions
+from ._run import RunEvent, RunSpec
+from ._runs import RunManagerOptions
+from ._service import Brain, BrainOptions
 
 __all__ = ["main"]
 
 DEFAULT_SIDECAR = "unix:/tmp/tandem/sidecar.sock"
 
 
+def _env(name: str, default: str) -> str:
+    return os.environ.get(name, default)
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="brain", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="brain", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument(
         "--sidecar",
-        default=DEFAULT_SIDECAR,
-        help="sidecar gRPC target: unix:/path.sock or host:port (default: %(default)s)",
+        default=_env("BRAIN_SIDECAR", DEFAULT_SIDECAR),
+        help="sidecar gRPC target: unix:/path.sock or host:port (BRAIN_SIDECAR; %(default)s)",
     )
-    parser.add_argument("--log-level", default="WARNING", help="Python log level")
+    parser.add_argument(
+        "--log-level", default=_env("BRAIN_LOG_LEVEL", "INFO"), help="BRAIN_LOG_LEVEL"
+    )
+    parser.add_argument(
+        "--log-format",
+        choices=["text", "json"],
+        default=_env("BRAIN_LOG_FORMAT", "text"),
+        help="json: one object per line (BRAIN_LOG_FORMAT)",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="run concurrent demo agents through the sidecar")
-    demo.add_argument("--agents", type=int, default=120, help="concurrent agents")
-    demo.add_argument("--seed", type=int, default=7, help="seed for the task mix")
+
+    serve = sub.add_parser("serve", help="serve the HTTP API")
+    _planner_flags(serve)
+    serve.add_argument("--host", default=_env("BRAIN_HOST", "127.0.0.1"), help="BRAIN_HOST")
+    serve.add_argument(
+        "--port", type=int, default=int(_env("BRAIN_PORT", "8080")), help="0 picks a free port"
+    )
+    serve.add_argument(
+        "--max-runs",
+        type=int,
+        default=int(_env("BRAIN_MAX_RUNS", "10000")),
+        help="runs in flight at most; more get 429 (BRAIN_MAX_RUNS; %(default)s)",
+    )
+    serve.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=float(_env("BRAIN_DRAIN_TIMEOUT", "20")),
+        help="seconds runs may take to finish after SIGTERM (BRAIN_DRAIN_TIMEOUT; %(default)s)",
+    )
+
+    run = sub.add_parser("run", help="run one task here and print its steps and answer")
+    run.add_argument("task", help="what the agent should do")
+    _planner_flags(run)
+    run.add_argument("--max-steps", type=int, default=10)
+    run.add_argument("--deadline", type=float, default=120.0, help="seconds")
+    run.add_argument("--tools", help="comma-separated tools the run may use (default: all)")
+
     sub.add_parser("tools", help="list the sidecar's tools")
+
+    demo = sub.add_parser("demo", help="submit the demo tasks to a running `brain serve`")
+    demo.add_argument("--api", required=True, help="the brain's URL, e.g. http://127.0.0.1:8080")
+    demo.add_argument("--tasks", type=int, default=60, help="how many tasks")
+    demo.add_argument("--concurrency", type=int, default=60, help="tasks in flight at once")
+    demo.add_argument("--seed", type=int, default=7)
     return parser
 
 
-async def _demo(target: str, agents: int, seed: int) -> int:
-    async with SidecarClient(target) as client:
-        report = await run_demo(client, agents=agents, seed=seed)
-    print(report.render())
-    return 0 if report.agents_done == agents and not report.errors else 1
+def _planner_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--planner",
+        choices=PLANNERS,
+        default=_env("BRAIN_PLANNER", "router"),
+        help="BRAIN_PLANNER (%(default)s)",
+    )
+    p.add_argument(
+        "--model-dir",
+        type=Path,
+        default=os.environ.get("BRAIN_MODEL_DIR"),
+        help="local planner: causal LM directory (BRAIN_MODEL_DIR)",
+    )
+    p.add_argument(
+        "--embedding-model-dir",
+        type=Path,
+        default=os.environ.get("BRAIN_EMBEDDING_MODEL_DIR"),
+        help="router planner: sentence-embedding model (default: the bundled all-MiniLM-L6-v2)",
+    )
+    p.add_argument("--device", default=os.environ.get("BRAIN_DEVICE"), help="cuda or cpu")
+    p.add_argument(
+        "--llm-tool", default=_env("BRAIN_LLM_TOOL", "llm"), help="openai: the sidecar tool"
+    )
+    p.add_argument("--llm-model", default=_env("BRAIN_LLM_MODEL", "default"), help="openai")
+
+
+def _planner_config(args: argparse.Namespace) -> PlannerConfig:
+    return PlannerConfig(
+        kind=args.planner,
+        model_dir=args.model_dir,
+        embedding_model_dir=args.embedding_model_dir,
+        device=args.device,
+        openai=OpenAIOptions(model=args.llm_model, llm_tool=args.llm_tool),
+    )
+
+
+def _brain(args: argparse.Namespace, options: BrainOptions | None = None) -> Brain:
+    client = SidecarClient(args.sidecar)
+    metrics = BrainMetrics()
+    planner = build_planner(_planner_config(args), client, metrics)
+    return Brain(client, planner, metrics=metrics, options=options)
+
+
+async def _serve(args: argparse.Namespace) -> int:
+    from ._server import bind, serve
+
+    brain = _brain(args, BrainOptions(runs=RunManagerOptions(max_in_flight=args.max_runs)))
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        sock = bind(args.host, args.port)
+    except OSError as exc:
+        print(f"brain: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
+        return 1
+
+    def listening(url: str) -> None:
+        print(f"brain listening on {url}", flush=True)
+
+    return await serve(brain, sock, stop, drain_timeout=args.drain_timeout, on_listening=listening)
+
+
+def format_event(event: RunEvent) -> str | None:
+    """One line for an event of a run, as ``brain run`` and the demo print them."""
+    d = event.data
+    if event.type == "plan" and "tool_calls" in d:
+        calls = ", ".join(
+            f"{c['name']}({_args(c.get('arguments'))})" if "arguments" in c else f"{c['name']}(?)"
+            for c in d["tool_calls"]
+        )
+        return f"step {d['step'] + 1}: call {calls}"
+    if event.type == "result":
+        return f"  {d['tool']} -> {d['status']} ({d['duration_s'] * 1000:.0f} ms)"
+    if event.type == "retry":
+        return f"  {d['status']}: retrying in {d['wait_s']:.2f}s"
+    if event.type == "error":
+        return f"  error: {d['message']}"
+    return None
+
+
+def _args(arguments: object) -> str:
+    if not isinstance(arguments, dict):
+        return ""
+    return ", ".join(f"{k}={v!r}" for k, v in arguments.items())
+
+
+async def _run(args: argparse.Namespace) -> int:
+    brain = _brain(args)
+    await brain.start()
+    try:
+        await brain.wait_ready(60)
+        tools = tuple(t.strip() for t in args.tools.split(",")) if args.tools else None
+        spec = RunSpec(
+            task=args.task, tools=tools, max_steps=args.max_steps, deadline_s=args.deadline
+        )
+        run = brain.runs.submit(spec)
+        async for event in run.follow():
+            line = format_event(event)
+            if line is not None:
+                print(line, flush=True)
+        print(f"state: {run.state.value} ({run.stop_reason}) after {run.duration_s or 0:.2f}s")
+        if run.answer is not None:
+            print(f"answer: {run.answer}")
+        elif run.error:
+            print(f"error: {run.error}")
+        return 0 if run.state.value == "succeeded" else 1
+    finally:
+        await brain.aclose()
 
 
 async def _tools(target: str) -> int:
@@ -53,20 +217,35 @@ async def _tools(target: str) -> int:
     return 0
 
 
+async def _demo(args: argparse.Namespace) -> int:
+    from ._demo import run_demo
+
+    report = await run_demo(
+        args.api, tasks=args.tasks, concurrency=args.concurrency, seed=args.seed
+    )
+    print(report.render())
+    return 0 if report.ok else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    setup_logging(args.log_level, args.log_format)
     try:
+        if args.command == "serve":
+            return uvloop.run(_serve(args))
+        if args.command == "run":
+            return uvloop.run(_run(args))
         if args.command == "demo":
-            if args.agents < 1:
-                print("brain: --agents must be at least 1", file=sys.stderr)
+            if args.tasks < 1 or args.concurrency < 1:
+                print("brain: --tasks and --concurrency must be at least 1", file=sys.stderr)
                 return 2
-            return asyncio.run(_demo(args.sidecar, args.agents, args.seed))
-        return asyncio.run(_tools(args.sidecar))
-    except BrainError as exc:
-        print(f"brain: {exc}", file=sys.stderr)
+            return uvloop.run(_demo(args))
+        return uvloop.run(_tools(args.sidecar))
+    except (BrainError, ValueError) as exc:
+        if isinstance(exc, AdmissionRefused):
+            print(f"brain: run refused: {exc}", file=sys.stderr)
+        else:
+            print(f"brain: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

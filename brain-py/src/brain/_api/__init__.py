@@ -1,0 +1,15 @@
+"""The brain's HTTP API (FastAPI): one router module per resource.
+
+| module | routes |
+|---|---|
+| ``runs.py`` | ``POST /v1/runs``, ``GET /v1/runs/{id}``, ``GET /v1/runs/{id}/events`` |
+| | (Server-Sent Events), ``POST /v1/runs/{id}/cancel`` |
+| ``tools.py`` | ``GET /v1/tools`` |
+| ``health.py`` | ``GET /healthz``, ``GET /readyz``, ``GET /metrics`` |
+| ``models.py`` | request and response models |
+| ``app.py`` | ``create_app(brain)``: routers, error mapping, ``app.state.brain`` |
+"""
+
+from .app import create_app
+
+__all__ = ["create_app"]

@@ -1,0 +1,44 @@
+"""``create_app(brain)``: the FastAPI application around one :class:`~brain._service.Brain`.
+
+Errors are mapped here, in one place: :class:`~brain._errors.RunNotFound` → 404,
+:class:`~brain._errors.AdmissionRefused` → 429 (over the in-flight limit) or 503
+(draining), each with ``Retry-After``; request validation → 422 listing each problem with
+its field path (``loc``).
+"""
+
+from __future__ import annotations
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from .._errors import AdmissionRefused, RunNotFound
+from .._service import Brain
+from . import health, runs, tools
+
+__all__ = ["create_app"]
+
+
+def create_app(brain: Brain) -> FastAPI:
+    app = FastAPI(
+        title="tandem brain",
+        summary="Agent runs: plan with an LLM, act through the sidecar.",
+        version="0.1.0",
+    )
+    app.state.brain = brain
+    app.include_router(runs.router)
+    app.include_router(tools.router)
+    app.include_router(health.router)
+
+    @app.exception_handler(RunNotFound)
+    async def not_found(_: Request, exc: RunNotFound) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=404)
+
+    @app.exception_handler(AdmissionRefused)
+    async def refused(_: Request, exc: AdmissionRefused) -> JSONResponse:
+        return JSONResponse(
+            {"detail": str(exc)},
+            status_code=503 if exc.draining else 429,
+            headers={"Retry-After": str(exc.retry_after_s)},
+        )
+
+    return app
