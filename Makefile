@@ -68,7 +68,8 @@ sidecar-release: rust-tools
 # ---------------------------------------------------------------- the two commands
 
 run: $(STAMP) sidecar-release
-	$(PY) brain-py/scripts/demo_stack.py --sidecar-bin $(SIDECAR_RELEASE) --tasks $(TASKS)
+	$(PY) brain-py/scripts/demo_stack.py --sidecar-bin $(SIDECAR_RELEASE) --tasks $(TASKS) \
+		$(if $(TOOLS),--tools $(TOOLS))
 
 test: deps lint unit-rust unit-python e2e
 

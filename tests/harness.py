@@ -121,7 +121,7 @@ class Upstream:
         for task in others:
             task.cancel()
         await asyncio.gather(*others, return_exceptions=True)
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0.2)
 
     def wait_for(self, predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
         """Poll ``predicate`` (reading counters updated on the server thread)."""

@@ -20,7 +20,9 @@ import argparse
 import json
 import os
 import re
+import shutil
 import signal
+import socket as socket_module
 import subprocess
 import sys
 import tempfile
@@ -30,6 +32,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import IO
+
+import yaml
 
 from brain._demo import local_tools_yaml
 
@@ -112,6 +116,52 @@ def wait_ready(url: str, proc: subprocess.Popen[str], timeout: float) -> None:
     raise SystemExit(f"the brain was not ready within {timeout}s")
 
 
+def uses_fleet_limits(config_text: str) -> bool:
+    """Whether any tool has a `scope: fleet` rate limit (which needs Redis)."""
+    config = yaml.safe_load(config_text)
+    return any(
+        limit.get("scope") == "fleet"
+        for tool in config.get("tools", [])
+        for limit in tool.get("rate_limits", [])
+    )
+
+
+def start_redis(workdir: Path) -> tuple[subprocess.Popen[str], str]:
+    """A throwaway redis-server on a free loopback port, for fleet-wide limits."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise SystemExit("the tools use fleet-wide limits: install redis-server (make system-deps)")
+    with socket_module.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    proc = subprocess.Popen(
+        [
+            binary,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(workdir),
+        ],
+        stdout=subprocess.DEVNULL,
+        text=True,
+    )
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            with socket_module.create_connection(("127.0.0.1", port), timeout=0.2):
+                return proc, f"redis://127.0.0.1:{port}/0"
+        except OSError:
+            time.sleep(0.05)
+    proc.kill()
+    raise SystemExit("redis-server did not start")
+
+
 def stop(proc: subprocess.Popen[str], name: str, timeout: float) -> int:
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
@@ -130,6 +180,9 @@ def main() -> int:
     parser.add_argument("--sidecar-bin", type=Path, required=True)
     parser.add_argument("--tasks", type=int, default=120, help="demo tasks to submit")
     parser.add_argument("--concurrency", type=int, default=0, help="default: all at once")
+    parser.add_argument(
+        "--tools", type=Path, help="a tools.yaml to use instead of the demo's (same upstreams)"
+    )
     args = parser.parse_args()
 
     workdir = Path(tempfile.mkdtemp(prefix="tandem-demo-"))
@@ -153,7 +206,15 @@ def main() -> int:
         print(f"    {base}")
 
         config = workdir / "tools.yaml"
-        config.write_text(local_tools_yaml(TOOLS_YAML.read_text(), replace={DEMO_BASE: base}))
+        config.write_text(
+            local_tools_yaml((args.tools or TOOLS_YAML).read_text(), replace={DEMO_BASE: base})
+        )
+        redis_args: list[str] = []
+        if uses_fleet_limits(config.read_text()):
+            redis, redis_url = start_redis(workdir)
+            procs.append(("redis", redis))
+            redis_args = ["--redis-url", redis_url]
+            print(f"==> fleet-wide limits configured: started redis-server at {redis_url}")
         print("==> starting the sidecar")
         sidecar = subprocess.Popen(
             [
@@ -166,6 +227,7 @@ def main() -> int:
                 "127.0.0.1:0",
                 "--log-format",
                 "json",
+                *redis_args,
             ],
             stderr=subprocess.PIPE,
             text=True,
@@ -242,6 +304,9 @@ def main() -> int:
             "sidecar": stop(sidecar, "sidecar", 30),
             "demo tools": stop(tools, "demo tools", 10),
         }
+        for name, proc in procs:
+            if name == "redis":
+                codes[name] = stop(proc, name, 10)
         procs.clear()
         drained = [ln for ln in brain_log.lines if '"drained' in ln]
         if drained:

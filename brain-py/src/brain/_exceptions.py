@@ -8,7 +8,10 @@ RATE_LIMITED, ...). Exceptions are for the transport and the client itself::
     ├── SidecarError                 the sidecar could not be asked
     │   ├── SidecarUnavailable       no connection, or the stream broke with calls pending
     │   └── ClientClosed             the client was closed before or during the call
-    └── ToolCallError                raised by ToolResult.raise_for_status() on a non-OK result
+    ├── ToolCallError                raised by ToolResult.raise_for_status() on a non-OK result
+    ├── BatcherError                 a model batch could not run        (_errors.py)
+    ├── PlannerError                 the planner produced no usable step (_errors.py)
+    └── RunError                     the run registry refused a request  (_errors.py)
 
 gRPC errors are translated into this tree in one place (``_client._map_grpc_errors``),
 always chained with ``raise ... from exc``.
