@@ -88,7 +88,9 @@ unit-rust: rust-tools
 unit-python: $(STAMP)
 	cd brain-py && ../$(VENV)/bin/pytest -q
 
-e2e: $(STAMP) sidecar
+# The cross-language tests include the benchmark's smoke test, so they need its packages
+# and nginx too.
+e2e: $(STAMP) $(BENCH_STAMP) bench-tools sidecar
 	SIDECAR_BIN=$(abspath $(SIDECAR_DEBUG)) $(VENV)/bin/pytest -q tests
 
 # ---------------------------------------------------------------- maintenance
@@ -111,7 +113,6 @@ clean:
 
 BENCH_STAMP := $(VENV)/.bench-installed
 GHZ_VERSION := v0.120.0
-SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 GOBIN_PATH := $(shell command -v go >/dev/null 2>&1 && echo "$$(go env GOPATH)/bin")
 QUICK ?=
 HOST ?=

@@ -1,0 +1,107 @@
+"""Scenario 5: the physical floor.
+
+The criterion benchmark ``sidecar-rs/benches/parse_validate.rs`` parses and validates the
+same ~100 KB document against the same schema with the sidecar's own code; the sidecar's
+measured CPU per ``search`` call (end to end: gRPC, HTTP, parse, validate, result) is
+reported as a multiple of it.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from .base import Context, ScenarioResult, Target, us
+
+TARGET_MULTIPLE = 1.5
+BENCHES = ("search_100k", "parse", "validate", "depth_scan")
+
+
+def criterion_estimates(ctx: Context) -> dict[str, float]:
+    """Run the criterion benchmark; median nanoseconds per iteration, by function."""
+    args = [
+        "cargo",
+        "bench",
+        "--locked",
+        "--manifest-path",
+        str(ctx.repo / "sidecar-rs/Cargo.toml"),
+        "--bench",
+        "parse_validate",
+        "--",
+        "--noplot",
+    ]
+    if ctx.quick:
+        args += ["--warm-up-time", "0.3", "--measurement-time", "0.6"]
+    done = subprocess.run(args, timeout=900, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"cargo bench failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    root = ctx.repo / "sidecar-rs/target/criterion/parse_validate"
+    return {name: _median_ns(root / name / "new/estimates.json") for name in BENCHES}
+
+
+def _median_ns(path: Path) -> float:
+    return float(json.loads(path.read_text())["median"]["point_estimate"])
+
+
+def run(ctx: Context) -> ScenarioResult:
+    estimates = criterion_estimates(ctx)
+    floor_us = estimates["search_100k"] / 1000
+    calls = 500 if ctx.quick else 5000
+    rows: list[dict[str, Any]] = [
+        {
+            "what": f"criterion: {name}",
+            "us_per_call": ns / 1000,
+            "multiple_of_floor": ns / 1000 / floor_us,
+            "other_cores": None,
+        }
+        for name, ns in estimates.items()
+    ]
+    sidecar_us: dict[int, float] = {}
+    for concurrency in (1, 64):
+        config = {
+            "dispatcher": "tandem",
+            "mode": "burst",
+            "tool": "search",
+            "concurrency": concurrency,
+            "warmup_calls": max(50, calls // 10),
+            "calls": calls,
+        }
+        m = ctx.run(config, timeout=180)
+        sidecar_us[concurrency] = us(m.cpu_per_1k()["sidecar"])
+        rows.append(
+            {
+                "what": f"sidecar end to end, {concurrency} in flight",
+                "us_per_call": sidecar_us[concurrency],
+                "multiple_of_floor": sidecar_us[concurrency] / floor_us,
+                "other_cores": m.other_cores,
+            }
+        )
+        ctx.log(
+            f"    sidecar c={concurrency:<3} {sidecar_us[concurrency]:7.1f} µs/call "
+            f"(floor {floor_us:.1f})"
+        )
+    best = min(sidecar_us.values())
+    return ScenarioResult(
+        key="5_floor",
+        title="Scenario 5: the sidecar's CPU per 100 KB call vs the parse + validate floor",
+        columns=["what", "us_per_call", "multiple_of_floor", "other_cores"],
+        rows=rows,
+        targets=[
+            Target(
+                name="sidecar CPU per 100 KB call",
+                goal=f"<= {TARGET_MULTIPLE:g}x the parse + validate floor",
+                measured=f"{best / floor_us:.2f}x ({best:.0f} µs vs {floor_us:.0f} µs)",
+                met=None if ctx.quick else best / floor_us <= TARGET_MULTIPLE,
+                why="QUICK run: too few calls for 10 ms CPU ticks" if ctx.quick else "",
+            )
+        ],
+        notes=[
+            "floor = criterion `parse_validate/search_100k`: depth scan + serde_json parse + "
+            "JSON Schema validation, single thread, warm cache",
+            "sidecar = the process's CPU (/proc, all threads) per call while the brain drives "
+            "`search` calls through it",
+        ],
+        detail={"criterion_ns": estimates},
+    )

@@ -1,0 +1,97 @@
+"""Scenario 4: the Python side's cost per tool call.
+
+The brain process's CPU per call, with tandem's ``SidecarClient``: coalesced frames versus
+one unary ``Invoke`` per call, and with ``select`` returning three fields versus the whole
+100 KB document. ``null`` (a dispatcher that answers on the next loop iteration) measures
+what the agent tasks themselves cost; ``client_us_per_call`` is the rest.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..documents import SEARCH_SELECT
+from .base import Context, ScenarioResult, Target, us
+
+CONCURRENCY = 256
+TARGET_US = 20.0
+
+#: (label, dispatcher, tool, select)
+CASES: tuple[tuple[str, str, str, tuple[str, ...]], ...] = (
+    ("agent loop only (null)", "null", "ping", ()),
+    ("coalesced, tiny", "tandem", "ping", ()),
+    ("unary Invoke, tiny", "tandem-unary", "ping", ()),
+    ("coalesced, 100 KB whole", "tandem", "search", ()),
+    ("coalesced, 100 KB select 3", "tandem", "search", SEARCH_SELECT),
+)
+
+
+def run(ctx: Context) -> ScenarioResult:
+    calls = 2000 if ctx.quick else 20_000
+    rows: list[dict[str, Any]] = []
+    floor_us = 0.0
+    for label, dispatcher, tool, select in CASES:
+        config = {
+            "dispatcher": dispatcher,
+            "mode": "burst",
+            "tool": tool,
+            "select": list(select),
+            "concurrency": CONCURRENCY,
+            "warmup_calls": calls // 10,
+            "calls": calls,
+        }
+        m = ctx.run(config, timeout=180)
+        cpu = m.cpu_per_1k()
+        brain_us = us(cpu["brain"])
+        if dispatcher == "null":
+            floor_us = brain_us
+        frames = m.counters.get("frames_sent")
+        total_calls = calls + calls // 10
+        rows.append(
+            {
+                "case": label,
+                "calls": m.calls,
+                "errors": m.errors,
+                "calls_per_s": m.calls_per_s,
+                "brain_us_per_call": brain_us,
+                "client_us_per_call": brain_us - floor_us if dispatcher != "null" else 0.0,
+                "sidecar_us_per_call": us(cpu["sidecar"]) if "sidecar" in cpu else None,
+                "calls_per_frame": (total_calls / frames) if frames else None,
+                "other_cores": m.other_cores,
+            }
+        )
+        ctx.log(f"    {label:<28} brain {brain_us:7.1f} µs/call")
+    coalesced = rows[1]
+    return ScenarioResult(
+        key="4_python_cost",
+        title="Scenario 4: brain CPU per tool call",
+        columns=[
+            "case",
+            "calls",
+            "errors",
+            "calls_per_s",
+            "brain_us_per_call",
+            "client_us_per_call",
+            "sidecar_us_per_call",
+            "calls_per_frame",
+            "other_cores",
+        ],
+        rows=rows,
+        targets=[
+            Target(
+                name="brain CPU per tool call, coalesced",
+                goal=f"<= {TARGET_US:g} µs",
+                measured=(
+                    f"{coalesced['client_us_per_call']:.1f} µs in the client "
+                    f"({coalesced['brain_us_per_call']:.1f} µs with the agent task itself)"
+                ),
+                met=None if ctx.quick else coalesced["client_us_per_call"] <= TARGET_US,
+                why="QUICK run: too few calls for 10 ms CPU ticks" if ctx.quick else "",
+            )
+        ],
+        notes=[
+            f"{CONCURRENCY} agents calling back to back; brain = the whole agent process",
+            "client_us_per_call = brain_us_per_call minus the null row (the agent tasks' "
+            "own await/wake-up cost, which any dispatcher pays)",
+        ],
+    )
