@@ -368,7 +368,12 @@ impl FleetLimit {
                 }
             }
             Ok(lease) => {
-                let wait = lease.wait.max(Duration::from_millis(1));
+                // Come back when a whole block of this sidecar's fair share has
+                // refilled, not for every single permit: under contention that is
+                // what keeps leases (Redis round trips) a small fraction of calls.
+                let share = self.per_second / live.max(1) as f64;
+                let block = Duration::from_secs_f64((want as f64 / share).min(1.0));
+                let wait = lease.wait.max(block).max(Duration::from_millis(1));
                 bucket.refuse_until(Instant::now() + wait);
                 Err(Refusal::Wait(wait))
             }
