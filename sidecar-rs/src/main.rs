@@ -12,6 +12,12 @@ use sidecar::telemetry::Telemetry;
 use sidecar::upstreams::Upstreams;
 use tokio_util::sync::CancellationToken;
 
+/// mimalloc rather than the system allocator: building each response's JSON tree is
+/// allocation-heavy, and `make bench` measured about 29% less sidecar CPU per 100 KB
+/// call with it (glibc malloc and free were about 30% of a call's profile).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()

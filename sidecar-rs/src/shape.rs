@@ -5,24 +5,30 @@
 
 use serde_json::{Map, Value};
 
-/// The deepest array/object nesting in `json`, stopping early once past
-/// `limit`. Brackets inside strings (escapes included) do not count.
+/// Whether `json` nests arrays/objects deeper than `limit`. Brackets inside
+/// strings (escapes included) do not count. String bodies, most of a typical
+/// document, are skipped with `memchr` rather than byte by byte.
 pub fn exceeds_depth(json: &[u8], limit: usize) -> bool {
     let mut depth = 0usize;
-    let mut in_string = false;
-    let mut escaped = false;
-    for &b in json {
-        if in_string {
-            match (escaped, b) {
-                (true, _) => escaped = false,
-                (false, b'\\') => escaped = true,
-                (false, b'"') => in_string = false,
-                _ => {}
+    let mut i = 0;
+    while i < json.len() {
+        match json[i] {
+            b'"' => {
+                i += 1;
+                loop {
+                    let Some(offset) = memchr::memchr2(b'"', b'\\', &json[i..]) else {
+                        return false; // unterminated: the parser reports it
+                    };
+                    i += offset;
+                    if json[i] == b'"' {
+                        break;
+                    }
+                    i += 2; // an escape and the byte it escapes
+                    if i >= json.len() {
+                        return false;
+                    }
+                }
             }
-            continue;
-        }
-        match b {
-            b'"' => in_string = true,
             b'[' | b'{' => {
                 depth += 1;
                 if depth > limit {
@@ -32,6 +38,7 @@ pub fn exceeds_depth(json: &[u8], limit: usize) -> bool {
             b']' | b'}' => depth = depth.saturating_sub(1),
             _ => {}
         }
+        i += 1;
     }
     false
 }
@@ -92,6 +99,9 @@ mod tests {
         assert!(!exceeds_depth(br#"{"a":[[1]]}"#, 3));
         assert!(exceeds_depth(br#"{"a":[[1]]}"#, 2));
         assert!(!exceeds_depth(br#"{"a":"[[[[[[\"[[["}"#, 1));
+        assert!(!exceeds_depth(br#"{"a":"\\","b":[1]}"#, 2));
+        assert!(exceeds_depth(br#"{"a":"\\","b":[[1]]}"#, 2));
+        assert!(!exceeds_depth(br#"{"a":"unterminated \"#, 1));
         let deep = "[".repeat(100_000);
         assert!(exceeds_depth(deep.as_bytes(), 64));
     }
