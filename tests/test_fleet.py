@@ -273,3 +273,46 @@ async def test_shadow_mode_limits_nothing_and_counts(
     samples = await asyncio.to_thread(scrape, sidecar.metrics_port)
     assert samples["sidecar_rate_limit_shadow_total"][(("scope", "pod"), ("tool", "shared"))] == 9
     assert "shadow mode" in sidecar.log_text()
+
+
+async def test_an_upstream_keyed_limit_is_shared_by_every_tool_calling_it(
+    upstream: Upstream, redis: RedisServer, fleet_of: Callable[..., Any]
+) -> None:
+    arrivals = Arrivals(upstream, "/shared")
+    limit = {"key": "upstream", "scope": "fleet", "rate": RATE, "per": "1s", "burst": BURST}
+    config = tools_file(
+        tool("shared", f"{upstream.url}/shared", rate_limits=[limit]),
+        tool("also_shared", f"{upstream.url}/shared", rate_limits=[limit]),
+    )
+    (a, client_a), (_, client_b) = fleet_of(config, redis), fleet_of(config, redis)
+    await wait_live(a, 2)
+
+    async def hammer(client: SidecarClient, name: str) -> None:
+        end = time.monotonic() + 4
+        while time.monotonic() < end:
+            await asyncio.gather(*(client.call(name) for _ in range(10)))
+            await asyncio.sleep(0.02)
+
+    started = time.monotonic()
+    await asyncio.gather(hammer(client_a, "shared"), hammer(client_b, "also_shared"))
+    elapsed = time.monotonic() - started
+    # Two tools, two sidecars, one bucket for the upstream.
+    assert len(arrivals.times) <= RATE * elapsed + BURST, (len(arrivals.times), elapsed)
+    limited = await client_a.call("shared")
+    if limited.status is Status.RATE_LIMITED:
+        assert limited.limited_by == f"fleet:upstream:{upstream.url}"
+
+
+async def test_tenant_keyed_limits_isolate_tenants(
+    upstream: Upstream, start_sidecar: Start, client_for: MakeClient
+) -> None:
+    Arrivals(upstream, "/shared")
+    limit = {"key": "tenant", "rate": 2, "per": "1h"}
+    sidecar = start_sidecar(
+        tools_file(tool("shared", f"{upstream.url}/shared", rate_limits=[limit]))
+    )
+    client = client_for(sidecar.unix_target)
+    acme = [await client.call("shared", metadata={"tenant": "acme"}) for _ in range(3)]
+    assert [r.status for r in acme] == [Status.OK, Status.OK, Status.RATE_LIMITED]
+    assert acme[2].limited_by == "pod:shared:tenant:acme"
+    assert (await client.call("shared", metadata={"tenant": "globex"})).ok

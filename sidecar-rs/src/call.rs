@@ -40,6 +40,7 @@ use crate::fleet::Fleet;
 use crate::metrics::{status_label, Metrics, UNKNOWN_TOOL_LABEL};
 use crate::pb::{Status, Timing, ToolCall, ToolResult};
 use crate::quota;
+use crate::ratelimit::Caller;
 use crate::registry::{Registry, Tool};
 use crate::retry::upstream_wait;
 use crate::shape;
@@ -66,6 +67,8 @@ struct CallContext {
     budget: Duration,
     /// Estimated LLM tokens, for limits counted in tokens (0 otherwise).
     tokens: f64,
+    /// The call's `tenant` metadata, for tenant-keyed limits.
+    tenant: String,
 }
 
 impl CallContext {
@@ -235,6 +238,7 @@ impl Executor {
             deadline,
             budget,
             tokens: 0.0,
+            tenant: call.metadata.get("tenant").cloned().unwrap_or_default(),
         };
 
         let started = Instant::now();
@@ -331,6 +335,7 @@ impl Executor {
                 deadline: ctx.deadline,
                 budget: ctx.budget,
                 tokens: ctx.tokens,
+                tenant: ctx.tenant.clone(),
             };
             async move {
                 let outcome = this.fetch(&tool, &agent_id, &request, &leader).await;
@@ -380,8 +385,16 @@ impl Executor {
     ) -> Result<(u16, Bytes), CallError> {
         let limited = tokio::time::timeout_at(
             ctx.deadline,
-            tool.rate_limits
-                .acquire(&tool.name, agent_id, ctx.tokens, ctx.deadline),
+            tool.rate_limits.acquire(
+                &Caller {
+                    tool: &tool.name,
+                    agent: agent_id,
+                    tenant: &ctx.tenant,
+                    upstream: &tool.upstream.origin,
+                },
+                ctx.tokens,
+                ctx.deadline,
+            ),
         )
         .await
         .map_err(|_| ctx.timeout("waiting for a rate-limit permit"))?;

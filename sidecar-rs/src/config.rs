@@ -427,8 +427,9 @@ impl Method {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RateLimitSpec {
-    /// Who shares a bucket: all calls of the tool (`tool`) or each agent
-    /// separately (`agent`).
+    /// Who shares a bucket: all calls of the tool (`tool`), each agent
+    /// (`agent`), each tenant (`tenant`), or every tool calling the same
+    /// upstream origin (`upstream`, fleet scope).
     #[serde(default)]
     pub key: LimitKey,
     /// Where the bucket lives: in this sidecar (`pod`) or in Redis, shared
@@ -470,9 +471,17 @@ fn one_second() -> Duration {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum LimitKey {
+    /// One bucket for all calls of the tool.
     #[default]
     Tool,
+    /// One bucket per agent (`ToolCall.agent_id`).
     Agent,
+    /// One bucket per tenant (the call's `tenant` metadata; calls without one
+    /// share a bucket).
+    Tenant,
+    /// One bucket per upstream origin, shared by every tool that calls it
+    /// (`scope: fleet` only: the bucket lives in Redis under the origin).
+    Upstream,
 }
 
 impl LimitKey {
@@ -480,6 +489,8 @@ impl LimitKey {
         match self {
             LimitKey::Tool => "tool",
             LimitKey::Agent => "agent",
+            LimitKey::Tenant => "tenant",
+            LimitKey::Upstream => "upstream",
         }
     }
 }

@@ -65,7 +65,8 @@ impl std::fmt::Debug for State {
 
 enum Gcra {
     Tool(DefaultDirectRateLimiter),
-    Agent(DefaultKeyedRateLimiter<String>),
+    /// Per agent or per tenant, by bucket key.
+    Keyed(DefaultKeyedRateLimiter<String>),
 }
 
 /// One bucket per key, made on first use.
@@ -90,6 +91,16 @@ impl<T> Keyed<T> {
 enum Refusal {
     Wait(Duration),
     Unavailable(String),
+}
+
+/// Who is calling, as far as limit keys care.
+#[derive(Debug, Clone, Copy)]
+pub struct Caller<'a> {
+    pub tool: &'a str,
+    pub agent: &'a str,
+    pub tenant: &'a str,
+    /// The tool's upstream origin.
+    pub upstream: &'a str,
 }
 
 /// Token-unit charges made for one call, settled once its usage is known.
@@ -124,6 +135,14 @@ impl RateLimits {
                 return Err((field("per"), "must be greater than zero".into()));
             }
             let per_second = f64::from(rate.get()) / spec.per.as_secs_f64();
+            if spec.key == LimitKey::Upstream && spec.scope != LimitScope::Fleet {
+                return Err((
+                    field("key"),
+                    "key: upstream shares one bucket across tools, which needs scope: fleet; \
+                     per pod, bound an upstream with upstreams.<origin>.max_concurrency"
+                        .to_owned(),
+                ));
+            }
             let state = match (spec.scope, spec.unit) {
                 (LimitScope::Fleet, _) => {
                     let fleet = fleet.ok_or_else(|| {
@@ -158,7 +177,10 @@ impl RateLimits {
                         .allow_burst(burst);
                     State::PodCalls(match spec.key {
                         LimitKey::Tool => Gcra::Tool(DefaultDirectRateLimiter::direct(quota)),
-                        LimitKey::Agent => Gcra::Agent(DefaultKeyedRateLimiter::keyed(quota)),
+                        LimitKey::Agent | LimitKey::Tenant => {
+                            Gcra::Keyed(DefaultKeyedRateLimiter::keyed(quota))
+                        }
+                        LimitKey::Upstream => unreachable!("rejected above for pod scope"),
                     })
                 }
             };
@@ -177,23 +199,25 @@ impl RateLimits {
     /// permit frees up.
     pub async fn acquire(
         &self,
-        tool: &str,
-        agent_id: &str,
+        who: &Caller<'_>,
         tokens: f64,
         deadline: Instant,
     ) -> Result<Admitted, CallError> {
+        let (tool, agent_id) = (who.tool, who.agent);
         let mut admitted = Admitted::default();
         for (index, limit) in self.limits.iter().enumerate() {
             let key = match limit.spec.key {
                 LimitKey::Tool => tool.to_owned(),
                 LimitKey::Agent => format!("{tool}:{agent_id}"),
+                LimitKey::Tenant => format!("{tool}:tenant:{}", who.tenant),
+                LimitKey::Upstream => format!("upstream:{}", who.upstream),
             };
             let cost = match limit.spec.unit {
                 LimitUnit::Requests => 1.0,
                 LimitUnit::Tokens => tokens.max(1.0),
             };
             loop {
-                let refusal = match limit.take(&key, agent_id, cost).await {
+                let refusal = match limit.take(&key, cost).await {
                     Ok(()) => {
                         if limit.spec.unit == LimitUnit::Tokens {
                             admitted.charges.charged.push((index, key.clone(), cost));
@@ -251,7 +275,7 @@ impl RateLimits {
     pub fn prune(&self) {
         for limit in &self.limits {
             match &limit.state {
-                State::PodCalls(Gcra::Agent(l)) => {
+                State::PodCalls(Gcra::Keyed(l)) => {
                     l.retain_recent();
                     l.shrink_to_fit();
                 }
@@ -285,13 +309,13 @@ impl RateLimits {
 }
 
 impl Limit {
-    async fn take(&self, key: &str, agent: &str, cost: f64) -> Result<(), Refusal> {
+    async fn take(&self, key: &str, cost: f64) -> Result<(), Refusal> {
         match &self.state {
             State::PodCalls(Gcra::Tool(l)) => l
                 .check()
                 .map_err(|nu| Refusal::Wait(nu.wait_time_from(l.clock().now()))),
-            State::PodCalls(Gcra::Agent(l)) => l
-                .check_key(&agent.to_owned())
+            State::PodCalls(Gcra::Keyed(l)) => l
+                .check_key(&key.to_owned())
                 .map_err(|nu| Refusal::Wait(nu.wait_time_from(l.clock().now()))),
             State::PodTokens(buckets) => buckets.get(key).try_take(cost).map_err(Refusal::Wait),
             State::Fleet(fleet) => fleet.take(key, cost).await,
@@ -510,6 +534,15 @@ impl FleetBucket {
 mod tests {
     use super::*;
 
+    fn who<'a>(tool: &'a str, agent: &'a str) -> Caller<'a> {
+        Caller {
+            tool,
+            agent,
+            tenant: "",
+            upstream: "http://u",
+        }
+    }
+
     fn limits(yaml: &str) -> RateLimits {
         let specs: Vec<RateLimitSpec> = serde_yaml_ng::from_str(yaml).unwrap();
         RateLimits::new(&specs, None).unwrap()
@@ -522,9 +555,9 @@ mod tests {
     #[tokio::test]
     async fn per_agent_limit_isolates_agents() {
         let l = limits("[{key: agent, rate: 2, per: 1h}]");
-        assert!(l.acquire("t", "a", 0.0, far()).await.is_ok());
-        assert!(l.acquire("t", "a", 0.0, far()).await.is_ok());
-        match l.acquire("t", "a", 0.0, far()).await {
+        assert!(l.acquire(&who("t", "a"), 0.0, far()).await.is_ok());
+        assert!(l.acquire(&who("t", "a"), 0.0, far()).await.is_ok());
+        match l.acquire(&who("t", "a"), 0.0, far()).await {
             Err(CallError::RateLimited {
                 scope,
                 key,
@@ -536,20 +569,24 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        assert!(l.acquire("t", "b", 0.0, far()).await.is_ok());
+        assert!(l.acquire(&who("t", "b"), 0.0, far()).await.is_ok());
     }
 
     #[tokio::test]
     async fn wait_mode_waits_but_not_past_the_deadline() {
         let l = limits("[{rate: 20, per: 1s, burst: 1, on_limit: wait}]");
-        l.acquire("t", "a", 0.0, far()).await.unwrap();
+        l.acquire(&who("t", "a"), 0.0, far()).await.unwrap();
         // The next permit is ~50ms away: a deadline 1s out waits for it...
-        l.acquire("t", "a", 0.0, Instant::now() + Duration::from_secs(1))
+        l.acquire(&who("t", "a"), 0.0, Instant::now() + Duration::from_secs(1))
             .await
             .unwrap();
         // ...a deadline 1ms out is refused at once rather than waiting.
         let e = l
-            .acquire("t", "a", 0.0, Instant::now() + Duration::from_millis(1))
+            .acquire(
+                &who("t", "a"),
+                0.0,
+                Instant::now() + Duration::from_millis(1),
+            )
             .await
             .unwrap_err();
         assert!(matches!(e, CallError::RateLimited { scope: "pod", .. }));
@@ -559,26 +596,25 @@ mod tests {
     async fn shadow_mode_refuses_nothing_and_reports() {
         let l = limits("[{rate: 1, per: 1h, enforce: false}]");
         assert!(l
-            .acquire("t", "a", 0.0, far())
+            .acquire(&who("t", "a"), 0.0, far())
             .await
             .unwrap()
             .shadowed
             .is_empty());
-        let second = l.acquire("t", "a", 0.0, far()).await.unwrap();
+        let second = l.acquire(&who("t", "a"), 0.0, far()).await.unwrap();
         assert_eq!(second.shadowed, vec!["pod"]);
     }
 
     #[tokio::test(start_paused = true)]
     async fn token_limits_charge_estimates_and_settle_usage() {
         let l = limits("[{unit: tokens, rate: 1000, per: 1s}]");
-        let a = l.acquire("llm", "a", 400.0, far()).await.unwrap();
+        let a = l.acquire(&who("llm", "a"), 400.0, far()).await.unwrap();
         // The call really used 900 tokens: 500 more than estimated.
         l.settle(a.charges, 900.0).await;
         // 1000 - 900 = 100 left: a 400-token estimate must wait 300 ms.
         let e = l
             .acquire(
-                "llm",
-                "a",
+                &who("llm", "a"),
                 400.0,
                 Instant::now() + Duration::from_millis(10),
             )
@@ -590,6 +626,22 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[tokio::test]
+    async fn tenant_limits_isolate_tenants() {
+        let l = limits("[{key: tenant, rate: 1, per: 1h}]");
+        let acme = Caller {
+            tenant: "acme",
+            ..who("t", "a")
+        };
+        let globex = Caller {
+            tenant: "globex",
+            ..who("t", "a")
+        };
+        assert!(l.acquire(&acme, 0.0, far()).await.is_ok());
+        assert!(l.acquire(&acme, 0.0, far()).await.is_err());
+        assert!(l.acquire(&globex, 0.0, far()).await.is_ok());
     }
 
     #[test]
@@ -604,5 +656,11 @@ mod tests {
         let e = RateLimits::new(&specs, None).unwrap_err();
         assert_eq!(e.0, "rate_limits[0].scope");
         assert!(e.1.contains("--redis-url"));
+        let specs: Vec<RateLimitSpec> =
+            serde_yaml_ng::from_str("[{rate: 5, key: upstream}]").unwrap();
+        assert_eq!(
+            RateLimits::new(&specs, None).unwrap_err().0,
+            "rate_limits[0].key"
+        );
     }
 }
