@@ -96,21 +96,37 @@ impl Upstream {
             limit: max_body,
             status,
         };
-        let declared = response.content_length().unwrap_or(0);
-        if declared > max_body as u64 {
+        if response.content_length().unwrap_or(0) > max_body as u64 {
             return Err(too_large);
         }
-        let mut body = BytesMut::with_capacity(usize::try_from(declared).unwrap_or(0));
+        // Keep the chunks as they arrive and join them once at the end: memory
+        // follows what has been received, not what was announced (10,000 slow
+        // bodies in flight must not reserve 10,000 full buffers), and a body
+        // that arrives in one chunk is never copied.
+        let mut chunks: Vec<Bytes> = Vec::new();
+        let mut received = 0usize;
         while let Some(chunk) = response.chunk().await.map_err(describe)? {
-            if body.len() + chunk.len() > max_body {
+            received += chunk.len();
+            if received > max_body {
                 return Err(too_large);
             }
-            body.extend_from_slice(&chunk);
+            chunks.push(chunk);
         }
+        let body = match chunks.len() {
+            0 => Bytes::new(),
+            1 => chunks.pop().unwrap_or_default(),
+            _ => {
+                let mut joined = BytesMut::with_capacity(received);
+                for chunk in &chunks {
+                    joined.extend_from_slice(chunk);
+                }
+                joined.freeze()
+            }
+        };
         Ok(UpstreamResponse {
             status,
             headers: response.headers().clone(),
-            body: body.freeze(),
+            body,
         })
     }
 }
