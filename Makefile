@@ -10,6 +10,8 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# Defined up here: `e2e` (below) needs it, and make expands prerequisites as it reads them.
+BENCH_STAMP := $(VENV)/.bench-installed
 CARGO := cargo
 CARGO_FLAGS := --locked --manifest-path sidecar-rs/Cargo.toml
 SIDECAR_DEBUG := sidecar-rs/target/debug/sidecar
@@ -111,7 +113,6 @@ clean:
 # brain API). Their Python packages are pinned in tests/bench/requirements.txt; nginx
 # comes from Debian's packages and ghz from the Go module proxy, installed when missing.
 
-BENCH_STAMP := $(VENV)/.bench-installed
 GHZ_VERSION := v0.120.0
 GOBIN_PATH := $(shell command -v go >/dev/null 2>&1 && echo "$$(go env GOPATH)/bin")
 QUICK ?=
