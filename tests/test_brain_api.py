@@ -20,8 +20,8 @@ import pytest_asyncio
 from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
-from brain._runs import RunManagerOptions
-from brain._service import BrainOptions
+from brain._brain import BrainOptions
+from brain._runs.manager import RunManagerOptions
 
 from brain_harness import LLM_API_KEY, BrainServer, StubPlanner, tools_config
 from harness import REPO, SidecarProcess, Upstream

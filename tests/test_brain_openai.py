@@ -17,8 +17,8 @@ import orjson
 import pytest
 from aiohttp import web
 
-from brain._planner_openai import OpenAIPlanner
-from brain._run import RunSpec
+from brain._planners.openai import OpenAIPlanner
+from brain._runs.record import RunSpec
 
 from brain_harness import LLM_API_KEY, BrainServer, tools_config
 from harness import SidecarProcess, Upstream

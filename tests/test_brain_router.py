@@ -17,10 +17,10 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from brain._demo import local_tools_yaml
 from brain._embedding import SentenceEmbedder
 from brain._metrics import BrainMetrics
-from brain._planner_router import RouterPlanner
+from brain._planners.router import RouterPlanner
+from demo_tools.config import local_tools_yaml
 
 from brain_harness import BrainServer
 from harness import SidecarProcess

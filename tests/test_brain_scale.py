@@ -17,9 +17,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from brain import SidecarClient
 from brain._agent import Agent
+from brain._catalog import ToolCatalog
 from brain._metrics import BrainMetrics
-from brain._run import RunSpec
-from brain._runs import RunManager, RunManagerOptions, ToolCatalog
+from brain._runs.manager import RunManager, RunManagerOptions
+from brain._runs.record import RunSpec
 
 from brain_harness import StubPlanner, tools_config
 from harness import SidecarProcess, Upstream

@@ -8,7 +8,7 @@ Starts, in the order Kubernetes would:
    bundled embedding model, and waits for ``/readyz``,
 
 then submits the demo tasks through the API, all at once so that the planner's model
-requests share batches (``python -m brain demo``), shows progress, prints every task's
+requests share batches (``python -m demo_tools.client``), shows progress, prints every task's
 steps and answer and a summary, and the sidecar's own view. Finally it stops the brain
 first (SIGTERM: drain), the sidecar after it, then the tool service, and checks that
 every process exited cleanly.
@@ -35,7 +35,7 @@ from typing import IO
 
 import yaml
 
-from brain._demo import local_tools_yaml
+from demo_tools.config import local_tools_yaml
 
 BRAIN_PY = Path(__file__).resolve().parents[1]
 TOOLS_YAML = BRAIN_PY / "src/demo_tools/tools.yaml"
@@ -283,8 +283,7 @@ def main() -> int:
             [
                 python,
                 "-m",
-                "brain",
-                "demo",
+                "demo_tools.client",
                 "--api",
                 url,
                 "--tasks",

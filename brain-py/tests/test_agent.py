@@ -14,12 +14,13 @@ import pytest
 
 from brain import Status, ToolInfo, ToolResult
 from brain._agent import Agent
-from brain._errors import AdmissionRefused, PlannerOutputError, RunNotFound
+from brain._catalog import ToolCatalog
+from brain._exceptions import AdmissionRefused, PlannerOutputError, RunNotFound
 from brain._metrics import BrainMetrics
-from brain._planner import PlanningState, Step, ToolCallRequest, parse_arguments
+from brain._planners.base import PlanningState, Step, ToolCallRequest, parse_arguments
 from brain._proto.dispatch.v1 import dispatch_pb2 as pb
-from brain._run import Run, RunSpec, RunState
-from brain._runs import RunManager, RunManagerOptions, ToolCatalog
+from brain._runs.manager import RunManager, RunManagerOptions
+from brain._runs.record import Run, RunSpec, RunState
 
 TOOLS = [
     ToolInfo("echo", "Echo the arguments.", {"type": "object"}, None, 5000, ()),

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
 from brain._batcher import BatcherOptions, DynamicBatcher
-from brain._errors import BatcherError, BatcherOverloaded
+from brain._exceptions import BatcherError, BatcherOverloaded
 from brain._metrics import BrainMetrics
 
 

@@ -18,12 +18,13 @@ import pytest_asyncio
 from brain import ToolInfo
 from brain._agent import Agent
 from brain._batcher import BatcherOptions
-from brain._errors import PlannerOutputError
+from brain._catalog import ToolCatalog
+from brain._exceptions import PlannerOutputError
 from brain._metrics import BrainMetrics
-from brain._planner import PlanningState
-from brain._planner_local import LocalOptions, LocalPlanner, build_prompt, parse_output
-from brain._run import RunSpec, RunState
-from brain._runs import RunManager, ToolCatalog
+from brain._planners.base import PlanningState
+from brain._planners.local import LocalOptions, LocalPlanner, build_prompt, parse_output
+from brain._runs.manager import RunManager
+from brain._runs.record import RunSpec, RunState
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 

@@ -1,7 +1,7 @@
 """The router planner with the real bundled all-MiniLM-L6-v2 model (loaded offline).
 
 The held-out phrasings below were written once, after the router was built, and the
-tool-choice logic was not tuned on them; the measured accuracy is stated in README.md.
+tool-choice logic was not tuned on them; the measured accuracy is stated in docs/brain.md (Planners).
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ import yaml
 
 from brain import ToolInfo
 from brain._embedding import SentenceEmbedder
-from brain._planner import Observation, PlanningState, ToolCallRequest, Turn
-from brain._planner_router import RouterPlanner, extract_expression, known_values
+from brain._planners.base import Observation, PlanningState, ToolCallRequest, Turn
+from brain._planners.router import RouterPlanner, extract_expression, known_values
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -75,7 +75,7 @@ HELD_OUT = [
     ("current_time", "What's the clock showing in PDT now?"),
 ]
 
-#: The accuracy README.md states; the test fails if the router gets worse.
+#: The accuracy docs/brain.md states; the test fails if the router gets worse.
 MIN_ACCURACY = 0.94
 
 

@@ -15,8 +15,8 @@ use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use serde_json::Value;
-use sidecar::schema::Schema;
-use sidecar::shape::exceeds_depth;
+use sidecar::config::schema::Schema;
+use sidecar::json::exceeds_depth;
 
 /// Same limit as the sidecar's default `max_json_depth`.
 const MAX_DEPTH: usize = 64;

@@ -7,10 +7,10 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 
-use crate::auth::BearerAuth;
-use crate::dispatch::Admission;
+use crate::server::auth::BearerAuth;
+use crate::server::dispatch::Admission;
 use crate::server::{ListenAddr, ServerConfig};
-use crate::upstream::UpstreamOptions;
+use crate::upstream::client::UpstreamOptions;
 
 #[derive(Debug, Parser)]
 #[command(

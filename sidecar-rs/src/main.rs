@@ -5,11 +5,11 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use sidecar::cli::Cli;
-use sidecar::fleet::Fleet;
+use sidecar::config::registry::Registry;
 use sidecar::metrics::Metrics;
-use sidecar::registry::Registry;
+use sidecar::policy::fleet::Fleet;
 use sidecar::telemetry::Telemetry;
-use sidecar::upstreams::Upstreams;
+use sidecar::upstream::origins::Upstreams;
 use tokio_util::sync::CancellationToken;
 
 /// mimalloc rather than the system allocator: building each response's JSON tree is

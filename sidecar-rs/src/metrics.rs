@@ -1,7 +1,7 @@
 //! Prometheus metrics, served as text on `--metrics-listen` at `/metrics`.
 //!
 //! Names are part of the interface (dashboards and alerts depend on them) and
-//! are documented in the README. No label carries an agent id or any other
+//! are documented in `docs/metrics.md`. No label carries an agent id or any other
 //! unbounded value; calls to unknown tools are counted under `tool="_unknown"`.
 
 use std::net::SocketAddr;
@@ -57,7 +57,7 @@ pub struct Metrics {
     /// because the upstream announced its quota was spent.
     pub upstream_throttled: IntCounterVec,
     /// Fleet (Redis) metrics.
-    pub fleet: crate::fleet::FleetMetrics,
+    pub fleet: crate::policy::fleet::FleetMetrics,
 }
 
 impl Default for Metrics {
@@ -139,7 +139,7 @@ impl Metrics {
             "Calls held or refused because the upstream announced its quota was spent.",
             &["upstream"],
         );
-        let fleet = crate::fleet::FleetMetrics {
+        let fleet = crate::policy::fleet::FleetMetrics {
             commands: counter(
                 "sidecar_fleet_redis_commands_total",
                 "Redis commands sent for fleet limits, by operation.",

@@ -29,11 +29,10 @@ from typing import Any, Protocol
 
 import orjson
 
-from ._errors import PlannerError, PlannerOutputError
-from ._exceptions import SidecarError
+from ._exceptions import PlannerError, PlannerOutputError, SidecarError
 from ._metrics import BrainMetrics
-from ._planner import Observation, Planner, PlanningState, Step, ToolCallRequest, Turn
-from ._run import Run, RunState
+from ._planners.base import Observation, Planner, PlanningState, Step, ToolCallRequest, Turn
+from ._runs.record import Run, RunState
 from ._types import Status, ToolInfo, ToolResult
 
 __all__ = ["Agent", "AgentOptions", "ToolCaller"]
@@ -66,7 +65,7 @@ class AgentOptions:
 
 
 class Agent:
-    """Runs :class:`~brain._run.Run` records to completion with one planner and client."""
+    """Runs :class:`~brain._runs.record.Run` records to completion with one planner and client."""
 
     def __init__(
         self,

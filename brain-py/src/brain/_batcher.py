@@ -34,7 +34,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from ._errors import BatcherClosed, BatcherError, BatcherOverloaded
+from ._exceptions import BatcherClosed, BatcherError, BatcherOverloaded
 from ._metrics import BatcherMetrics
 
 __all__ = ["BatcherOptions", "DynamicBatcher"]

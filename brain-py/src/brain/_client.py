@@ -17,8 +17,10 @@ How a call travels::
 * **Cancellation.** Cancelling the awaiting task sends a cancel frame; the sidecar drops
   the upstream request.
 * **Reconnects.** When the stream breaks, calls sent on it fail, and the client opens a
-  new stream with exponential backoff and full jitter. Calls made meanwhile wait in the
-  outbox, bounded by their own deadlines.
+  new stream with exponential backoff and full jitter (``_backoff.Backoff``, shared with
+  the tool-list refresher). Calls made meanwhile wait in the outbox, bounded by their own
+  deadlines. gRPC errors become the brain's exceptions in one place
+  (``_exceptions.map_grpc_errors``).
 * **Bounds.** At most ``max_inflight`` calls are pending; past that ``call()`` returns an
   OVERLOADED result at once. Frames are capped at ``max_frame_calls`` calls.
 """
@@ -30,9 +32,8 @@ import contextlib
 import heapq
 import itertools
 import logging
-import random
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,7 +41,8 @@ import grpc
 import grpc.aio
 import orjson
 
-from ._exceptions import ClientClosed, SidecarError, SidecarUnavailable
+from ._backoff import Backoff
+from ._exceptions import ClientClosed, SidecarError, SidecarUnavailable, map_grpc_errors
 from ._proto.dispatch.v1 import dispatch_pb2 as pb
 from ._proto.dispatch.v1 import dispatch_pb2_grpc as pb_grpc
 from ._types import Status, ToolInfo, ToolResult
@@ -252,7 +254,7 @@ class SidecarClient:
         if timeout is None:
             timeout = self.options.default_timeout
         msg = _tool_call(str(next(self._ids)), tool, arguments, agent_id, timeout, metadata, select)
-        with _map_grpc_errors(self.target):
+        with map_grpc_errors(self.target):
             reply = await stub.Invoke(
                 msg, timeout=timeout + self.options.grace, metadata=self._metadata
             )
@@ -261,7 +263,7 @@ class SidecarClient:
     async def list_tools(self, *, timeout: float = 10.0) -> list[ToolInfo]:
         """Every tool the sidecar serves, with parsed schemas."""
         stub = await self._ready_stub()
-        with _map_grpc_errors(self.target):
+        with map_grpc_errors(self.target):
             reply = await stub.ListTools(
                 pb.ListToolsRequest(),
                 timeout=timeout,
@@ -289,7 +291,7 @@ class SidecarClient:
     async def _run_streams(self) -> None:
         """Keep one Dispatch stream open; on failure fail its calls and reconnect."""
         assert self._stub is not None
-        attempt = 0
+        backoff = Backoff(self.options.backoff_initial, self.options.backoff_max)
         while True:
             self._generation += 1
             generation = self._generation
@@ -300,9 +302,9 @@ class SidecarClient:
                 await stream.wait_for_connection()
                 self.streams_opened += 1
                 self._connected.set()
-                if attempt:
+                if backoff.attempt:
                     log.info("sidecar stream re-established target=%s", self.target)
-                attempt = 0
+                backoff.reset()
                 writer = asyncio.create_task(self._write(stream, generation))
                 await self._read(stream)
                 reason = "the sidecar ended the stream (draining or restarting)"
@@ -323,10 +325,7 @@ class SidecarClient:
                 SidecarUnavailable(f"stream to {self.target} broke: {reason}"),
             )
             self._cancels.clear()
-            delay = random.uniform(
-                0, min(self.options.backoff_max, self.options.backoff_initial * 2**attempt)
-            )
-            attempt += 1
+            delay = backoff.next_delay()
             log.warning(
                 "sidecar stream lost target=%s reason=%r failed_calls=%d retry_in=%.3fs",
                 self.target,
@@ -441,15 +440,3 @@ def _encode_arguments(arguments: Mapping[str, Any] | bytes | None) -> bytes:
     if isinstance(arguments, bytes | bytearray | memoryview):
         return bytes(arguments)
     return orjson.dumps(arguments)
-
-
-@contextlib.contextmanager
-def _map_grpc_errors(target: str) -> Iterator[None]:
-    """Translate gRPC errors into the brain's exception tree (the one place that does)."""
-    try:
-        yield
-    except grpc.aio.AioRpcError as exc:
-        code = exc.code()
-        if code == grpc.StatusCode.CANCELLED:
-            raise ClientClosed(f"call to {target} cancelled: {exc.details()}") from exc
-        raise SidecarUnavailable(f"{target}: {code.name}: {exc.details()}") from exc

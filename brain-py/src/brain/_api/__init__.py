@@ -8,6 +8,11 @@
 | ``health.py`` | ``GET /healthz``, ``GET /readyz``, ``GET /metrics`` |
 | ``models.py`` | request and response models |
 | ``app.py`` | ``create_app(brain)``: routers, error mapping, ``app.state.brain`` |
+| ``deps.py`` | dependencies the routers share (the process's ``Brain``) |
+| ``server.py`` | ``serve()``: the app on uvicorn, and the drain on SIGTERM (``brain serve``) |
+
+``server`` is imported on its own (by ``brain serve`` and the tests): building an app
+needs no uvicorn.
 """
 
 from .app import create_app

@@ -1,7 +1,7 @@
-"""``create_app(brain)``: the FastAPI application around one :class:`~brain._service.Brain`.
+"""``create_app(brain)``: the FastAPI application around one :class:`~brain.Brain`.
 
-Errors are mapped here, in one place: :class:`~brain._errors.RunNotFound` → 404,
-:class:`~brain._errors.AdmissionRefused` → 429 (over the in-flight limit) or 503
+Errors are mapped here, in one place: :class:`~brain.RunNotFound` → 404,
+:class:`~brain.AdmissionRefused` → 429 (over the in-flight limit) or 503
 (draining), each with ``Retry-After``; request validation → 422 listing each problem with
 its field path (``loc``).
 """
@@ -11,8 +11,8 @@ from __future__ import annotations
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from .._errors import AdmissionRefused, RunNotFound
-from .._service import Brain
+from .._brain import Brain
+from .._exceptions import AdmissionRefused, RunNotFound
 from . import health, runs, tools
 
 __all__ = ["create_app"]

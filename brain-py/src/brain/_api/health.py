@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from .._service import Brain
+from .._brain import Brain
 from .deps import get_brain
 
 router = APIRouter(tags=["health"])

@@ -6,7 +6,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from .._run import Run
+from .._runs.record import Run
 from .._types import ToolInfo
 
 __all__ = ["EventOut", "RunAccepted", "RunCreate", "RunOut", "ToolOut"]

@@ -3,6 +3,11 @@
 ``POST /v1/runs`` answers 202 with the run's id at once, or with ``?wait=true`` 200 and
 the finished run. A client that disconnects while waiting does not cancel the run unless
 it asked for that with ``?cancel_on_disconnect=true``.
+
+``GET /v1/runs/{id}/events`` is FastAPI's own Server-Sent Events support
+(``fastapi.sse``): the endpoint yields events; FastAPI frames them, sends a ``: ping``
+comment when nothing else was sent for 15 s (so proxies keep the stream), and cancels the
+generator when the client disconnects.
 """
 
 from __future__ import annotations
@@ -15,19 +20,17 @@ from typing import Annotated
 import orjson
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse
+from fastapi.sse import EventSourceResponse, ServerSentEvent
 
-from .._run import Run, RunEvent, RunSpec
-from .._service import Brain
+from .._brain import Brain
+from .._runs.record import Run, RunEvent, RunSpec
 from .deps import get_brain
 from .models import RunAccepted, RunCreate, RunOut
 
 router = APIRouter(prefix="/v1/runs", tags=["runs"])
 
 BrainDep = Annotated[Brain, Depends(get_brain)]
-
-#: An SSE comment is sent when nothing else was for this long, so proxies keep the stream.
-KEEPALIVE_S = 15.0
 
 
 @router.post(
@@ -127,43 +130,29 @@ async def cancel_run(run_id: str, brain: BrainDep) -> RunOut:
     return RunOut.of(run, events=False)
 
 
-@router.get(
-    "/{run_id}/events",
-    response_class=StreamingResponse,
-    responses={200: {"content": {"text/event-stream": {}}}},
-)
+async def find_run(run_id: str, brain: BrainDep) -> Run:
+    """The run, or 404: a dependency, so that the answer is decided before a stream starts."""
+    return brain.runs.get(run_id)  # RunNotFound -> 404
+
+
+@router.get("/{run_id}/events", response_class=EventSourceResponse)
 async def run_events(
-    run_id: str,
-    brain: BrainDep,
+    run: Annotated[Run, Depends(find_run)],
     last_event_id: Annotated[int | None, Header()] = None,
-) -> StreamingResponse:
+) -> AsyncIterator[ServerSentEvent]:
     """The run's events as Server-Sent Events, in order, then a ``done`` event.
 
     Each event has ``id`` (its sequence number, for ``Last-Event-ID`` on reconnect),
-    ``event`` (plan, call, result, final, error, state, retry) and JSON ``data``.
+    ``event`` (plan, call, result, final, error, state, retry) and JSON ``data``. The
+    ``done`` event's data is the finished run without its events.
     """
-    run = brain.runs.get(run_id)
     start = 0 if last_event_id is None else last_event_id + 1
-    return StreamingResponse(
-        _sse(run, start),
-        media_type="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-    )
+    async for event in run.follow(from_seq=start):
+        yield _sse(event)
+    summary = orjson.dumps(RunOut.of(run, events=False).model_dump()).decode()
+    yield ServerSentEvent(event="done", raw_data=summary)
 
 
-async def _sse(run: Run, seq: int) -> AsyncIterator[bytes]:
-    while True:
-        while seq < len(run.events):
-            yield _frame(run.events[seq])
-            seq += 1
-        if run.finished:
-            break
-        if not await run.wait_news(timeout=KEEPALIVE_S):
-            yield b": keep-alive\n\n"
-    summary = orjson.dumps(RunOut.of(run, events=False).model_dump())
-    yield b"event: done\ndata: " + summary + b"\n\n"
-
-
-def _frame(event: RunEvent) -> bytes:
-    data = orjson.dumps(event.as_dict())
-    return b"id: %d\nevent: %s\ndata: %s\n\n" % (event.seq, event.type.encode(), data)
+def _sse(event: RunEvent) -> ServerSentEvent:
+    data = orjson.dumps(event.as_dict()).decode()
+    return ServerSentEvent(id=str(event.seq), event=event.type, raw_data=data)

@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends
 
-from .._service import Brain
+from .._brain import Brain
 from .deps import get_brain
 from .models import ToolOut
 

@@ -1,0 +1,47 @@
+"""Builds the planner a command line or config asks for."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .._agent import ToolCaller
+from .._embedding import SentenceEmbedder
+from .._metrics import BrainMetrics
+from .base import Planner
+from .local import LocalOptions, LocalPlanner
+from .openai import OpenAIOptions, OpenAIPlanner
+from .router import RouterPlanner
+
+__all__ = ["PLANNERS", "PlannerConfig", "build_planner"]
+
+PLANNERS = ("router", "openai", "local")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class PlannerConfig:
+    kind: str = "router"
+    #: ``local``: the causal LM's directory.
+    model_dir: Path | None = None
+    #: ``router``: the sentence-embedding model; default: the bundled all-MiniLM-L6-v2.
+    embedding_model_dir: Path | None = None
+    #: "cuda", "cpu"; default: cuda when available.
+    device: str | None = None
+    openai: OpenAIOptions = field(default_factory=OpenAIOptions)
+
+
+def build_planner(config: PlannerConfig, client: ToolCaller, metrics: BrainMetrics) -> Planner:
+    if config.kind == "router":
+        embedder = SentenceEmbedder(
+            config.embedding_model_dir, device=config.device, metrics=metrics.batcher
+        )
+        return RouterPlanner(embedder)
+    if config.kind == "openai":
+        return OpenAIPlanner(client, options=config.openai)
+    if config.kind == "local":
+        if config.model_dir is None:
+            raise ValueError("the local planner needs --model-dir")
+        return LocalPlanner(
+            config.model_dir, options=LocalOptions(device=config.device), metrics=metrics.batcher
+        )
+    raise ValueError(f"unknown planner {config.kind!r}; choose one of {', '.join(PLANNERS)}")

@@ -1,0 +1,301 @@
+//! One tool call from receipt to result. [`Executor::run`] is the pipeline,
+//! read top to bottom; each stage lives in its own module and is bounded by
+//! the call's deadline.
+//!
+//! ```text
+//! execute ── cancel / panic guard, result + metrics, secret redaction
+//!  └ run ─── input: bounds (size, depth, select) → parse → input schema  (input.rs)
+//!     │      → render request, propagate the trace                      (trace.rs)
+//!     └ shared ── cache hit? → join an identical call in flight?         (shared.rs)
+//!        └ fetch ── rate limits (reject, or wait within the deadline)    (limits.rs)
+//!                   → tool slot → upstream slot → attempts: upstream quota
+//!                     hold → circuit breaker → HTTP (attempt timeout) →
+//!                     classify → retry? (idempotent, retryable, budget
+//!                     left, backoff or Retry-After fits the deadline)     (attempts.rs)
+//!                   → response: status, bounds, parse, output schema      (response.rs)
+//!     └ select ── keep only the JSON Pointers the caller asked for        (select.rs)
+//! ```
+//!
+//! The deadline is fixed at receipt: min(call timeout_ms, tool timeout, the
+//! transport's deadline). Whatever happens, the caller gets exactly one
+//! [`ToolResult`].
+
+mod attempts;
+mod input;
+mod limits;
+mod response;
+mod select;
+mod shared;
+mod trace;
+
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use futures::FutureExt;
+use serde_json::Value;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+use crate::config::registry::{Registry, Tool};
+use crate::error::CallError;
+use crate::metrics::{status_label, Metrics, UNKNOWN_TOOL_LABEL};
+use crate::pb::{Status, Timing, ToolCall, ToolResult};
+use crate::policy::fleet::Fleet;
+use crate::telemetry;
+use crate::upstream::cache::SingleFlight;
+
+/// Executes calls against the current registry. Cheap to clone; clones share
+/// everything.
+#[derive(Clone)]
+pub struct Executor {
+    registry: Arc<ArcSwap<Registry>>,
+    metrics: Metrics,
+    flights: Arc<SingleFlight>,
+    /// Spans are exported (OTLP): propagate their context upstream.
+    tracing: bool,
+    /// Shares learned upstream throttles with the fleet.
+    fleet: Option<Arc<Fleet>>,
+}
+
+/// Per-call facts every stage needs.
+#[derive(Clone)]
+struct CallContext {
+    deadline: Instant,
+    budget: Duration,
+    /// Estimated LLM tokens, for limits counted in tokens (0 otherwise).
+    tokens: f64,
+    /// The call's `tenant` metadata, for tenant-keyed limits.
+    tenant: String,
+}
+
+impl CallContext {
+    /// The deadline: min(call timeout_ms, tool timeout, transport deadline).
+    fn new(call: &ToolCall, tool: &Tool, received: Instant, transport: Option<Instant>) -> Self {
+        let mut budget = tool.timeout;
+        if call.timeout_ms > 0 {
+            budget = budget.min(Duration::from_millis(u64::from(call.timeout_ms)));
+        }
+        let mut deadline = received + budget;
+        if let Some(d) = transport {
+            deadline = deadline.min(d);
+            budget = deadline.saturating_duration_since(received);
+        }
+        Self {
+            deadline,
+            budget,
+            tokens: 0.0,
+            tenant: call.metadata.get("tenant").cloned().unwrap_or_default(),
+        }
+    }
+
+    fn timeout(&self, stage: &'static str) -> CallError {
+        CallError::Timeout {
+            budget: self.budget,
+            stage,
+        }
+    }
+}
+
+impl Executor {
+    pub fn new(registry: Arc<ArcSwap<Registry>>, metrics: Metrics) -> Self {
+        Self {
+            registry,
+            metrics,
+            flights: Arc::new(SingleFlight::default()),
+            tracing: false,
+            fleet: None,
+        }
+    }
+
+    /// Broadcasts learned upstream throttles through `fleet`.
+    pub fn with_fleet(mut self, fleet: Option<Arc<Fleet>>) -> Self {
+        self.fleet = fleet;
+        self
+    }
+
+    /// Calls become exported spans joined to the caller's trace.
+    pub fn with_tracing(mut self, enabled: bool) -> Self {
+        self.tracing = enabled;
+        self
+    }
+
+    pub fn registry(&self) -> Arc<Registry> {
+        self.registry.load_full()
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Runs `call` until it completes, `cancel` fires or its deadline passes.
+    /// `transport_deadline` is the RPC's own deadline, if it has one. A panic
+    /// inside the pipeline becomes an INTERNAL result rather than a lost call.
+    pub async fn execute(
+        &self,
+        call: ToolCall,
+        received: Instant,
+        transport_deadline: Option<Instant>,
+        cancel: &CancellationToken,
+    ) -> ToolResult {
+        let mut timing = Timing::default();
+        // The tool is pinned for the whole call: a reload swaps the registry,
+        // but a call finishes under the config it started with.
+        let tool = self.registry.load().get(&call.tool).cloned();
+        let span = tracing::info_span!(
+            "tool_call",
+            tool = %call.tool,
+            call_id = %call.call_id,
+            agent_id = %call.agent_id,
+        );
+        if self.tracing {
+            let _ = span.set_parent(telemetry::extract(&call.metadata));
+        }
+        let work = AssertUnwindSafe(self.run(
+            &call,
+            tool.clone(),
+            received,
+            transport_deadline,
+            &mut timing,
+        ))
+        .catch_unwind()
+        .instrument(span.clone());
+        let outcome = tokio::select! {
+            biased;
+            _ = cancel.cancelled() => Err(CallError::Cancelled("the call was cancelled")),
+            out = work => out.unwrap_or_else(|panic| {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                Err(CallError::Internal(format!("call pipeline panicked: {what}")))
+            }),
+        };
+        timing.total_us = micros(received.elapsed());
+        let result = ToolResult {
+            call_id: call.call_id,
+            timing: Some(timing),
+            ..Default::default()
+        };
+        let mut result = match outcome {
+            Ok((status, body)) => ToolResult {
+                status: Status::Ok as i32,
+                upstream_status: u32::from(status),
+                result: body,
+                ..result
+            },
+            Err(e) => e.into_result(result),
+        };
+        if let Some(tool) = &tool {
+            tool.redactor.scrub_result(&mut result);
+        }
+        if self.tracing {
+            trace::annotate(&span, &result);
+        }
+        self.record(
+            &call.tool,
+            &call.agent_id,
+            tool.is_some(),
+            &result,
+            received,
+        );
+        result
+    }
+
+    /// The result for a call refused before it started (admission, envelope
+    /// errors), counted like any other.
+    pub fn reject(&self, call: ToolCall, error: CallError, received: Instant) -> ToolResult {
+        let known = self.registry.load().get(&call.tool).is_some();
+        let result = error.into_result(ToolResult {
+            call_id: call.call_id,
+            timing: Some(Timing {
+                total_us: micros(received.elapsed()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        self.record(&call.tool, &call.agent_id, known, &result, received);
+        result
+    }
+
+    /// The pipeline: input checks, the shared upstream work, then `select`.
+    async fn run(
+        &self,
+        call: &ToolCall,
+        tool: Option<Arc<Tool>>,
+        received: Instant,
+        transport_deadline: Option<Instant>,
+        timing: &mut Timing,
+    ) -> Result<(u16, Bytes), CallError> {
+        let tool = tool.ok_or_else(|| CallError::UnknownTool(call.tool.clone()))?;
+        let mut ctx = CallContext::new(call, &tool, received, transport_deadline);
+
+        let started = Instant::now();
+        let args = input::check(&tool, call)?;
+        timing.validation_us = micros(started.elapsed());
+        let Value::Object(fields) = &args else {
+            unreachable!("input::check returns objects only")
+        };
+        if tool.rate_limits.counts_tokens() {
+            ctx.tokens = input::estimate_tokens(&call.arguments, fields);
+        }
+        let mut request = tool.request.render(fields)?;
+        trace::propagate(self.tracing, &call.metadata, &mut request.headers);
+
+        let outcome = self
+            .shared(&tool, &call.agent_id, &args, request, &ctx, timing)
+            .await;
+        timing.attempts = outcome.stats.attempts;
+        timing.queued_us = outcome.stats.queued_us;
+        timing.upstream_us = outcome.stats.upstream_us;
+        timing.validation_us += outcome.stats.validation_us;
+        let (status, body) = outcome.result?;
+        Ok((status, select::apply(body, &call.select)?))
+    }
+
+    fn record(
+        &self,
+        tool: &str,
+        agent_id: &str,
+        known: bool,
+        result: &ToolResult,
+        received: Instant,
+    ) {
+        let label = if known { tool } else { UNKNOWN_TOOL_LABEL };
+        let status = Status::try_from(result.status).unwrap_or(Status::Unspecified);
+        self.metrics
+            .calls
+            .with_label_values(&[label, status_label(status)])
+            .inc();
+        self.metrics
+            .call_duration
+            .with_label_values(&[label])
+            .observe(received.elapsed().as_secs_f64());
+        let timing = result.timing.unwrap_or_default();
+        // Per-agent usage lives in logs, not metric labels.
+        if status == Status::Internal {
+            tracing::error!(tool, agent_id, call_id = %result.call_id, error = %result.error, "tool call failed internally");
+        } else {
+            tracing::debug!(
+                tool,
+                agent_id,
+                call_id = %result.call_id,
+                status = status_label(status),
+                upstream_status = result.upstream_status,
+                attempts = timing.attempts,
+                cache_hit = timing.cache_hit,
+                total_us = timing.total_us,
+                "tool call finished"
+            );
+        }
+    }
+}
+
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}

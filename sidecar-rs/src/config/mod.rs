@@ -1,0 +1,19 @@
+//! Configuration: what an operator writes and what it compiles into.
+//!
+//! | module | responsibility |
+//! |---|---|
+//! | [`spec`] | `tools.yaml` as serde data, one documented field at a time |
+//! | [`registry`] | every tool compiled into what a call needs; built once per load |
+//! | [`schema`] | JSON Schema compile (once) and validation with JSON Pointer violations |
+//! | [`template`] | request templates: arguments fill path segments, query, headers and body, never the host |
+//! | [`secrets`] | `${env:..}` / `${file:..}` references and their resolution |
+//! | [`redact`] | scrubbing secret values (and their encodings) from everything that leaves |
+//! | [`reload`] | hot reload on SIGHUP and on file changes |
+
+pub mod redact;
+pub mod registry;
+pub mod reload;
+pub mod schema;
+pub mod secrets;
+pub mod spec;
+pub mod template;

@@ -1,0 +1,270 @@
+//! Scrubbing secret values from everything that leaves the sidecar.
+//!
+//! An upstream that echoes a credential rarely echoes it byte for byte: a
+//! JSON encoder may escape `/` as `\/` or any character as `\uXXXX`, a URL
+//! in an error page carries it percent-encoded (upper- or lower-case hex),
+//! and a Basic credential travels as base64. The [`Redactor`] matches every
+//! secret in all of these forms, mixed per character as encoders mix them,
+//! in one pass, and masks each match.
+//!
+//! Why a regex and not `aho-corasick` alone: aho-corasick matches a set of
+//! fixed strings, but an echo may escape any subset of a secret's
+//! characters, so the fixed forms cannot be enumerated. The regex crate
+//! compiles one automaton for every secret and every per-character encoding
+//! (using aho-corasick itself as its literal prefilter).
+
+use std::fmt;
+use std::fmt::Write as _;
+
+use base64::engine::general_purpose::{STANDARD, URL_SAFE};
+use base64::Engine;
+use bytes::Bytes;
+use regex::bytes::{Regex, RegexBuilder};
+
+use crate::config::secrets::Secret;
+use crate::pb::ToolResult;
+
+/// What a secret is replaced with.
+pub const MASK: &str = "[redacted]";
+
+/// Base64 runs shorter than this are not matched on their own: too short a
+/// run could match unrelated base64 by chance.
+const MIN_BASE64_RUN: usize = 8;
+
+/// Scrubs known secret values, in every encoding of [`pattern`], from
+/// outgoing text and bytes.
+#[derive(Default)]
+pub struct Redactor {
+    /// `None` when there is nothing to scrub.
+    matcher: Option<Regex>,
+    secrets: usize,
+}
+
+impl fmt::Debug for Redactor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Redactor({} secrets)", self.secrets)
+    }
+}
+
+impl Redactor {
+    pub fn new(secrets: &[Secret]) -> Self {
+        let mut values: Vec<&str> = secrets
+            .iter()
+            .map(Secret::expose)
+            .filter(|v| !v.is_empty())
+            .collect();
+        // Longest first: alternation is leftmost-first, so a secret that
+        // contains another is masked whole.
+        values.sort_by_key(|v| std::cmp::Reverse(v.len()));
+        values.dedup();
+        if values.is_empty() {
+            return Self::default();
+        }
+        let alternatives: Vec<String> = values.iter().map(|v| pattern(v)).collect();
+        let matcher = RegexBuilder::new(&alternatives.join("|"))
+            .unicode(false)
+            .size_limit(64 << 20)
+            .build()
+            .expect("escaped literals always compile");
+        Self {
+            matcher: Some(matcher),
+            secrets: values.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.matcher.is_none()
+    }
+
+    /// `bytes` with every secret replaced; no copy when none occurs.
+    pub fn scrub_bytes(&self, bytes: Bytes) -> Bytes {
+        let Some(matcher) = &self.matcher else {
+            return bytes;
+        };
+        if !matcher.is_match(&bytes) {
+            return bytes;
+        }
+        Bytes::from(matcher.replace_all(&bytes, MASK.as_bytes()).into_owned())
+    }
+
+    /// `text` with every secret replaced.
+    pub fn scrub_str(&self, text: String) -> String {
+        let Some(matcher) = &self.matcher else {
+            return text;
+        };
+        if !matcher.is_match(text.as_bytes()) {
+            return text;
+        }
+        let scrubbed = matcher.replace_all(text.as_bytes(), MASK.as_bytes());
+        String::from_utf8_lossy(&scrubbed).into_owned()
+    }
+
+    /// Scrubs every string of a result that leaves the sidecar: the body,
+    /// the error, and each violation's message and paths (a schema message
+    /// quotes the offending value, which may be a credential).
+    pub fn scrub_result(&self, result: &mut ToolResult) {
+        if self.is_empty() {
+            return;
+        }
+        result.result = self.scrub_bytes(std::mem::take(&mut result.result));
+        result.error = self.scrub_str(std::mem::take(&mut result.error));
+        for v in &mut result.violations {
+            v.message = self.scrub_str(std::mem::take(&mut v.message));
+            v.instance_path = self.scrub_str(std::mem::take(&mut v.instance_path));
+            v.schema_path = self.scrub_str(std::mem::take(&mut v.schema_path));
+        }
+    }
+}
+
+/// The regex for `secret` in the forms an echo takes:
+/// * each character as written, or JSON-escaped (`\uXXXX` in either case,
+///   a surrogate pair beyond the BMP, `\/`, `\"`, `\n`, ...), or
+///   percent-encoded byte by byte (either case; `+` for a space), in any
+///   mixture;
+/// * base64 (standard and URL-safe) of the secret, on its own and at each
+///   byte alignment inside a longer value such as the `user:password` of a
+///   Basic credential.
+pub fn pattern(secret: &str) -> String {
+    let mut escaped = String::new();
+    for c in secret.chars() {
+        escaped.push_str("(?:");
+        escaped.push_str(&regex::escape(c.encode_utf8(&mut [0; 4])));
+        escaped.push('|');
+        for b in c.encode_utf8(&mut [0; 4]).bytes() {
+            escaped.push('%');
+            escaped.push_str(&hex_class(u32::from(b), 2));
+        }
+        escaped.push('|');
+        for unit in c.encode_utf16(&mut [0; 2]) {
+            escaped.push_str(r"\\u");
+            escaped.push_str(&hex_class(u32::from(*unit), 4));
+        }
+        let short = match c {
+            '/' => Some(r"\\/"),
+            '"' => Some(r#"\\""#),
+            '\\' => Some(r"\\\\"),
+            '\n' => Some(r"\\n"),
+            '\r' => Some(r"\\r"),
+            '\t' => Some(r"\\t"),
+            '\u{8}' => Some(r"\\b"),
+            '\u{c}' => Some(r"\\f"),
+            ' ' => Some(r"\+"),
+            _ => None,
+        };
+        if let Some(short) = short {
+            escaped.push('|');
+            escaped.push_str(short);
+        }
+        escaped.push(')');
+    }
+    let mut alternatives = vec![escaped];
+    alternatives.extend(
+        base64_forms(secret.as_bytes())
+            .iter()
+            .map(|f| regex::escape(f)),
+    );
+    alternatives.join("|")
+}
+
+/// A regex matching `value` as `digits` hex digits in either case.
+fn hex_class(value: u32, digits: usize) -> String {
+    let mut out = String::new();
+    for d in format!("{value:0digits$x}").chars() {
+        if d.is_ascii_alphabetic() {
+            let _ = write!(out, "[{d}{}]", d.to_ascii_uppercase());
+        } else {
+            out.push(d);
+        }
+    }
+    out
+}
+
+/// Base64 of `secret` at each of the three byte alignments, keeping only
+/// the characters that depend on the secret's bytes alone.
+fn base64_forms(secret: &[u8]) -> Vec<String> {
+    let mut out = Vec::new();
+    for engine in [&STANDARD, &URL_SAFE] {
+        for offset in 0..3usize {
+            let mut input = vec![0u8; offset];
+            input.extend_from_slice(secret);
+            let encoded = engine.encode(&input);
+            let encoded = encoded.trim_end_matches('=');
+            // Characters mixing filler bits come first: 0, 2 or 3 of them.
+            let skip = [0, 2, 3][offset];
+            // The last character mixes in whatever follows unless the input
+            // ends on a 3-byte boundary.
+            let tail = usize::from(input.len() % 3 != 0);
+            if encoded.len() >= skip + tail + MIN_BASE64_RUN {
+                out.push(encoded[skip..encoded.len() - tail].to_owned());
+            }
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn redactor(value: &str) -> Redactor {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("key");
+        std::fs::write(&path, value).unwrap();
+        let secret = crate::config::secrets::SecretRef::File(path)
+            .resolve()
+            .unwrap();
+        Redactor::new(&[secret])
+    }
+
+    #[test]
+    fn scrubs_every_occurrence_and_copies_nothing_when_clean() {
+        let r = redactor("sk-123456");
+        let out = r.scrub_bytes(Bytes::from_static(
+            b"{\"e\":\"bad key sk-123456, sk-123456\"}",
+        ));
+        assert_eq!(&out[..], b"{\"e\":\"bad key [redacted], [redacted]\"}");
+        let clean = Bytes::from_static(b"{}");
+        assert_eq!(r.scrub_bytes(clean.clone()).as_ptr(), clean.as_ptr());
+    }
+
+    #[test]
+    fn scrubs_the_encodings_an_echo_takes() {
+        let secret = "hsk/abc+def=ghi&<x>é";
+        let r = redactor(secret);
+        let echoes = [
+            r#"{"k":"hsk\/abc+def=ghi&<x>é"}"#.to_owned(),
+            r#"{"k":"hsk\/abc+def=ghi\u0026\u003cx\u003e\u00e9"}"#.to_owned(),
+            r#"{"k":"hsk/abc+def=ghi&<x>\u00e9"}"#.to_owned(),
+            "https://x/?key=hsk%2Fabc%2Bdef%3Dghi%26%3Cx%3E%C3%A9".to_owned(),
+            "https://x/?key=hsk%2fabc%2bdef%3dghi%26%3cx%3e%c3%a9".to_owned(),
+            format!("Basic {}", STANDARD.encode(format!("user:{secret}"))),
+            format!("Basic {}", STANDARD.encode(format!("usr:{secret}"))),
+            format!("Basic {}", STANDARD.encode(format!("us:{secret}:x"))),
+            URL_SAFE.encode(secret).trim_end_matches('=').to_owned(),
+            r#"{"k":"\u0068sk\/abc+def=ghi&<x>\u00E9"}"#.to_owned(),
+        ];
+        for echo in echoes {
+            let out = r.scrub_str(echo.clone());
+            assert!(out.contains(MASK), "not scrubbed: {echo} -> {out}");
+        }
+    }
+
+    #[test]
+    fn scrubs_violations_too() {
+        let r = redactor("fsk-0123456789");
+        let mut result = ToolResult {
+            error: "arguments invalid: \"Bearer fsk-0123456789\"".into(),
+            violations: vec![crate::pb::Violation {
+                instance_path: "/fsk-0123456789".into(),
+                schema_path: "/enum".into(),
+                message: "\"Bearer fsk-0123456789\" is not one of [\"a\"]".into(),
+            }],
+            ..Default::default()
+        };
+        r.scrub_result(&mut result);
+        let text = format!("{result:?}");
+        assert!(!text.contains("fsk-0123456789"), "{text}");
+    }
+}

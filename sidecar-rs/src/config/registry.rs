@@ -1,0 +1,374 @@
+//! The tool registry: every tool of a config file compiled into what a call
+//! needs (validators, request template, rate limiters). Built once per config
+//! load and shared read-only by all calls; a reload builds a new one.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Semaphore;
+
+use crate::config::redact::Redactor;
+use crate::config::schema::{self, Schema};
+use crate::config::spec::{self, ConfigFile, Method, RateLimitSpec, ToolSpec, UpstreamSpec};
+use crate::config::template::RequestTemplate;
+use crate::error::ConfigError;
+use crate::pb;
+use crate::policy::ratelimit::RateLimits;
+use crate::policy::retry::RetryPolicy;
+use crate::upstream::cache::ToolCache;
+use crate::upstream::client::Upstream;
+use crate::upstream::egress::EgressPolicy;
+use crate::upstream::origins::{UpstreamState, Upstreams};
+
+/// A tool ready to run.
+#[derive(Debug)]
+pub struct Tool {
+    pub name: String,
+    pub description: String,
+    pub input_schema: Schema,
+    pub output_schema: Option<Schema>,
+    pub request: RequestTemplate,
+    pub timeout: Duration,
+    pub max_response_bytes: usize,
+    pub max_argument_bytes: usize,
+    pub max_json_depth: usize,
+    /// Shared with the previous config when the limits did not change, so a
+    /// reload does not hand every agent a fresh burst.
+    pub rate_limits: Arc<RateLimits>,
+    rate_limit_specs: Vec<RateLimitSpec>,
+    pub retry: RetryPolicy,
+    /// Calls of this tool in flight, when limited.
+    pub slots: Option<Arc<Semaphore>>,
+    pub cache: Option<ToolCache>,
+    pub coalesce: bool,
+    /// The HTTP client for this tool's egress policy.
+    pub client: Upstream,
+    /// Breaker, retry budget and slots of the tool's upstream origin.
+    pub upstream: Arc<UpstreamState>,
+    /// Scrubs this tool's secrets from anything returned to the brain.
+    pub redactor: Redactor,
+}
+
+/// All tools of one config, by name.
+#[derive(Debug, Default)]
+pub struct Registry {
+    tools: HashMap<String, Arc<Tool>>,
+}
+
+impl Registry {
+    /// Loads and compiles the tools file at `path`. State worth keeping
+    /// (rate-limit buckets) is carried over from `previous`.
+    pub fn load(
+        path: &Path,
+        upstreams: &Upstreams,
+        previous: Option<&Registry>,
+    ) -> Result<Self, ConfigError> {
+        Self::build(spec::load(path)?, upstreams, previous)
+    }
+
+    /// Compiles a parsed file; the first error names its tool and field.
+    pub fn build(
+        file: ConfigFile,
+        upstreams: &Upstreams,
+        previous: Option<&Registry>,
+    ) -> Result<Self, ConfigError> {
+        let mut tools = HashMap::with_capacity(file.tools.len());
+        for spec in file.tools {
+            let origin = origin_key(&spec);
+            let upstream_spec = file
+                .upstreams
+                .get(&origin)
+                .unwrap_or(&file.default_upstream);
+            let previous = previous.and_then(|r| r.get(&spec.name)).map(Arc::as_ref);
+            let tool = Tool::compile(spec, upstreams, upstream_spec, previous)?;
+            if tools.contains_key(&tool.name) {
+                return Err(ConfigError::tool(
+                    &tool.name,
+                    "name",
+                    "defined more than once",
+                ));
+            }
+            tools.insert(tool.name.clone(), Arc::new(tool));
+        }
+        Ok(Self { tools })
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Arc<Tool>> {
+        self.tools.get(name)
+    }
+
+    pub fn len(&self) -> usize {
+        self.tools.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tools.is_empty()
+    }
+
+    /// Every tool, sorted by name, as ListTools reports them.
+    pub fn describe(&self) -> Vec<pb::ToolInfo> {
+        let mut tools: Vec<pb::ToolInfo> = self.tools.values().map(|t| t.describe()).collect();
+        tools.sort_by(|a, b| a.name.cmp(&b.name));
+        tools
+    }
+
+    /// See [`RateLimits::prune`].
+    pub fn prune_rate_limits(&self) {
+        self.tools.values().for_each(|t| t.rate_limits.prune());
+    }
+}
+
+/// The `upstreams:` key a tool's URL falls under: `scheme://host:port`.
+fn origin_key(spec: &ToolSpec) -> String {
+    url::Url::parse(&spec.request.url)
+        .ok()
+        .map(|u| u.origin().ascii_serialization())
+        .unwrap_or_default()
+}
+
+impl Tool {
+    fn compile(
+        spec: ToolSpec,
+        upstreams: &Upstreams,
+        upstream_spec: &UpstreamSpec,
+        previous: Option<&Tool>,
+    ) -> Result<Self, ConfigError> {
+        let name = spec.name.clone();
+        let err = |field: &str, msg: String| ConfigError::tool(&name, field, msg);
+
+        if name.is_empty()
+            || name.len() > 64
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+        {
+            return Err(err(
+                "name",
+                "must be 1-64 characters of [A-Za-z0-9_.-] (LLM function-name rules)".into(),
+            ));
+        }
+        if spec.input_schema.get("type").and_then(|t| t.as_str()) != Some("object") {
+            return Err(err(
+                "input_schema",
+                "must be an object schema (\"type\": \"object\"): arguments are a JSON object"
+                    .into(),
+            ));
+        }
+        let input_schema =
+            Schema::compile(&spec.input_schema).map_err(|m| err("input_schema", m))?;
+        let output_schema = spec
+            .output_schema
+            .as_ref()
+            .map(Schema::compile)
+            .transpose()
+            .map_err(|m| err("output_schema", m))?;
+        let request = RequestTemplate::compile(&spec.request).map_err(|(f, m)| err(&f, m))?;
+
+        // Every placeholder must be a declared argument, and path segments
+        // must be required ones: a typo here would otherwise surface as a
+        // confusing error on every call.
+        let (props, required) = schema::declared_properties(&spec.input_schema);
+        let (path_args, all_args) = request.placeholders();
+        for (field, arg) in all_args {
+            if arg != "*" && !props.contains(&arg) {
+                return Err(err(
+                    field,
+                    format!("placeholder {{{arg}}} is not a property of input_schema"),
+                ));
+            }
+        }
+        for arg in path_args {
+            if !required.contains(&arg) {
+                return Err(err(
+                    "request.url",
+                    format!("path placeholder {{{arg}}} must be listed in input_schema.required"),
+                ));
+            }
+        }
+
+        let timeout = spec.timeout.unwrap_or(Duration::from_secs(30));
+        if timeout.is_zero() {
+            return Err(err("timeout", "must be greater than zero".into()));
+        }
+        let max_response_bytes = spec.max_response_bytes.unwrap_or(8 << 20);
+        if max_response_bytes == 0 {
+            return Err(err(
+                "max_response_bytes",
+                "must be greater than zero".into(),
+            ));
+        }
+        let rate_limits = match previous {
+            Some(old) if old.rate_limit_specs == spec.rate_limits => old.rate_limits.clone(),
+            _ => Arc::new(
+                RateLimits::new(&spec.rate_limits, upstreams.fleet())
+                    .map_err(|(f, m)| err(&f, m))?,
+            ),
+        };
+
+        let idempotent = spec
+            .idempotent
+            .unwrap_or(matches!(spec.request.method, Method::Get | Method::Head));
+        let retry_spec = spec.retry.clone().unwrap_or_default();
+        let retry = RetryPolicy::new(&retry_spec, idempotent).map_err(|(f, m)| err(&f, m))?;
+        let slots = match spec.max_concurrency {
+            Some(0) => return Err(err("max_concurrency", "must be at least 1".into())),
+            Some(n) => Some(Arc::new(Semaphore::new(n))),
+            None => None,
+        };
+        let cache = spec
+            .cache
+            .as_ref()
+            .map(ToolCache::new)
+            .transpose()
+            .map_err(|(f, m)| err(&f, m))?;
+
+        let policy = EgressPolicy::parse(&spec.egress.allow).map_err(|m| err("egress.allow", m))?;
+        // IP-literal hosts skip DNS, so the resolver's check cannot see them:
+        // check them here, once.
+        let literal = match request.origin().host() {
+            Some(url::Host::Ipv4(ip)) => Some(std::net::IpAddr::V4(ip)),
+            Some(url::Host::Ipv6(ip)) => Some(std::net::IpAddr::V6(ip)),
+            _ => None,
+        };
+        if let Some(ip) = literal.filter(|ip| !policy.permits(*ip)) {
+            return Err(err(
+                "request.url",
+                format!(
+                    "{ip} is a loopback, private, link-local or unspecified address; \
+                     list it under egress.allow to let this tool reach it"
+                ),
+            ));
+        }
+        let client = upstreams
+            .client(&policy, spec.follow_redirects)
+            .map_err(|e| err("request", format!("cannot build the HTTP client: {e}")))?;
+        let origin = request.origin().origin().ascii_serialization();
+        let upstream = upstreams.state(&origin, upstream_spec);
+        let redactor = Redactor::new(&request.secrets());
+        let max_argument_bytes = spec.max_argument_bytes.unwrap_or(256 * 1024);
+        let max_json_depth = spec.max_json_depth.unwrap_or(64);
+        if max_json_depth == 0 || max_argument_bytes == 0 {
+            return Err(err(
+                "max_json_depth",
+                "limits must be greater than zero".into(),
+            ));
+        }
+
+        Ok(Self {
+            name: spec.name,
+            description: spec.description,
+            input_schema,
+            output_schema,
+            request,
+            timeout,
+            max_response_bytes,
+            max_argument_bytes,
+            max_json_depth,
+            rate_limits,
+            rate_limit_specs: spec.rate_limits,
+            retry,
+            slots,
+            cache,
+            coalesce: spec.coalesce,
+            client,
+            upstream,
+            redactor,
+        })
+    }
+
+    fn describe(&self) -> pb::ToolInfo {
+        pb::ToolInfo {
+            name: self.name.clone(),
+            description: self.description.clone(),
+            input_schema: self.input_schema.text().to_owned(),
+            output_schema: self
+                .output_schema
+                .as_ref()
+                .map(|s| s.text().to_owned())
+                .unwrap_or_default(),
+            timeout_ms: u32::try_from(self.timeout.as_millis()).unwrap_or(u32::MAX),
+            rate_limits: self.rate_limits.describe(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(yaml: &str) -> Result<Registry, String> {
+        let cfg = spec::parse(yaml).map_err(|e| e.to_string())?;
+        let upstreams = Upstreams::new(Default::default(), crate::metrics::Metrics::new());
+        Registry::build(cfg, &upstreams, None).map_err(|e| e.to_string())
+    }
+
+    const GOOD: &str = r#"
+tools:
+  - name: weather
+    description: Current weather for a city.
+    input_schema:
+      type: object
+      properties: {city: {type: string}, units: {enum: [c, f]}}
+      required: [city]
+    request:
+      url: http://127.0.0.1:9/weather/{city}
+      query: {units: "{units}"}
+    rate_limits: [{key: agent, rate: 5}]
+    egress: {allow: [127.0.0.0/8]}
+"#;
+
+    #[test]
+    fn good_config_compiles_and_describes() {
+        let r = load(GOOD).unwrap();
+        let info = r.describe();
+        assert_eq!(info.len(), 1);
+        assert_eq!(info[0].name, "weather");
+        assert!(info[0].input_schema.contains("\"city\""));
+        assert_eq!(info[0].rate_limits[0].key, "agent");
+        assert_eq!(info[0].rate_limits[0].scope, "pod");
+        assert_eq!(info[0].rate_limits[0].burst, 5);
+    }
+
+    #[test]
+    fn semantic_errors_name_tool_and_field() {
+        let cases = [
+            (
+                GOOD.replace("required: [city]", "required: []"),
+                "request.url",
+            ),
+            (GOOD.replace("{units}\"", "{unit}\""), "request.query"),
+            (GOOD.replace("enum: [c, f]", "type: bogus"), "input_schema"),
+            (
+                GOOD.replace("type: object\n", "type: array\n"),
+                "input_schema",
+            ),
+            (GOOD.replace("name: weather", "name: 'bad name'"), "name"),
+            (GOOD.replace("rate: 5", "rate: 0"), "rate_limits[0].rate"),
+            (format!("{GOOD}{}", &GOOD[7..]), "defined more than once"),
+            (
+                GOOD.replace("    egress: {allow: [127.0.0.0/8]}\n", ""),
+                "egress.allow",
+            ),
+            (GOOD.replace("127.0.0.0/8", "localhost"), "egress.allow"),
+            (
+                GOOD.replace("rate_limits:", "retry: {max_attempts: 0}\n    rate_limits:"),
+                "retry.max_attempts",
+            ),
+            (
+                GOOD.replace("rate_limits:", "cache: {ttl: 0s}\n    rate_limits:"),
+                "cache.ttl",
+            ),
+            (
+                GOOD.replace("{units}\"", "${env:TANDEM_TEST_UNSET}\""),
+                "TANDEM_TEST_UNSET",
+            ),
+        ];
+        for (yaml, field) in cases {
+            let e = load(&yaml).unwrap_err();
+            assert!(e.contains("tool \""), "{e}");
+            assert!(e.contains(field), "expected {field:?} in {e}");
+        }
+    }
+}

@@ -1,0 +1,639 @@
+//! `tools.yaml` as written by an operator: plain serde data with a doc comment
+//! on every field. Nothing here is compiled or checked beyond its shape; the
+//! [`crate::config::registry`] turns it into runnable tools and reports semantic
+//! errors by tool name and field.
+//!
+//! Tools are deserialized one at a time (see [`load`]) so that every error names
+//! the tool it belongs to and the field path inside it, e.g.
+//! `tool "weather": request.method: unknown variant "FETCH"`.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::error::ConfigError;
+
+/// The whole file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    /// Values every tool inherits unless it sets its own.
+    #[serde(default)]
+    defaults: Defaults,
+    /// Policies per upstream origin (`scheme://host:port`): circuit breaker,
+    /// concurrency limit, retry budget. Origins not listed get the defaults.
+    #[serde(default)]
+    upstreams: BTreeMap<String, UpstreamSpec>,
+    /// Kept as raw YAML so each tool can be deserialized with its name in hand.
+    tools: Vec<serde_yaml_ng::Value>,
+}
+
+/// A parsed file: defaults applied, every tool well-formed.
+#[derive(Debug)]
+pub struct ConfigFile {
+    pub tools: Vec<ToolSpec>,
+    pub upstreams: BTreeMap<String, UpstreamSpec>,
+    pub default_upstream: UpstreamSpec,
+}
+
+/// Settings shared by all tools.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Defaults {
+    /// Upper bound for one call of a tool, queueing and upstream included.
+    /// A call's own `timeout_ms` can only shorten it.
+    #[serde(with = "humantime_serde", default = "default_timeout")]
+    pub timeout: Duration,
+    /// Largest upstream response body accepted, in bytes. The body is read in
+    /// chunks and the request aborted past this, so a huge response cannot
+    /// exhaust the sidecar's memory.
+    #[serde(default = "default_max_response_bytes")]
+    pub max_response_bytes: usize,
+    /// Largest arguments document accepted, in bytes, checked before parsing.
+    #[serde(default = "default_max_argument_bytes")]
+    pub max_argument_bytes: usize,
+    /// Deepest nesting of arrays/objects accepted in arguments and responses.
+    /// Checked by a linear scan before parsing, so hostile input cannot
+    /// exhaust the stack.
+    #[serde(default = "default_max_json_depth")]
+    pub max_json_depth: usize,
+    /// Retry policy for tools that do not set their own.
+    #[serde(default)]
+    pub retry: RetrySpec,
+    /// Policy for upstream origins not listed under `upstreams`.
+    #[serde(default)]
+    pub upstream: UpstreamSpec,
+}
+
+impl Default for Defaults {
+    fn default() -> Self {
+        Self {
+            timeout: default_timeout(),
+            max_response_bytes: default_max_response_bytes(),
+            max_argument_bytes: default_max_argument_bytes(),
+            max_json_depth: default_max_json_depth(),
+            retry: RetrySpec::default(),
+            upstream: UpstreamSpec::default(),
+        }
+    }
+}
+
+fn default_max_argument_bytes() -> usize {
+    256 * 1024
+}
+
+fn default_max_json_depth() -> usize {
+    64
+}
+
+/// How a failed upstream request is retried. Retries happen only for tools
+/// that are idempotent, and always inside the call's deadline.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetrySpec {
+    /// Attempts in total, the first included; 1 disables retries.
+    #[serde(default = "default_attempts")]
+    pub max_attempts: u32,
+    /// Upstream statuses worth retrying. Connect errors and per-attempt
+    /// timeouts are always retried.
+    #[serde(default = "default_retry_statuses")]
+    pub on_status: Vec<u16>,
+    /// First backoff; each retry doubles it, up to `backoff_max`. The actual
+    /// wait is uniformly random below that (full jitter), or the upstream's
+    /// `Retry-After` when it asks for longer.
+    #[serde(with = "humantime_serde", default = "default_backoff_initial")]
+    pub backoff_initial: Duration,
+    #[serde(with = "humantime_serde", default = "default_backoff_max")]
+    pub backoff_max: Duration,
+    /// Bound on one attempt, so a hung connection leaves time to retry.
+    /// Defaults to the whole call deadline.
+    #[serde(with = "humantime_serde", default)]
+    pub attempt_timeout: Option<Duration>,
+}
+
+impl Default for RetrySpec {
+    fn default() -> Self {
+        Self {
+            max_attempts: default_attempts(),
+            on_status: default_retry_statuses(),
+            backoff_initial: default_backoff_initial(),
+            backoff_max: default_backoff_max(),
+            attempt_timeout: None,
+        }
+    }
+}
+
+fn default_attempts() -> u32 {
+    3
+}
+
+fn default_retry_statuses() -> Vec<u16> {
+    vec![429, 502, 503, 504]
+}
+
+fn default_backoff_initial() -> Duration {
+    Duration::from_millis(50)
+}
+
+fn default_backoff_max() -> Duration {
+    Duration::from_secs(2)
+}
+
+/// Policies shared by every tool that calls one upstream origin.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamSpec {
+    /// Requests in flight to this origin at once; a call waits for a slot
+    /// only as long as its deadline allows, then gets OVERLOADED.
+    #[serde(default = "default_upstream_concurrency")]
+    pub max_concurrency: usize,
+    #[serde(default)]
+    pub circuit_breaker: BreakerSpec,
+    #[serde(default)]
+    pub retry_budget: RetryBudgetSpec,
+}
+
+impl Default for UpstreamSpec {
+    fn default() -> Self {
+        Self {
+            max_concurrency: default_upstream_concurrency(),
+            circuit_breaker: BreakerSpec::default(),
+            retry_budget: RetryBudgetSpec::default(),
+        }
+    }
+}
+
+fn default_upstream_concurrency() -> usize {
+    1024
+}
+
+/// Opens on a failure ratio over a rolling window (with a minimum number of
+/// requests) or on consecutive failures; while open, calls fail fast with
+/// CIRCUIT_OPEN; after `open_for`, `half_open_probes` calls test the upstream.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BreakerSpec {
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Failure ratio (0-1] over `window` that opens the circuit.
+    #[serde(default = "default_failure_ratio")]
+    pub failure_ratio: f64,
+    #[serde(with = "humantime_serde", default = "default_window")]
+    pub window: Duration,
+    /// Requests needed in the window before the ratio counts.
+    #[serde(default = "default_min_requests")]
+    pub min_requests: u32,
+    /// Consecutive failures that open the circuit regardless of the ratio.
+    #[serde(default = "default_consecutive")]
+    pub consecutive_failures: u32,
+    #[serde(with = "humantime_serde", default = "default_open_for")]
+    pub open_for: Duration,
+    #[serde(default = "default_probes")]
+    pub half_open_probes: u32,
+}
+
+impl Default for BreakerSpec {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            failure_ratio: default_failure_ratio(),
+            window: default_window(),
+            min_requests: default_min_requests(),
+            consecutive_failures: default_consecutive(),
+            open_for: default_open_for(),
+            half_open_probes: default_probes(),
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_failure_ratio() -> f64 {
+    0.5
+}
+fn default_window() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_min_requests() -> u32 {
+    20
+}
+fn default_consecutive() -> u32 {
+    5
+}
+fn default_open_for() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_probes() -> u32 {
+    1
+}
+
+/// Caps retries to a share of recent traffic so that retries cannot
+/// multiply an outage: at most `ratio` × requests over the last 10 s, plus
+/// `min_per_second` so a quiet upstream can still be retried.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryBudgetSpec {
+    #[serde(default = "default_budget_ratio")]
+    pub ratio: f64,
+    #[serde(default = "default_budget_floor")]
+    pub min_per_second: u32,
+}
+
+impl Default for RetryBudgetSpec {
+    fn default() -> Self {
+        Self {
+            ratio: default_budget_ratio(),
+            min_per_second: default_budget_floor(),
+        }
+    }
+}
+
+fn default_budget_ratio() -> f64 {
+    0.2
+}
+fn default_budget_floor() -> u32 {
+    5
+}
+
+/// Opt-in response cache for a tool.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheSpec {
+    /// How long an OK result is served from the cache.
+    #[serde(with = "humantime_serde")]
+    pub ttl: Duration,
+    /// Each entry lives `ttl` ± up to this fraction, so entries written
+    /// together do not expire together.
+    #[serde(default = "default_jitter")]
+    pub jitter: f64,
+    #[serde(default = "default_cache_entries")]
+    pub max_entries: u64,
+    /// Bound on the cached bodies' total size.
+    #[serde(default = "default_cache_bytes")]
+    pub max_bytes: u64,
+    /// Cache error results (UPSTREAM_ERROR, INVALID_RESPONSE) this long;
+    /// off unless set.
+    #[serde(with = "humantime_serde", default)]
+    pub negative_ttl: Option<Duration>,
+}
+
+fn default_jitter() -> f64 {
+    0.1
+}
+fn default_cache_entries() -> u64 {
+    10_000
+}
+fn default_cache_bytes() -> u64 {
+    64 * 1024 * 1024
+}
+
+/// Addresses a tool may reach although they are loopback, private,
+/// link-local or unspecified (refused by default).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EgressSpec {
+    /// CIDRs, e.g. `127.0.0.0/8` or `10.1.2.3/32`.
+    #[serde(default)]
+    pub allow: Vec<String>,
+}
+
+fn default_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+
+fn default_max_response_bytes() -> usize {
+    8 * 1024 * 1024
+}
+
+/// One tool: what the LLM sees (name, description, schemas) and how the
+/// sidecar executes it (request template, timeout, limits).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ToolSpec {
+    /// Unique name an agent calls the tool by; `[A-Za-z0-9_.-]`, as LLM
+    /// function-calling APIs require.
+    pub name: String,
+    /// What the tool does, written for an LLM choosing among tools.
+    #[serde(default)]
+    pub description: String,
+    /// JSON Schema (draft 2020-12) for the arguments. Must describe an object.
+    pub input_schema: serde_json::Value,
+    /// JSON Schema the upstream's response must satisfy; responses that do not
+    /// are reported as INVALID_RESPONSE instead of reaching the agent.
+    #[serde(default)]
+    pub output_schema: Option<serde_json::Value>,
+    /// How to turn the arguments into an HTTP request.
+    pub request: RequestSpec,
+    /// Overrides `defaults.timeout` for this tool.
+    #[serde(with = "humantime_serde", default)]
+    pub timeout: Option<Duration>,
+    /// Overrides `defaults.max_response_bytes` for this tool.
+    #[serde(default)]
+    pub max_response_bytes: Option<usize>,
+    /// Rate limits checked before the upstream is called, in order.
+    #[serde(default)]
+    pub rate_limits: Vec<RateLimitSpec>,
+    /// Whether repeating the request is safe; only such tools are retried.
+    /// Defaults to true for GET and HEAD, false otherwise.
+    #[serde(default)]
+    pub idempotent: Option<bool>,
+    /// Overrides `defaults.retry`.
+    #[serde(default)]
+    pub retry: Option<RetrySpec>,
+    /// Calls of this tool in flight at once (waiting within the deadline).
+    #[serde(default)]
+    pub max_concurrency: Option<usize>,
+    /// Cache OK results by arguments (key order does not matter).
+    #[serde(default)]
+    pub cache: Option<CacheSpec>,
+    /// Concurrent identical calls share one upstream request.
+    #[serde(default)]
+    pub coalesce: bool,
+    /// Overrides `defaults.max_argument_bytes`.
+    #[serde(default)]
+    pub max_argument_bytes: Option<usize>,
+    /// Overrides `defaults.max_json_depth`.
+    #[serde(default)]
+    pub max_json_depth: Option<usize>,
+    /// Redirects followed (each re-checked by the egress rules); 0 = none.
+    #[serde(default)]
+    pub follow_redirects: u8,
+    /// Private address ranges this tool may reach.
+    #[serde(default)]
+    pub egress: EgressSpec,
+}
+
+/// The HTTP request template. `{name}` placeholders refer to top-level
+/// properties of the arguments.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RequestSpec {
+    /// HTTP method.
+    #[serde(default)]
+    pub method: Method,
+    /// Absolute http(s) URL. Placeholders may appear only in the path, where
+    /// each value is percent-encoded as one path segment; scheme, host and
+    /// port are fixed by the operator.
+    pub url: String,
+    /// Query parameters; values may contain placeholders. A parameter whose
+    /// placeholder names an argument the call did not pass is left out.
+    #[serde(default)]
+    pub query: BTreeMap<String, String>,
+    /// Request headers; values may contain placeholders.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// JSON body template. A string that is exactly `{name}` becomes that
+    /// argument with its JSON type; `{*}` becomes the whole arguments object;
+    /// other strings are interpolated. Defaults to `{*}` for POST, PUT and
+    /// PATCH and to no body otherwise.
+    #[serde(default)]
+    pub body: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum Method {
+    #[default]
+    Get,
+    Post,
+    Put,
+    Patch,
+    Delete,
+    Head,
+}
+
+impl Method {
+    pub fn as_http(self) -> http::Method {
+        match self {
+            Method::Get => http::Method::GET,
+            Method::Post => http::Method::POST,
+            Method::Put => http::Method::PUT,
+            Method::Patch => http::Method::PATCH,
+            Method::Delete => http::Method::DELETE,
+            Method::Head => http::Method::HEAD,
+        }
+    }
+
+    /// Methods whose requests carry the arguments as a JSON body by default.
+    pub fn sends_body_by_default(self) -> bool {
+        matches!(self, Method::Post | Method::Put | Method::Patch)
+    }
+}
+
+/// `rate` permits per `per`, allowing bursts of `burst`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitSpec {
+    /// Who shares a bucket: all calls of the tool (`tool`), each agent
+    /// (`agent`), each tenant (`tenant`), or every tool calling the same
+    /// upstream origin (`upstream`, fleet scope).
+    #[serde(default)]
+    pub key: LimitKey,
+    /// Where the bucket lives: in this sidecar (`pod`) or in Redis, shared
+    /// by every sidecar of the fleet (`fleet`, needs `--redis-url`).
+    #[serde(default)]
+    pub scope: LimitScope,
+    /// Permits per `per`.
+    pub rate: u32,
+    /// The period `rate` is counted over, e.g. `1s` or `1m`.
+    #[serde(with = "humantime_serde", default = "one_second")]
+    pub per: Duration,
+    /// Permits available back to back after a quiet period; defaults to `rate`.
+    #[serde(default)]
+    pub burst: Option<u32>,
+    /// What a call over the limit gets: RATE_LIMITED at once (`reject`), or a
+    /// wait for the next permit as long as its deadline allows (`wait`).
+    #[serde(default)]
+    pub on_limit: OnLimit,
+    /// What a permit is: one call (`requests`), or LLM tokens (`tokens`):
+    /// charged from the request's estimate, corrected with the response's
+    /// `usage.total_tokens`.
+    #[serde(default)]
+    pub unit: LimitUnit,
+    /// `false` runs the limit in shadow mode: would-be refusals are counted
+    /// and logged, nothing is refused. For rolling a new limit out safely.
+    #[serde(default = "yes")]
+    pub enforce: bool,
+    /// For fleet limits while Redis is unreachable: `local_share` (each
+    /// sidecar enforces rate ÷ the last known number of live sidecars) or
+    /// `deny` (calls get LIMITER_UNAVAILABLE).
+    #[serde(default)]
+    pub on_redis_error: OnRedisError,
+}
+
+fn one_second() -> Duration {
+    Duration::from_secs(1)
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LimitKey {
+    /// One bucket for all calls of the tool.
+    #[default]
+    Tool,
+    /// One bucket per agent (`ToolCall.agent_id`).
+    Agent,
+    /// One bucket per tenant (the call's `tenant` metadata; calls without one
+    /// share a bucket).
+    Tenant,
+    /// One bucket per upstream origin, shared by every tool that calls it
+    /// (`scope: fleet` only: the bucket lives in Redis under the origin).
+    Upstream,
+}
+
+impl LimitKey {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LimitKey::Tool => "tool",
+            LimitKey::Agent => "agent",
+            LimitKey::Tenant => "tenant",
+            LimitKey::Upstream => "upstream",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LimitScope {
+    #[default]
+    Pod,
+    Fleet,
+}
+
+impl LimitScope {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LimitScope::Pod => "pod",
+            LimitScope::Fleet => "fleet",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LimitUnit {
+    #[default]
+    Requests,
+    Tokens,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnRedisError {
+    #[default]
+    LocalShare,
+    Deny,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnLimit {
+    #[default]
+    Reject,
+    Wait,
+}
+
+impl OnLimit {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OnLimit::Reject => "reject",
+            OnLimit::Wait => "wait",
+        }
+    }
+}
+
+/// Reads and parses `path`, applying `defaults` to every tool.
+pub fn load(path: &Path) -> Result<ConfigFile, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.display().to_string(),
+        source,
+    })?;
+    parse(&text)
+}
+
+/// Parses the text of a tools file.
+pub fn parse(text: &str) -> Result<ConfigFile, ConfigError> {
+    let raw: RawFile =
+        serde_yaml_ng::from_str(text).map_err(|e| ConfigError::syntax(e.to_string()))?;
+    let mut tools = Vec::with_capacity(raw.tools.len());
+    for (index, value) in raw.tools.into_iter().enumerate() {
+        let name = value
+            .get("name")
+            .and_then(|n| n.as_str())
+            .map(str::to_owned)
+            .unwrap_or_else(|| format!("#{index}"));
+        let mut spec: ToolSpec = serde_path_to_error::deserialize(value).map_err(|e| {
+            let field = e.path().to_string();
+            ConfigError::tool(&name, if field == "." { "" } else { &field }, e.inner())
+        })?;
+        let d = &raw.defaults;
+        spec.timeout.get_or_insert(d.timeout);
+        spec.max_response_bytes.get_or_insert(d.max_response_bytes);
+        spec.max_argument_bytes.get_or_insert(d.max_argument_bytes);
+        spec.max_json_depth.get_or_insert(d.max_json_depth);
+        spec.retry.get_or_insert_with(|| d.retry.clone());
+        tools.push(spec);
+    }
+    Ok(ConfigFile {
+        tools,
+        upstreams: raw.upstreams,
+        default_upstream: raw.defaults.upstream,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_field_names_tool_and_field() {
+        let err = parse(
+            r#"
+tools:
+  - name: weather
+    input_schema: {type: object}
+    request: {url: "http://x/", metod: GET}
+"#,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("tool \"weather\""), "{err}");
+        assert!(err.contains("request"), "{err}");
+        assert!(err.contains("metod"), "{err}");
+    }
+
+    #[test]
+    fn bad_duration_names_field() {
+        let err = parse(
+            r#"
+tools:
+  - name: t
+    input_schema: {type: object}
+    request: {url: "http://x/"}
+    timeout: soon
+"#,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("tool \"t\": timeout"), "{err}");
+    }
+
+    #[test]
+    fn defaults_apply() {
+        let cfg = parse(
+            r#"
+defaults: {timeout: 250ms, max_response_bytes: 1024}
+tools:
+  - name: t
+    input_schema: {type: object}
+    request: {url: "http://x/"}
+"#,
+        )
+        .unwrap();
+        assert_eq!(cfg.tools[0].timeout, Some(Duration::from_millis(250)));
+        assert_eq!(cfg.tools[0].max_response_bytes, Some(1024));
+    }
+}

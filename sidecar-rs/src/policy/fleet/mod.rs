@@ -1,0 +1,360 @@
+//! Fleet-wide state in Redis: rate-limit buckets shared by every sidecar,
+//! the count of live sidecars, and upstream throttles learned by one sidecar
+//! and applied by all.
+//!
+//! * **Leasing.** A sidecar never asks Redis per call. It leases a block of
+//!   permits (one atomic Lua script: refill the bucket by elapsed time, grant
+//!   up to the block, return what an expired lease left unused) into a local
+//!   bucket, and calls consume from there. Block size follows the sidecar's
+//!   own recent demand, capped at its fair share, so a busy pod does not
+//!   starve a quiet one. Every permit comes out of the one Redis bucket, so
+//!   the fleet total over any window `T` is at most `rate × T + burst`, the
+//!   same bound as a single bucket.
+//! * **Presence.** Each sidecar refreshes its entry in a sorted set every
+//!   second; entries older than 3 s are dropped. The live count sizes the
+//!   fallback share.
+//! * **Failure.** When Redis cannot be reached, fleet limits fall back per
+//!   their `on_redis_error`; a reconnect is tried in the background and
+//!   fleet mode resumes by itself. Both transitions are logged and counted.
+
+pub mod lease;
+
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
+use prometheus::{IntCounterVec, IntGauge};
+use redis::aio::ConnectionManager;
+use tokio_util::sync::CancellationToken;
+
+/// Takes a lease: refill by elapsed Redis time, return `returned`, grant up
+/// to `want`, and if nothing was granted, say how long until `want` permits
+/// will be there (so a refused sidecar comes back once, for a whole block).
+/// KEYS[1] bucket; ARGV rate_per_ms, burst, want, returned, ttl_ms.
+const LEASE: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local rate = tonumber(ARGV[1])
+local burst = tonumber(ARGV[2])
+local want = tonumber(ARGV[3])
+local returned = tonumber(ARGV[4])
+local b = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
+local tokens = tonumber(b[1])
+local ts = tonumber(b[2])
+if tokens == nil then tokens = burst; ts = now end
+tokens = math.min(burst, tokens + math.max(0, now - ts) * rate + returned)
+local granted = 0
+if tokens >= 1 then granted = math.min(want, math.floor(tokens)) end
+tokens = tokens - granted
+redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'ts', now)
+redis.call('PEXPIRE', KEYS[1], ARGV[5])
+local wait = 0
+if granted == 0 then wait = math.ceil((math.min(want, burst) - tokens) / rate) end
+return {granted, wait}
+"#;
+
+/// Refreshes this sidecar's presence and counts the live ones.
+/// KEYS[1] set; ARGV id, stale_ms.
+const HEARTBEAT: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZADD', KEYS[1], now, ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[2]))
+redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]) * 10)
+return redis.call('ZCARD', KEYS[1])
+"#;
+
+const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
+const STALE_AFTER_MS: u64 = 3000;
+/// A single Redis command may take this long before the fleet counts as
+/// unreachable (and limits fall back).
+const COMMAND_TIMEOUT: Duration = Duration::from_millis(250);
+/// Channel on which learned upstream throttles are broadcast.
+pub const THROTTLE_CHANNEL: &str = "tandem:throttle";
+
+/// Metrics the fleet reports.
+#[derive(Clone)]
+pub struct FleetMetrics {
+    /// `sidecar_fleet_redis_commands_total{op}`
+    pub commands: IntCounterVec,
+    /// `sidecar_fleet_redis_errors_total{op}`
+    pub errors: IntCounterVec,
+    /// `sidecar_fleet_connected`: 1 while Redis answers, else 0.
+    pub connected: IntGauge,
+    /// `sidecar_fleet_live_sidecars`
+    pub live: IntGauge,
+}
+
+pub struct Fleet {
+    id: String,
+    prefix: String,
+    client: redis::Client,
+    conn: ArcSwapOption<ConnectionManager>,
+    healthy: AtomicBool,
+    live: AtomicU32,
+    lease: redis::Script,
+    heartbeat: redis::Script,
+    metrics: FleetMetrics,
+}
+
+impl std::fmt::Debug for Fleet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Fleet")
+            .field("id", &self.id)
+            .field("healthy", &self.healthy())
+            .field("live", &self.live())
+            .finish()
+    }
+}
+
+/// What Redis answered to a lease request.
+#[derive(Debug, Clone, Copy)]
+pub struct Lease {
+    pub granted: u64,
+    pub wait: Duration,
+}
+
+impl Fleet {
+    /// Connects in the background; until Redis answers, [`Fleet::healthy`]
+    /// is false and fleet limits use their fallback.
+    pub fn start(
+        url: &str,
+        metrics: FleetMetrics,
+        stop: CancellationToken,
+    ) -> Result<Arc<Self>, String> {
+        let client = redis::Client::open(url).map_err(|e| format!("--redis-url: {e}"))?;
+        let id = format!(
+            "{}-{}-{:08x}",
+            std::env::var("HOSTNAME").unwrap_or_else(|_| "sidecar".into()),
+            std::process::id(),
+            fastrand::u32(..)
+        );
+        let fleet = Arc::new(Self {
+            id,
+            prefix: "tandem".into(),
+            client,
+            conn: ArcSwapOption::empty(),
+            healthy: AtomicBool::new(false),
+            live: AtomicU32::new(1),
+            lease: redis::Script::new(LEASE),
+            heartbeat: redis::Script::new(HEARTBEAT),
+            metrics,
+        });
+        tokio::spawn(fleet.clone().maintain(stop));
+        Ok(fleet)
+    }
+
+    /// Waits (up to `timeout`) for the first successful contact with Redis,
+    /// so a sidecar does not start out on its fallback share.
+    pub async fn wait_connected(&self, timeout: Duration) -> bool {
+        let end = tokio::time::Instant::now() + timeout;
+        while !self.healthy() {
+            if tokio::time::Instant::now() >= end {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        true
+    }
+
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    pub fn healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+
+    /// Live sidecars as last seen (at least 1: this one).
+    pub fn live(&self) -> u32 {
+        self.live.load(Ordering::Relaxed).max(1)
+    }
+
+    pub fn bucket_key(&self, parts: &str) -> String {
+        format!("{}:rl:{parts}", self.prefix)
+    }
+
+    /// Connects, then heartbeats every second; notices outages and
+    /// recoveries.
+    async fn maintain(self: Arc<Self>, stop: CancellationToken) {
+        let mut tick = tokio::time::interval(HEARTBEAT_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = tick.tick() => {}
+            }
+            if self.conn.load().is_none() {
+                let config = redis::aio::ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(COMMAND_TIMEOUT * 4))
+                    .set_response_timeout(Some(COMMAND_TIMEOUT))
+                    .set_number_of_retries(1);
+                match self.client.get_connection_manager_with_config(config).await {
+                    Ok(conn) => self.conn.store(Some(Arc::new(conn))),
+                    Err(e) => {
+                        self.mark(false, &e.to_string());
+                        continue;
+                    }
+                }
+            }
+            let key = format!("{}:sidecars", self.prefix);
+            let beat = self
+                .run("heartbeat", |mut conn| {
+                    let mut invocation = self.heartbeat.key(&key);
+                    invocation.arg(&self.id).arg(STALE_AFTER_MS);
+                    async move { invocation.invoke_async::<u32>(&mut conn).await }
+                })
+                .await;
+            if let Ok(live) = beat {
+                self.live.store(live, Ordering::Relaxed);
+                self.metrics.live.set(i64::from(live));
+            }
+        }
+        // Leave the fleet promptly so the others' shares grow at once.
+        if let Some(conn) = self.conn.load_full() {
+            let mut conn = (*conn).clone();
+            let _: Result<(), _> = tokio::time::timeout(
+                COMMAND_TIMEOUT,
+                redis::cmd("ZREM")
+                    .arg(format!("{}:sidecars", self.prefix))
+                    .arg(&self.id)
+                    .query_async::<()>(&mut conn),
+            )
+            .await
+            .unwrap_or(Ok(()));
+        }
+    }
+
+    /// Runs one Redis operation with the command timeout, recording health.
+    async fn run<T, F, Fut>(&self, op: &str, f: F) -> Result<T, String>
+    where
+        F: FnOnce(ConnectionManager) -> Fut,
+        Fut: std::future::Future<Output = redis::RedisResult<T>>,
+    {
+        let Some(conn) = self.conn.load_full() else {
+            return Err("not connected to Redis".into());
+        };
+        // A clone shares the one multiplexed connection.
+        let conn = (*conn).clone();
+        self.metrics.commands.with_label_values(&[op]).inc();
+        let outcome = tokio::time::timeout(COMMAND_TIMEOUT, f(conn)).await;
+        match outcome {
+            Ok(Ok(value)) => {
+                self.mark(true, "");
+                Ok(value)
+            }
+            Ok(Err(e)) => {
+                self.metrics.errors.with_label_values(&[op]).inc();
+                self.mark(false, &e.to_string());
+                Err(e.to_string())
+            }
+            Err(_) => {
+                self.metrics.errors.with_label_values(&[op]).inc();
+                self.mark(false, "timed out");
+                Err(format!("Redis did not answer within {COMMAND_TIMEOUT:?}"))
+            }
+        }
+    }
+
+    fn mark(&self, healthy: bool, why: &str) {
+        let was = self.healthy.swap(healthy, Ordering::Relaxed);
+        self.metrics.connected.set(i64::from(healthy));
+        match (was, healthy) {
+            (false, true) => {
+                tracing::info!(id = %self.id, "fleet limits: Redis reachable, fleet mode on")
+            }
+            (true, false) => tracing::warn!(
+                id = %self.id,
+                error = why,
+                live = self.live(),
+                "fleet limits: Redis unreachable, falling back per on_redis_error"
+            ),
+            _ => {}
+        }
+    }
+
+    /// Leases up to `want` permits from `key`, returning `returned` unused
+    /// ones first.
+    pub async fn lease(
+        &self,
+        key: &str,
+        rate_per_second: f64,
+        burst: u64,
+        want: u64,
+        returned: u64,
+        ttl: Duration,
+    ) -> Result<Lease, String> {
+        let (granted, wait_ms): (u64, u64) = self
+            .run("lease", |mut conn| {
+                let mut invocation = self.lease.key(key);
+                invocation
+                    .arg(rate_per_second / 1000.0)
+                    .arg(burst)
+                    .arg(want)
+                    .arg(returned)
+                    .arg(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX));
+                async move { invocation.invoke_async(&mut conn).await }
+            })
+            .await?;
+        Ok(Lease {
+            granted,
+            wait: Duration::from_millis(wait_ms),
+        })
+    }
+
+    /// Tells every sidecar to hold requests to `origin` for `wait`.
+    pub async fn publish_throttle(&self, origin: &str, wait: Duration) {
+        let message = format!("{}|{origin}", wait.as_millis());
+        let _ = self
+            .run("publish", |mut conn| {
+                let mut cmd = redis::cmd("PUBLISH");
+                cmd.arg(THROTTLE_CHANNEL).arg(message);
+                async move { cmd.query_async::<i64>(&mut conn).await }
+            })
+            .await;
+    }
+
+    /// Delivers throttles published by other sidecars to `apply`, until
+    /// `stop`. Resubscribes after Redis outages.
+    pub async fn subscribe_throttles(
+        self: Arc<Self>,
+        apply: impl Fn(&str, Duration) + Send + 'static,
+        stop: CancellationToken,
+    ) {
+        use futures::StreamExt;
+        loop {
+            let pubsub = tokio::select! {
+                _ = stop.cancelled() => return,
+                r = self.client.get_async_pubsub() => r,
+            };
+            match pubsub {
+                Ok(mut pubsub) => {
+                    if pubsub.subscribe(THROTTLE_CHANNEL).await.is_ok() {
+                        let mut messages = pubsub.on_message();
+                        loop {
+                            let message = tokio::select! {
+                                _ = stop.cancelled() => return,
+                                m = messages.next() => m,
+                            };
+                            let Some(message) = message else { break };
+                            let Ok(text) = message.get_payload::<String>() else {
+                                continue;
+                            };
+                            if let Some((ms, origin)) = text.split_once('|') {
+                                if let Ok(ms) = ms.parse::<u64>() {
+                                    apply(origin, Duration::from_millis(ms));
+                                }
+                            }
+                        }
+                    }
+                }
+                Err(e) => tracing::debug!(error = %e, "throttle subscription failed; retrying"),
+            }
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(HEARTBEAT_EVERY) => {}
+            }
+        }
+    }
+}

@@ -1,0 +1,380 @@
+//! Wiring: load the registry, bind the listeners, serve Dispatcher + health +
+//! reflection on each, and shut down in two stages (see [`crate::server::drain`]).
+//!
+//! `run` takes the shutdown trigger as a future so tests can stop a server
+//! without signals; `main` passes SIGTERM/SIGINT.
+
+pub mod auth;
+pub mod dispatch;
+pub mod drain;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use arc_swap::ArcSwap;
+use tokio::net::{TcpListener, UnixListener};
+use tokio::task::JoinSet;
+use tokio_stream::wrappers::UnixListenerStream;
+use tokio_util::sync::CancellationToken;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::server::TcpIncoming;
+use tonic::transport::Server;
+use tonic_health::ServingStatus;
+
+use crate::call::Executor;
+use crate::config::registry::Registry;
+use crate::config::reload::Reloader;
+use crate::metrics::Metrics;
+use crate::pb::{self, dispatcher_server::DispatcherServer};
+use crate::policy::fleet::Fleet;
+use crate::server::auth::BearerAuth;
+use crate::server::dispatch::{Admission, DispatchService};
+use crate::server::drain::Drain;
+use crate::upstream::client::UpstreamOptions;
+use crate::upstream::origins::Upstreams;
+
+/// Largest gRPC message accepted or sent: a frame may batch many calls, and a
+/// result may carry a multi-megabyte document.
+const MAX_MESSAGE_BYTES: usize = 64 << 20;
+
+/// Pause between the last stream ending and the process exiting.
+const LINGER: Duration = Duration::from_millis(200);
+
+/// How often idle per-agent rate-limit buckets are forgotten.
+const PRUNE_EVERY: Duration = Duration::from_secs(60);
+
+/// Where to serve gRPC: `host:port` or `unix:/path/to.sock`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ListenAddr {
+    Tcp(SocketAddr),
+    Unix(PathBuf),
+}
+
+impl FromStr for ListenAddr {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if let Some(path) = s.strip_prefix("unix:") {
+            if path.is_empty() {
+                return Err("unix: needs a socket path, e.g. unix:/run/tandem/sidecar.sock".into());
+            }
+            return Ok(ListenAddr::Unix(PathBuf::from(path)));
+        }
+        s.parse()
+            .map(ListenAddr::Tcp)
+            .map_err(|_| format!("{s:?} is neither host:port nor unix:/path"))
+    }
+}
+
+/// Everything `run` needs besides the shutdown trigger.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub config_path: PathBuf,
+    pub listen: Vec<ListenAddr>,
+    /// Health checks only (no tool calls, no auth): where kubelet probes go
+    /// when the data plane is a unix socket.
+    pub health_listen: Option<SocketAddr>,
+    pub metrics_listen: Option<SocketAddr>,
+    /// Required on TCP listeners unless `allow_unauthenticated_tcp`.
+    pub auth: Option<BearerAuth>,
+    pub allow_unauthenticated_tcp: bool,
+    /// How often the tools file is checked for changes.
+    pub reload_interval: Duration,
+    /// Spans are exported (set by whoever installed the OTLP exporter).
+    pub tracing: bool,
+    /// Redis for fleet-scoped limits and shared upstream throttles.
+    pub redis_url: Option<String>,
+    pub admission: Admission,
+    pub drain_timeout: Duration,
+    pub upstream: UpstreamOptions,
+}
+
+/// Serves until `shutdown` resolves, then drains. Returns once every listener
+/// has stopped; an error means the sidecar could not start or a listener
+/// failed.
+pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let tcp_data_plane = config
+        .listen
+        .iter()
+        .any(|l| matches!(l, ListenAddr::Tcp(_)));
+    if tcp_data_plane && config.auth.is_none() && !config.allow_unauthenticated_tcp {
+        anyhow::bail!(
+            "a TCP --listen address would serve tool calls (and the credentials they use) \
+             without authentication: set --auth-token-file or SIDECAR_AUTH_TOKEN, listen on \
+             a unix socket, or pass --allow-unauthenticated-tcp for local development"
+        );
+    }
+    let metrics = Metrics::new();
+    let background = CancellationToken::new();
+    let mut upstreams = Upstreams::new(config.upstream.clone(), metrics.clone());
+    let fleet = match &config.redis_url {
+        Some(url) => {
+            let fleet = Fleet::start(url, metrics.fleet.clone(), background.clone())
+                .map_err(anyhow::Error::msg)?;
+            if !fleet.wait_connected(Duration::from_secs(2)).await {
+                tracing::warn!(
+                    id = fleet.id(),
+                    "Redis is not reachable yet; fleet limits start on their fallback"
+                );
+            }
+            tracing::info!(id = fleet.id(), "fleet limits enabled");
+            upstreams = upstreams.with_fleet(fleet.clone());
+            Some(fleet)
+        }
+        None => None,
+    };
+    let upstreams = Arc::new(upstreams);
+    if let Some(fleet) = &fleet {
+        let upstreams = upstreams.clone();
+        tokio::spawn(fleet.clone().subscribe_throttles(
+            move |origin, wait| upstreams.apply_throttle(origin, wait),
+            background.clone(),
+        ));
+    }
+    let registry = Registry::load(&config.config_path, &upstreams, None)
+        .with_context(|| format!("config {}", config.config_path.display()))?;
+    tracing::info!(
+        config = %config.config_path.display(),
+        tools = registry.len(),
+        "config loaded"
+    );
+    let registry = Arc::new(ArcSwap::from_pointee(registry));
+    let exec = Arc::new(
+        Executor::new(registry.clone(), metrics.clone())
+            .with_tracing(config.tracing)
+            .with_fleet(fleet),
+    );
+    let drain = Drain::new();
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<DispatcherServer<DispatchService>>()
+        .await;
+    health.set_service_status("", ServingStatus::Serving).await;
+    // Both reflection versions: grpcurl speaks v1, many client libraries only v1alpha.
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection()
+        .build_v1()
+        .context("building the reflection service")?;
+    let reflection_v1alpha = reflection()
+        .build_v1alpha()
+        .context("building the reflection service")?;
+    let dispatcher =
+        DispatcherServer::new(DispatchService::new(exec, config.admission, drain.clone()))
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let server = || {
+        Server::builder()
+            .http2_keepalive_interval(Some(Duration::from_secs(20)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+            .initial_stream_window_size(Some(1 << 20))
+            .initial_connection_window_size(Some(8 << 20))
+    };
+    // The unix socket is guarded by its file mode; TCP by the bearer token.
+    let unix_router = server()
+        .add_service(health_service.clone())
+        .add_service(reflection_v1.clone())
+        .add_service(reflection_v1alpha.clone())
+        .add_service(dispatcher.clone());
+    let tcp_router = match &config.auth {
+        Some(auth) => server()
+            .add_service(health_service.clone())
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .add_service(InterceptedService::new(dispatcher, auth.clone())),
+        None => unix_router.clone(),
+    };
+
+    if let Some(addr) = config.metrics_listen {
+        let listener = Metrics::bind(addr)
+            .await
+            .with_context(|| format!("binding --metrics-listen {addr}"))?;
+        tokio::spawn(metrics.clone().serve(listener, background.clone()));
+    }
+
+    let mut servers = JoinSet::new();
+    let mut sockets = Vec::new();
+    for addr in &config.listen {
+        let stop = {
+            let drain = drain.clone();
+            async move { drain.draining().await }
+        };
+        match addr {
+            ListenAddr::Tcp(addr) => {
+                let listener = TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("binding --listen {addr}"))?;
+                tracing::info!(addr = %listener.local_addr()?, "listening");
+                let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+                servers.spawn(
+                    tcp_router
+                        .clone()
+                        .serve_with_incoming_shutdown(incoming, stop),
+                );
+            }
+            ListenAddr::Unix(path) => {
+                let listener = bind_unix(path)?;
+                tracing::info!(addr = %format!("unix:{}", path.display()), "listening");
+                sockets.push(path.clone());
+                servers.spawn(
+                    unix_router
+                        .clone()
+                        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), stop),
+                );
+            }
+        }
+    }
+    if let Some(addr) = config.health_listen {
+        let listener = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding --health-listen {addr}"))?;
+        tracing::info!(addr = %listener.local_addr()?, "health listening");
+        // Outlives the drain so probes see NOT_SERVING rather than a refused
+        // connection while calls finish.
+        let stop = background.clone();
+        let probes = server()
+            .add_service(health_service)
+            .serve_with_incoming_shutdown(TcpIncoming::from(listener), async move {
+                stop.cancelled().await
+            });
+        tokio::spawn(async move {
+            if let Err(e) = probes.await {
+                tracing::error!(error = %e, "health listener failed");
+            }
+        });
+    }
+    tokio::spawn(
+        Reloader {
+            path: config.config_path.clone(),
+            registry: registry.clone(),
+            upstreams: upstreams.clone(),
+            metrics: metrics.clone(),
+            interval: config.reload_interval,
+        }
+        .run(background.clone()),
+    );
+    {
+        let registry = registry.clone();
+        let stop = background.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(PRUNE_EVERY);
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tick.tick() => registry.load().prune_rate_limits(),
+                }
+            }
+        });
+    }
+    tracing::info!("sidecar ready");
+
+    let failed = tokio::select! {
+        _ = shutdown => None,
+        Some(done) = servers.join_next() => Some(done),
+    };
+    if let Some(done) = failed {
+        background.cancel();
+        remove_sockets(&sockets);
+        return match done {
+            Ok(Ok(())) => Err(anyhow::anyhow!("a listener stopped unexpectedly")),
+            Ok(Err(e)) => Err(e).context("serving gRPC"),
+            Err(e) => Err(e).context("gRPC server task"),
+        };
+    }
+
+    tracing::info!(timeout = ?config.drain_timeout, "draining: new calls are refused, calls in flight finish");
+    health
+        .set_not_serving::<DispatcherServer<DispatchService>>()
+        .await;
+    health
+        .set_service_status("", ServingStatus::NotServing)
+        .await;
+    drain.start();
+    let finished = tokio::time::timeout(config.drain_timeout, join_all(&mut servers)).await;
+    if finished.is_err() {
+        tracing::warn!("drain timeout passed; cancelling the calls still in flight");
+        drain.abort();
+        if tokio::time::timeout(Duration::from_secs(5), join_all(&mut servers))
+            .await
+            .is_err()
+        {
+            tracing::warn!("connections still open after cancelling; closing them");
+            servers.abort_all();
+        }
+    }
+    // The last results and trailers are on the wire; give clients a moment to
+    // read them before the sockets close under them.
+    tokio::time::sleep(LINGER).await;
+    background.cancel();
+    remove_sockets(&sockets);
+    tracing::info!("sidecar stopped");
+    Ok(())
+}
+
+async fn join_all(servers: &mut JoinSet<Result<(), tonic::transport::Error>>) {
+    while let Some(done) = servers.join_next().await {
+        match done {
+            Ok(Err(e)) => tracing::warn!(error = %e, "listener ended with an error"),
+            Err(e) if e.is_panic() => tracing::error!(error = %e, "listener panicked"),
+            _ => {}
+        }
+    }
+}
+
+/// Binds a unix socket readable and writable by this user only (0600): the
+/// socket is the brain's door to every credential the sidecar holds.
+fn bind_unix(path: &PathBuf) -> anyhow::Result<UnixListener> {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        anyhow::ensure!(
+            meta.file_type().is_socket(),
+            "--listen unix:{}: a file that is not a socket is in the way",
+            path.display()
+        );
+        // A socket left behind by a previous run that did not exit cleanly.
+        std::fs::remove_file(path)
+            .with_context(|| format!("removing stale socket {}", path.display()))?;
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let listener = UnixListener::bind(path)
+        .with_context(|| format!("binding --listen unix:{}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("chmod 0600 {}", path.display()))?;
+    Ok(listener)
+}
+
+fn remove_sockets(paths: &[PathBuf]) {
+    for path in paths {
+        let _ = std::fs::remove_file(path);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_listen_addresses() {
+        assert_eq!(
+            "127.0.0.1:50051".parse::<ListenAddr>(),
+            Ok(ListenAddr::Tcp("127.0.0.1:50051".parse().unwrap()))
+        );
+        assert_eq!(
+            "unix:/tmp/s.sock".parse::<ListenAddr>(),
+            Ok(ListenAddr::Unix("/tmp/s.sock".into()))
+        );
+        assert!("unix:".parse::<ListenAddr>().is_err());
+        assert!("localhost".parse::<ListenAddr>().is_err());
+    }
+}
