@@ -1,7 +1,7 @@
 """The router planner with the real bundled all-MiniLM-L6-v2 model (loaded offline).
 
 The held-out phrasings below were written once, after the router was built, and the
-tool-choice logic was not tuned on them; the measured accuracy is stated in docs/brain.md (Planners).
+tool-choice logic was not tuned on them; the measured accuracy is in docs/brain.md (Planners).
 """
 
 from __future__ import annotations
