@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import time
+from collections import Counter
 from collections.abc import Callable
 
 import grpc
@@ -52,6 +53,9 @@ tools:
       query: {{units: "{{units}}", days: "{{days}}"}}
   - name: echo
     description: Echo the arguments back.
+    # Generous: the 10,000-call test measures exactly-one-result, not how fast the
+    # in-process Python upstream answers on a loaded machine.
+    timeout: 120s
     egress: {{allow: [127.0.0.0/8]}}
     input_schema: {{type: object}}
     request: {{method: POST, url: {base}/echo}}
@@ -281,7 +285,8 @@ async def test_ten_thousand_concurrent_calls_each_get_exactly_one_result(
     results = await asyncio.gather(
         *(client.call("echo", {"i": i}, agent_id=f"agent-{i % 100}", timeout=60) for i in range(n))
     )
-    assert [r.status for r in results].count(Status.OK) == n
+    failed = Counter((r.status, r.error) for r in results if r.status is not Status.OK)
+    assert not failed, failed.most_common(5)
     assert [r.json()["got"]["i"] for r in results] == list(range(n))
     assert len({r.call_id for r in results}) == n
     assert upstream.requests["/echo"] == n
