@@ -228,7 +228,9 @@ impl Tool {
         // IP-literal hosts skip DNS, so the resolver's check cannot see them:
         // check them here, once.
         let port = request.origin().port_or_known_default().unwrap_or(80);
-        if let Some(ip) = egress::literal_ip(request.origin()).filter(|ip| !policy.permits(*ip, port)) {
+        if let Some(ip) =
+            egress::literal_ip(request.origin()).filter(|ip| !policy.permits(*ip, port))
+        {
             return Err(err(
                 "request.url",
                 format!(
@@ -406,24 +408,39 @@ tools:
                 "request.url",
             ),
             (
-                GOOD.replace("rate_limits:", "follow_redirects: 2\n    redirects: {max: 2}\n    rate_limits:"),
+                GOOD.replace(
+                    "rate_limits:",
+                    "follow_redirects: 2\n    redirects: {max: 2}\n    rate_limits:",
+                ),
                 "follow_redirects",
             ),
             (
-                GOOD.replace("rate_limits:", "redirects: {max: 2, allow_origins: ['ftp://x']}\n    rate_limits:"),
+                GOOD.replace(
+                    "rate_limits:",
+                    "redirects: {max: 2, allow_origins: ['ftp://x']}\n    rate_limits:",
+                ),
                 "redirects.allow_origins[0]",
             ),
             (
-                GOOD.replace("rate_limits:", "redirects: {max: 2, origins: ['*']}\n    rate_limits:"),
+                GOOD.replace(
+                    "rate_limits:",
+                    "redirects: {max: 2, origins: ['*']}\n    rate_limits:",
+                ),
                 "redirects",
             ),
             // Arguments never choose the host or the route.
             (
-                GOOD.replace("query: {units: \"{units}\"}", "headers: {Host: \"{units}\"}"),
+                GOOD.replace(
+                    "query: {units: \"{units}\"}",
+                    "headers: {Host: \"{units}\"}",
+                ),
                 "request.headers.Host",
             ),
             (
-                GOOD.replace("query: {units: \"{units}\"}", "headers: {X-Forwarded-Host: \"{units}\"}"),
+                GOOD.replace(
+                    "query: {units: \"{units}\"}",
+                    "headers: {X-Forwarded-Host: \"{units}\"}",
+                ),
                 "request.headers.X-Forwarded-Host",
             ),
         ];

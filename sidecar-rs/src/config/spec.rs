@@ -344,7 +344,10 @@ impl<'de> Deserialize<'de> for AllowEntry {
             fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<AllowEntry, E> {
                 Ok(AllowEntry::Text(v.to_owned()))
             }
-            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<AllowEntry, A::Error> {
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<AllowEntry, A::Error> {
                 AllowRuleSpec::deserialize(serde::de::value::MapAccessDeserializer::new(map))
                     .map(AllowEntry::Rule)
             }

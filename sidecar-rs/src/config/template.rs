@@ -448,7 +448,9 @@ impl RequestTemplate {
             if key.starts_with(':') {
                 return Err((
                     field,
-                    format!("{key} is an HTTP/2 pseudo-header; the request URL and method decide it"),
+                    format!(
+                        "{key} is an HTTP/2 pseudo-header; the request URL and method decide it"
+                    ),
                 ));
             }
             let name = HeaderName::try_from(key.as_str())

@@ -11,7 +11,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use http::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, COOKIE, LOCATION, PROXY_AUTHORIZATION};
+use http::header::{
+    AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, COOKIE, LOCATION, PROXY_AUTHORIZATION,
+};
 use http::{HeaderMap, Method, StatusCode};
 use url::Url;
 
@@ -115,8 +117,8 @@ impl Upstream {
         let own_port = origin.port_or_known_default();
         let mut by_port = HashMap::new();
         for port in own_port.into_iter().chain(redirects.ports()) {
-            if !by_port.contains_key(&port) {
-                by_port.insert(port, clients(Some(port))?);
+            if let std::collections::hash_map::Entry::Vacant(slot) = by_port.entry(port) {
+                slot.insert(clients(Some(port))?);
             }
         }
         let any_port = clients(None)?;
@@ -304,11 +306,11 @@ impl Credentials {
             .filter(|(_, v)| v.is_sensitive())
             .map(|(name, _)| name.clone())
             .collect();
-        for name in self
-            .headers
-            .iter()
-            .chain(&marked)
-            .chain(&[AUTHORIZATION, PROXY_AUTHORIZATION, COOKIE])
+        for name in
+            self.headers
+                .iter()
+                .chain(&marked)
+                .chain(&[AUTHORIZATION, PROXY_AUTHORIZATION, COOKIE])
         {
             headers.remove(name);
         }

@@ -141,11 +141,9 @@ fn parse_rule_text(text: &str) -> Result<AllowRule, String> {
         return Ok(AllowRule { net, ports: None });
     } else {
         match s.rsplit_once(':') {
-            Some((addr, _)) if addr.contains(':') => {
-                return Err(format!(
-                    "{text:?}: write an IPv6 address with ports in brackets, e.g. \"[fd00::/8]:443\""
-                ))
-            }
+            Some((addr, _)) if addr.contains(':') => return Err(format!(
+                "{text:?}: write an IPv6 address with ports in brackets, e.g. \"[fd00::/8]:443\""
+            )),
             Some((addr, ports)) => (addr, Some(ports)),
             None => return Err(bad_addr(s)),
         }
@@ -275,31 +273,106 @@ use Reach::{Global, NotApplicable as NA, NotGlobal};
 /// in step with the registry; `registries_parse` checks the rows.
 const IPV4_SPECIAL: &[Entry] = &[
     ("0.0.0.0/8", "\"This network\"", "RFC 791", NotGlobal),
-    ("0.0.0.0/32", "\"This host on this network\"", "RFC 1122", NotGlobal),
+    (
+        "0.0.0.0/32",
+        "\"This host on this network\"",
+        "RFC 1122",
+        NotGlobal,
+    ),
     ("10.0.0.0/8", "Private-Use", "RFC 1918", NotGlobal),
-    ("100.64.0.0/10", "Shared Address Space", "RFC 6598", NotGlobal),
+    (
+        "100.64.0.0/10",
+        "Shared Address Space",
+        "RFC 6598",
+        NotGlobal,
+    ),
     ("127.0.0.0/8", "Loopback", "RFC 1122", NotGlobal),
     ("169.254.0.0/16", "Link Local", "RFC 3927", NotGlobal),
     ("172.16.0.0/12", "Private-Use", "RFC 1918", NotGlobal),
-    ("192.0.0.0/24", "IETF Protocol Assignments", "RFC 6890", NotGlobal),
-    ("192.0.0.0/29", "IPv4 Service Continuity Prefix", "RFC 7335", NotGlobal),
+    (
+        "192.0.0.0/24",
+        "IETF Protocol Assignments",
+        "RFC 6890",
+        NotGlobal,
+    ),
+    (
+        "192.0.0.0/29",
+        "IPv4 Service Continuity Prefix",
+        "RFC 7335",
+        NotGlobal,
+    ),
     ("192.0.0.8/32", "IPv4 dummy address", "RFC 7600", NotGlobal),
-    ("192.0.0.9/32", "Port Control Protocol Anycast", "RFC 7723", Global),
-    ("192.0.0.10/32", "Traversal Using Relays around NAT Anycast", "RFC 8155", Global),
-    ("192.0.0.170/32", "NAT64/DNS64 Discovery", "RFC 8880", NotGlobal),
-    ("192.0.0.171/32", "NAT64/DNS64 Discovery", "RFC 8880", NotGlobal),
-    ("192.0.2.0/24", "Documentation (TEST-NET-1)", "RFC 5737", NotGlobal),
+    (
+        "192.0.0.9/32",
+        "Port Control Protocol Anycast",
+        "RFC 7723",
+        Global,
+    ),
+    (
+        "192.0.0.10/32",
+        "Traversal Using Relays around NAT Anycast",
+        "RFC 8155",
+        Global,
+    ),
+    (
+        "192.0.0.170/32",
+        "NAT64/DNS64 Discovery",
+        "RFC 8880",
+        NotGlobal,
+    ),
+    (
+        "192.0.0.171/32",
+        "NAT64/DNS64 Discovery",
+        "RFC 8880",
+        NotGlobal,
+    ),
+    (
+        "192.0.2.0/24",
+        "Documentation (TEST-NET-1)",
+        "RFC 5737",
+        NotGlobal,
+    ),
     ("192.31.196.0/24", "AS112-v4", "RFC 7535", Global),
     ("192.52.193.0/24", "AMT", "RFC 7450", Global),
-    ("192.88.99.0/24", "Deprecated (6to4 Relay Anycast)", "RFC 7526", NA),
-    ("192.88.99.2/32", "6a44-relay anycast address", "RFC 6751", NA),
+    (
+        "192.88.99.0/24",
+        "Deprecated (6to4 Relay Anycast)",
+        "RFC 7526",
+        NA,
+    ),
+    (
+        "192.88.99.2/32",
+        "6a44-relay anycast address",
+        "RFC 6751",
+        NA,
+    ),
     ("192.168.0.0/16", "Private-Use", "RFC 1918", NotGlobal),
-    ("192.175.48.0/24", "Direct Delegation AS112 Service", "RFC 7534", Global),
+    (
+        "192.175.48.0/24",
+        "Direct Delegation AS112 Service",
+        "RFC 7534",
+        Global,
+    ),
     ("198.18.0.0/15", "Benchmarking", "RFC 2544", NotGlobal),
-    ("198.51.100.0/24", "Documentation (TEST-NET-2)", "RFC 5737", NotGlobal),
-    ("203.0.113.0/24", "Documentation (TEST-NET-3)", "RFC 5737", NotGlobal),
+    (
+        "198.51.100.0/24",
+        "Documentation (TEST-NET-2)",
+        "RFC 5737",
+        NotGlobal,
+    ),
+    (
+        "203.0.113.0/24",
+        "Documentation (TEST-NET-3)",
+        "RFC 5737",
+        NotGlobal,
+    ),
     ("240.0.0.0/4", "Reserved", "RFC 1112", NotGlobal),
-    ("255.255.255.255/32", "Limited Broadcast", "RFC 919", NotGlobal),
+    (
+        "255.255.255.255/32",
+        "Limited Broadcast",
+        "RFC 919",
+        NotGlobal,
+    ),
     // Not special-purpose but never a unicast upstream: multicast, from the
     // IANA IPv4 Address Space Registry.
     ("224.0.0.0/4", "Multicast", "RFC 5771", NotGlobal),
@@ -311,34 +384,94 @@ const IPV4_SPECIAL: &[Entry] = &[
 const IPV6_SPECIAL: &[Entry] = &[
     ("::1/128", "Loopback Address", "RFC 4291", NotGlobal),
     ("::/128", "Unspecified Address", "RFC 4291", NotGlobal),
-    ("::ffff:0:0/96", "IPv4-mapped Address", "RFC 4291", NotGlobal),
+    (
+        "::ffff:0:0/96",
+        "IPv4-mapped Address",
+        "RFC 4291",
+        NotGlobal,
+    ),
     ("64:ff9b::/96", "IPv4-IPv6 Translat.", "RFC 6052", Global),
-    ("64:ff9b:1::/48", "IPv4-IPv6 Translat.", "RFC 8215", NotGlobal),
-    ("100::/64", "Discard-Only Address Block", "RFC 6666", NotGlobal),
+    (
+        "64:ff9b:1::/48",
+        "IPv4-IPv6 Translat.",
+        "RFC 8215",
+        NotGlobal,
+    ),
+    (
+        "100::/64",
+        "Discard-Only Address Block",
+        "RFC 6666",
+        NotGlobal,
+    ),
     ("100:0:0:1::/64", "Dummy IPv6 Prefix", "RFC 9780", NotGlobal),
-    ("2001::/23", "IETF Protocol Assignments", "RFC 2928", NotGlobal),
+    (
+        "2001::/23",
+        "IETF Protocol Assignments",
+        "RFC 2928",
+        NotGlobal,
+    ),
     ("2001::/32", "TEREDO", "RFC 4380", NA),
-    ("2001:1::1/128", "Port Control Protocol Anycast", "RFC 7723", Global),
-    ("2001:1::2/128", "Traversal Using Relays around NAT Anycast", "RFC 8155", Global),
-    ("2001:1::3/128", "DNS-SD Service Registration Protocol Anycast", "RFC 9665", Global),
+    (
+        "2001:1::1/128",
+        "Port Control Protocol Anycast",
+        "RFC 7723",
+        Global,
+    ),
+    (
+        "2001:1::2/128",
+        "Traversal Using Relays around NAT Anycast",
+        "RFC 8155",
+        Global,
+    ),
+    (
+        "2001:1::3/128",
+        "DNS-SD Service Registration Protocol Anycast",
+        "RFC 9665",
+        Global,
+    ),
     ("2001:2::/48", "Benchmarking", "RFC 5180", NotGlobal),
     ("2001:3::/32", "AMT", "RFC 7450", Global),
     ("2001:4:112::/48", "AS112-v6", "RFC 7535", Global),
-    ("2001:10::/28", "Deprecated (previously ORCHID)", "RFC 4843", NA),
+    (
+        "2001:10::/28",
+        "Deprecated (previously ORCHID)",
+        "RFC 4843",
+        NA,
+    ),
     ("2001:20::/28", "ORCHIDv2", "RFC 7343", Global),
-    ("2001:30::/28", "Drone Remote ID Protocol Entity Tags (DETs) Prefix", "RFC 9374", Global),
+    (
+        "2001:30::/28",
+        "Drone Remote ID Protocol Entity Tags (DETs) Prefix",
+        "RFC 9374",
+        Global,
+    ),
     ("2001:db8::/32", "Documentation", "RFC 3849", NotGlobal),
     ("2002::/16", "6to4", "RFC 3056", NA),
-    ("2620:4f:8000::/48", "Direct Delegation AS112 Service", "RFC 7534", Global),
+    (
+        "2620:4f:8000::/48",
+        "Direct Delegation AS112 Service",
+        "RFC 7534",
+        Global,
+    ),
     ("3fff::/20", "Documentation", "RFC 9637", NotGlobal),
-    ("5f00::/16", "Segment Routing (SRv6) SIDs", "RFC 9602", NotGlobal),
+    (
+        "5f00::/16",
+        "Segment Routing (SRv6) SIDs",
+        "RFC 9602",
+        NotGlobal,
+    ),
     ("fc00::/7", "Unique-Local", "RFC 4193", NotGlobal),
     ("fe80::/10", "Link-Local Unicast", "RFC 4291", NotGlobal),
     // From the IANA IPv6 Address Space Registry: only 2000::/3 is global
     // unicast; the rest is reserved by the IETF, unique-local, link-local or
     // multicast (ff00::/8).
     ("2000::/3", "Global Unicast", "RFC 4291", Global),
-    ("::/0", "Not global unicast (reserved, multicast, ...)", "RFC 4291", NotGlobal),
+    (
+        "::/0",
+        "Not global unicast (reserved, multicast, ...)",
+        "RFC 4291",
+        NotGlobal,
+    ),
 ];
 
 /// Both registries, most specific block first, so the first match is the
@@ -392,7 +525,10 @@ impl Resolve for GuardedResolver {
                 .filter(|a| guard.permits(a.ip()))
                 .collect();
             if allowed.is_empty() {
-                let port = guard.port.map(|p| format!(" on port {p}")).unwrap_or_default();
+                let port = guard
+                    .port
+                    .map(|p| format!(" on port {p}"))
+                    .unwrap_or_default();
                 let addrs = resolved
                     .iter()
                     .map(|a| a.ip().to_string())
@@ -662,11 +798,15 @@ mod tests {
         // Public addresses need no rule, on any port.
         assert!(p.permits(ip("8.8.8.8"), 6379));
 
-        let structured = EgressPolicy::parse(&[AllowEntry::Rule(crate::config::spec::AllowRuleSpec {
-            cidr: "127.0.0.0/8".into(),
-            ports: Some(vec![PortSpec::Number(8080), PortSpec::Text("9000-9001".into())]),
-        })])
-        .unwrap();
+        let structured =
+            EgressPolicy::parse(&[AllowEntry::Rule(crate::config::spec::AllowRuleSpec {
+                cidr: "127.0.0.0/8".into(),
+                ports: Some(vec![
+                    PortSpec::Number(8080),
+                    PortSpec::Text("9000-9001".into()),
+                ]),
+            })])
+            .unwrap();
         assert!(structured.permits(ip("127.0.0.5"), 9001));
         assert!(!structured.permits(ip("127.0.0.5"), 9002));
     }
@@ -688,11 +828,12 @@ mod tests {
             assert_eq!(field, "egress.allow[1]", "{entry}");
             assert!(message.contains(says), "{entry}: {message}");
         }
-        let (field, message) = EgressPolicy::parse(&[AllowEntry::Rule(crate::config::spec::AllowRuleSpec {
-            cidr: "10.0.0.0/8".into(),
-            ports: Some(vec![]),
-        })])
-        .unwrap_err();
+        let (field, message) =
+            EgressPolicy::parse(&[AllowEntry::Rule(crate::config::spec::AllowRuleSpec {
+                cidr: "10.0.0.0/8".into(),
+                ports: Some(vec![]),
+            })])
+            .unwrap_err();
         assert_eq!(field, "egress.allow[0]");
         assert!(message.contains("ports is empty"), "{message}");
     }

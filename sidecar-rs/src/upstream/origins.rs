@@ -15,11 +15,11 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::config::spec::UpstreamSpec;
+use crate::config::template::Credentials;
 use crate::metrics::Metrics;
 use crate::policy::breaker::CircuitBreaker;
 use crate::policy::fleet::Fleet;
 use crate::policy::retry;
-use crate::config::template::Credentials;
 use crate::upstream::client::{http_client, Upstream, UpstreamOptions};
 use crate::upstream::egress::{EgressPolicy, RedirectRules};
 
