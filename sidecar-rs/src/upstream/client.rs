@@ -1,6 +1,8 @@
-//! The HTTP side: one shared `reqwest` client (connection pooling, keep-alive,
-//! HTTP/2 via ALPN where the upstream offers it) and a body reader that stops
-//! at the tool's size cap instead of buffering whatever arrives.
+//! The HTTP side: shared `reqwest` clients (connection pooling, keep-alive,
+//! HTTP/2 via ALPN where the upstream offers it), one per egress policy and
+//! port; redirects followed hop by hop, each checked, with the tool's
+//! credentials kept to its own origin; and a body reader that stops at the
+//! tool's size cap instead of buffering whatever arrives.
 //!
 //! Dropping the future returned by [`Upstream::send`] drops the request: the
 //! connection is closed and the upstream sees the disconnect. Deadlines and

@@ -141,9 +141,11 @@ fn parse_rule_text(text: &str) -> Result<AllowRule, String> {
         return Ok(AllowRule { net, ports: None });
     } else {
         match s.rsplit_once(':') {
-            Some((addr, _)) if addr.contains(':') => return Err(format!(
+            Some((addr, _)) if addr.contains(':') => {
+                return Err(format!(
                 "{text:?}: write an IPv6 address with ports in brackets, e.g. \"[fd00::/8]:443\""
-            )),
+            ))
+            }
             Some((addr, ports)) => (addr, Some(ports)),
             None => return Err(bad_addr(s)),
         }
