@@ -19,7 +19,7 @@ use crate::policy::ratelimit::RateLimits;
 use crate::policy::retry::RetryPolicy;
 use crate::upstream::cache::ToolCache;
 use crate::upstream::client::Upstream;
-use crate::upstream::egress::EgressPolicy;
+use crate::upstream::egress::{self, EgressPolicy, RedirectRules};
 use crate::upstream::origins::{UpstreamState, Upstreams};
 
 /// A tool ready to run.
@@ -224,25 +224,34 @@ impl Tool {
             .transpose()
             .map_err(|(f, m)| err(&f, m))?;
 
-        let policy = EgressPolicy::parse(&spec.egress.allow).map_err(|m| err("egress.allow", m))?;
+        let policy = EgressPolicy::parse(&spec.egress.allow).map_err(|(f, m)| err(&f, m))?;
         // IP-literal hosts skip DNS, so the resolver's check cannot see them:
         // check them here, once.
-        let literal = match request.origin().host() {
-            Some(url::Host::Ipv4(ip)) => Some(std::net::IpAddr::V4(ip)),
-            Some(url::Host::Ipv6(ip)) => Some(std::net::IpAddr::V6(ip)),
-            _ => None,
-        };
-        if let Some(ip) = literal.filter(|ip| !policy.permits(*ip)) {
+        let port = request.origin().port_or_known_default().unwrap_or(80);
+        if let Some(ip) =
+            egress::literal_ip(request.origin()).filter(|ip| !policy.permits(*ip, port))
+        {
             return Err(err(
                 "request.url",
                 format!(
-                    "{ip} is a loopback, private, link-local or unspecified address; \
-                     list it under egress.allow to let this tool reach it"
+                    "{ip} port {port} is not a public address (loopback, private, link-local, \
+                     reserved, ...); list it under egress.allow to let this tool reach it"
                 ),
             ));
         }
+        let redirects = match (spec.follow_redirects, &spec.redirects) {
+            (Some(_), Some(_)) => {
+                return Err(err(
+                    "follow_redirects",
+                    "set either follow_redirects or redirects (its newer form), not both".into(),
+                ))
+            }
+            (Some(max), None) => RedirectRules::same_origin(max),
+            (None, Some(r)) => RedirectRules::parse(r).map_err(|(f, m)| err(&f, m))?,
+            (None, None) => RedirectRules::default(),
+        };
         let client = upstreams
-            .client(&policy, spec.follow_redirects)
+            .client(request.origin(), &policy, &redirects, request.credentials())
             .map_err(|e| err("request", format!("cannot build the HTTP client: {e}")))?;
         let origin = request.origin().origin().ascii_serialization();
         let upstream = upstreams.state(&origin, upstream_spec);
@@ -332,6 +341,22 @@ tools:
     }
 
     #[test]
+    fn egress_rules_with_ports_and_redirect_rules_compile() {
+        let yaml = GOOD
+            .replace(
+                "[127.0.0.0/8]",
+                "['127.0.0.1:9', '[::1]:9', {cidr: 10.0.0.0/8, ports: [443, '8000-8099']}]",
+            )
+            .replace(
+                "rate_limits:",
+                "redirects: {max: 3, allow_origins: ['http://127.0.0.1:8080', '*']}\n    rate_limits:",
+            );
+        load(&yaml).unwrap();
+        // The older field keeps working.
+        load(&GOOD.replace("rate_limits:", "follow_redirects: 2\n    rate_limits:")).unwrap();
+    }
+
+    #[test]
     fn semantic_errors_name_tool_and_field() {
         let cases = [
             (
@@ -363,6 +388,60 @@ tools:
             (
                 GOOD.replace("{units}\"", "${env:TANDEM_TEST_UNSET}\""),
                 "TANDEM_TEST_UNSET",
+            ),
+            // Egress rules with ports, and where redirects may go.
+            (
+                GOOD.replace("[127.0.0.0/8]", "[127.0.0.0/8, '127.0.0.1:99999']"),
+                "egress.allow[1]",
+            ),
+            (
+                GOOD.replace("[127.0.0.0/8]", "[{cidr: 127.0.0.0/8, ports: []}]"),
+                "egress.allow[0]",
+            ),
+            (
+                GOOD.replace("[127.0.0.0/8]", "[{cidr: 127.0.0.0/8, port: 9}]"),
+                "unknown field `port`",
+            ),
+            // The URL is on port 9; a rule for another port does not open it.
+            (
+                GOOD.replace("[127.0.0.0/8]", "['127.0.0.1:8080']"),
+                "request.url",
+            ),
+            (
+                GOOD.replace(
+                    "rate_limits:",
+                    "follow_redirects: 2\n    redirects: {max: 2}\n    rate_limits:",
+                ),
+                "follow_redirects",
+            ),
+            (
+                GOOD.replace(
+                    "rate_limits:",
+                    "redirects: {max: 2, allow_origins: ['ftp://x']}\n    rate_limits:",
+                ),
+                "redirects.allow_origins[0]",
+            ),
+            (
+                GOOD.replace(
+                    "rate_limits:",
+                    "redirects: {max: 2, origins: ['*']}\n    rate_limits:",
+                ),
+                "redirects",
+            ),
+            // Arguments never choose the host or the route.
+            (
+                GOOD.replace(
+                    "query: {units: \"{units}\"}",
+                    "headers: {Host: \"{units}\"}",
+                ),
+                "request.headers.Host",
+            ),
+            (
+                GOOD.replace(
+                    "query: {units: \"{units}\"}",
+                    "headers: {X-Forwarded-Host: \"{units}\"}",
+                ),
+                "request.headers.X-Forwarded-Host",
             ),
         ];
         for (yaml, field) in cases {

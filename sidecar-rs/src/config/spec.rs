@@ -290,14 +290,85 @@ fn default_cache_bytes() -> u64 {
     64 * 1024 * 1024
 }
 
-/// Addresses a tool may reach although they are loopback, private,
-/// link-local or unspecified (refused by default).
+/// Addresses a tool may reach although they are not public (loopback,
+/// private, link-local, ... : refused by default).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EgressSpec {
-    /// CIDRs, e.g. `127.0.0.0/8` or `10.1.2.3/32`.
+    /// Address ranges, each on every port or on the ports it names:
+    /// `10.0.0.0/8`, `127.0.0.1:8080`, `"[::1]:8080"`, `10.0.0.0/8:80,443`,
+    /// or `{cidr: 10.0.0.0/8, ports: [443, "8000-8099"]}`.
     #[serde(default)]
-    pub allow: Vec<String>,
+    pub allow: Vec<AllowEntry>,
+}
+
+/// One `egress.allow` entry, as a string (`"127.0.0.1/32:8080"`) or as
+/// `{cidr, ports}`. Compiled by [`crate::upstream::egress::EgressPolicy`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AllowEntry {
+    Text(String),
+    Rule(AllowRuleSpec),
+}
+
+/// The structured form of an `egress.allow` entry.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AllowRuleSpec {
+    /// A CIDR (`10.0.0.0/8`) or one address (`10.1.2.3`, `::1`).
+    pub cidr: String,
+    /// Ports (`443`) and ranges (`"8000-8099"`) the addresses may be reached
+    /// on; left out, every port.
+    #[serde(default)]
+    pub ports: Option<Vec<PortSpec>>,
+}
+
+/// A port (`443`) or a range (`"8000-8099"`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum PortSpec {
+    Number(u64),
+    Text(String),
+}
+
+// A string or a map: serde's untagged enums would answer a typo inside the
+// map with "did not match any variant"; this keeps the map's own errors
+// ("unknown field `port`, expected `cidr` or `ports`").
+impl<'de> Deserialize<'de> for AllowEntry {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Entry;
+        impl<'de> serde::de::Visitor<'de> for Entry {
+            type Value = AllowEntry;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an address rule such as \"10.0.0.0/8\" or \"127.0.0.1:8080\", or {cidr, ports}")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<AllowEntry, E> {
+                Ok(AllowEntry::Text(v.to_owned()))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<AllowEntry, A::Error> {
+                AllowRuleSpec::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(AllowEntry::Rule)
+            }
+        }
+        deserializer.deserialize_any(Entry)
+    }
+}
+
+/// Which redirects a tool follows.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedirectSpec {
+    /// Hops followed; 0 returns a redirect as the upstream sent it.
+    #[serde(default)]
+    pub max: u8,
+    /// Origins besides the tool's own that a redirect may go to
+    /// (`https://cdn.example.com`, `http://10.0.0.5:8080`), or `"*"` for
+    /// any. Each hop is still checked by `egress`, and the tool's secret
+    /// headers and query parameters never follow it to another origin.
+    #[serde(default)]
+    pub allow_origins: Vec<String>,
 }
 
 fn default_timeout() -> Duration {
@@ -358,9 +429,14 @@ pub struct ToolSpec {
     /// Overrides `defaults.max_json_depth`.
     #[serde(default)]
     pub max_json_depth: Option<usize>,
-    /// Redirects followed (each re-checked by the egress rules); 0 = none.
+    /// Redirects followed within the tool's origin (each re-checked by the
+    /// egress rules); the older form of `redirects: {max: N}`.
     #[serde(default)]
-    pub follow_redirects: u8,
+    pub follow_redirects: Option<u8>,
+    /// Redirects followed, and the origins besides the tool's own they may
+    /// go to. Off unless set.
+    #[serde(default)]
+    pub redirects: Option<RedirectSpec>,
     /// Private address ranges this tool may reach.
     #[serde(default)]
     pub egress: EgressSpec,

@@ -282,6 +282,76 @@ impl BodyNode {
     }
 }
 
+/// Headers the HTTP client owns: they frame the message or manage the
+/// connection (RFC 9110 7.6.1, RFC 9112 6), so a template may not set them at
+/// all.
+const CONNECTION_HEADERS: &[&str] = &[
+    "connection",
+    "content-length",
+    "expect",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// Headers that choose where a request goes or how intermediaries route and
+/// authorize it: the operator may fix them, an argument may not fill them.
+const ROUTING_HEADERS: &[&str] = &[
+    "host",
+    "forwarded",
+    "via",
+    "x-forwarded-for",
+    "x-forwarded-host",
+    "x-forwarded-port",
+    "x-forwarded-prefix",
+    "x-forwarded-proto",
+    "x-forwarded-scheme",
+    "x-forwarded-server",
+    "x-host",
+    "x-original-host",
+    "x-original-url",
+    "x-rewrite-url",
+    "x-real-ip",
+    "x-client-ip",
+    "true-client-ip",
+    "x-http-method",
+    "x-http-method-override",
+    "x-method-override",
+];
+
+/// The header rules: arguments never choose the host, the route or the
+/// framing of a request.
+fn check_header_rule(name: &HeaderName, template: &Template) -> Result<(), String> {
+    let lower = name.as_str();
+    if CONNECTION_HEADERS.contains(&lower) {
+        return Err(format!(
+            "{name} is managed by the HTTP client and cannot be set by a template"
+        ));
+    }
+    if ROUTING_HEADERS.contains(&lower) && template.placeholders().next().is_some() {
+        return Err(format!(
+            "{name} decides where the request goes; its value may not come from an argument \
+             (a fixed value or a ${{env:}}/${{file:}} secret is fine)"
+        ));
+    }
+    Ok(())
+}
+
+/// What a tool sends that is meant for its own origin only: the upstream
+/// client drops it on a redirect to any other origin.
+#[derive(Debug, Clone, Default)]
+pub struct Credentials {
+    /// Headers whose template holds a secret.
+    pub headers: Vec<HeaderName>,
+    /// Query parameters whose template holds a secret.
+    pub query_keys: Vec<String>,
+    /// The secret values themselves.
+    pub secrets: Vec<Secret>,
+}
+
 /// A request ready to send: URL, headers and optional JSON body.
 #[derive(Debug)]
 pub struct RenderedRequest {
@@ -375,9 +445,18 @@ impl RequestTemplate {
         let mut headers = Vec::new();
         for (key, value) in &spec.headers {
             let field = format!("request.headers.{key}");
+            if key.starts_with(':') {
+                return Err((
+                    field,
+                    format!(
+                        "{key} is an HTTP/2 pseudo-header; the request URL and method decide it"
+                    ),
+                ));
+            }
             let name = HeaderName::try_from(key.as_str())
                 .map_err(|e| (field.clone(), format!("invalid header name: {e}")))?;
             let t = Template::parse_with_secrets(value).map_err(|m| (field.clone(), m))?;
+            check_header_rule(&name, &t).map_err(|m| (field.clone(), m))?;
             if t.is_literal() {
                 HeaderValue::try_from(value.as_str())
                     .map_err(|e| (field.clone(), format!("invalid header value: {e}")))?;
@@ -439,6 +518,27 @@ impl RequestTemplate {
             .flat_map(Template::secrets)
             .cloned()
             .collect()
+    }
+
+    /// The headers, query parameters and values that carry this tool's
+    /// secrets.
+    pub fn credentials(&self) -> Credentials {
+        let holds_secret = |t: &Template| t.secrets().next().is_some();
+        Credentials {
+            headers: self
+                .headers
+                .iter()
+                .filter(|(_, t)| holds_secret(t))
+                .map(|(name, _)| name.clone())
+                .collect(),
+            query_keys: self
+                .query
+                .iter()
+                .filter(|(_, t)| holds_secret(t))
+                .map(|(key, _)| key.clone())
+                .collect(),
+            secrets: self.secrets(),
+        }
     }
 
     pub fn method(&self) -> &http::Method {
@@ -618,6 +718,31 @@ mod tests {
         let t =
             RequestTemplate::compile(&spec("url: http://h/\nheaders: {X-User: '{u}'}")).unwrap();
         assert!(t.render(&args(json!({"u": "a\r\nHost: evil"}))).is_err());
+    }
+
+    #[test]
+    fn arguments_never_choose_host_route_or_framing() {
+        for (header, value) in [
+            ("Host", "{h}"),
+            ("host", "api.{h}.example.com"),
+            ("X-Forwarded-Host", "{h}"),
+            ("Forwarded", "for={h}"),
+            ("X-HTTP-Method-Override", "{h}"),
+            ("X-Original-URL", "/{h}"),
+            ("Transfer-Encoding", "chunked"),
+            ("Content-Length", "{h}"),
+            ("Connection", "close"),
+            ("Upgrade", "h2c"),
+            (":authority", "{h}"),
+            (":authority", "fixed.example.com"),
+        ] {
+            let yaml = format!("url: http://h/\nheaders: {{'{header}': '{value}'}}");
+            let (field, message) = RequestTemplate::compile(&spec(&yaml)).unwrap_err();
+            assert_eq!(field, format!("request.headers.{header}"), "{message}");
+        }
+        // The operator may fix a routing header; an argument may fill others.
+        let ok = "url: http://h/\nheaders: {Host: api.example.com, X-Trace: '{h}'}";
+        assert!(RequestTemplate::compile(&spec(ok)).is_ok());
     }
 
     #[test]

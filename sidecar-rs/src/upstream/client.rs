@@ -1,19 +1,27 @@
-//! The HTTP side: one shared `reqwest` client (connection pooling, keep-alive,
-//! HTTP/2 via ALPN where the upstream offers it) and a body reader that stops
-//! at the tool's size cap instead of buffering whatever arrives.
+//! The HTTP side: shared `reqwest` clients (connection pooling, keep-alive,
+//! HTTP/2 via ALPN where the upstream offers it), one per egress policy and
+//! port; redirects followed hop by hop, each checked, with the tool's
+//! credentials kept to its own origin; and a body reader that stops at the
+//! tool's size cap instead of buffering whatever arrives.
 //!
 //! Dropping the future returned by [`Upstream::send`] drops the request: the
 //! connection is closed and the upstream sees the disconnect. Deadlines and
 //! cancellation are applied by the caller that way.
 
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use http::HeaderMap;
+use http::header::{
+    AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, COOKIE, LOCATION, PROXY_AUTHORIZATION,
+};
+use http::{HeaderMap, Method, StatusCode};
+use url::Url;
 
-use crate::config::template::RenderedRequest;
+use crate::config::template::{Credentials, RenderedRequest};
 use crate::error::CallError;
-use crate::upstream::egress::{self, EgressPolicy, GuardedResolver};
+use crate::upstream::egress::{self, EgressDenied, EgressPolicy, GuardedResolver, RedirectRules};
 
 /// The upstream's answer, body fully read (and under the cap).
 #[derive(Debug)]
@@ -23,10 +31,30 @@ pub struct UpstreamResponse {
     pub body: Bytes,
 }
 
-/// Sends tool requests. Cheap to clone; clones share the connection pool.
+/// Sends one tool's requests. Cheap to clone; the HTTP clients inside are
+/// shared with every tool of the same egress policy (one connection pool per
+/// policy and port).
 #[derive(Debug, Clone)]
 pub struct Upstream {
-    client: reqwest::Client,
+    route: Arc<Route>,
+}
+
+/// Where a tool's requests may go and what must not follow them elsewhere.
+#[derive(Debug)]
+struct Route {
+    /// The tool's configured origin.
+    origin: url::Origin,
+    policy: EgressPolicy,
+    redirects: RedirectRules,
+    /// A client per port of the declared origins (the tool's, and those in
+    /// `redirects.allow_origins`); each one's resolver judges addresses for
+    /// that port.
+    by_port: HashMap<u16, reqwest::Client>,
+    /// For hops to any other port (`allow_origins: ["*"]`): admits only
+    /// addresses that are public or allowed on every port.
+    any_port: reqwest::Client,
+    /// Configured for the tool's origin only: dropped on any hop elsewhere.
+    credentials: Credentials,
 }
 
 /// Options for the shared client.
@@ -48,49 +76,120 @@ impl Default for UpstreamOptions {
     }
 }
 
+/// An HTTP client whose connections go only where `policy` permits on
+/// `port` (`None`: on every port). It never follows redirects itself:
+/// [`Upstream::send`] does, hop by hop, because reqwest's redirect policy can
+/// stop a hop but cannot drop the headers it carries, and its `Referer`
+/// would copy the query (with any secret in it) to the next origin.
+pub fn http_client(
+    options: &UpstreamOptions,
+    policy: &EgressPolicy,
+    port: Option<u16>,
+) -> Result<reqwest::Client, reqwest::Error> {
+    // TLS uses ring (quick to build, no C toolchain needed beyond cc);
+    // installing it twice is harmless.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+        .user_agent(concat!("tandem-sidecar/", env!("CARGO_PKG_VERSION")))
+        .connect_timeout(options.connect_timeout)
+        .pool_max_idle_per_host(options.pool_max_idle_per_host)
+        .pool_idle_timeout(Duration::from_secs(90))
+        .tcp_nodelay(true)
+        .tcp_keepalive(Duration::from_secs(30))
+        .http2_adaptive_window(true)
+        // Egress goes where the operator configured it, never through a
+        // proxy picked up from the environment.
+        .no_proxy()
+        .dns_resolver(Arc::new(GuardedResolver::new(policy.clone(), port)))
+        .redirect(reqwest::redirect::Policy::none())
+        .referer(false)
+        .build()
+}
+
 impl Upstream {
-    /// A client whose connections go only where `policy` permits, following
-    /// up to `redirects` redirects (each re-checked).
+    /// The sender for a tool whose URL is at `origin`. `clients` gives the
+    /// HTTP client for a port (`None`: any port), see [`http_client`].
     pub fn new(
-        options: &UpstreamOptions,
+        origin: &Url,
         policy: EgressPolicy,
-        redirects: u8,
+        redirects: RedirectRules,
+        credentials: Credentials,
+        mut clients: impl FnMut(Option<u16>) -> Result<reqwest::Client, reqwest::Error>,
     ) -> Result<Self, reqwest::Error> {
-        // TLS uses ring (quick to build, no C toolchain needed beyond cc);
-        // installing it twice is harmless.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let client = reqwest::Client::builder()
-            .user_agent(concat!("tandem-sidecar/", env!("CARGO_PKG_VERSION")))
-            .connect_timeout(options.connect_timeout)
-            .pool_max_idle_per_host(options.pool_max_idle_per_host)
-            .pool_idle_timeout(Duration::from_secs(90))
-            .tcp_nodelay(true)
-            .tcp_keepalive(Duration::from_secs(30))
-            .http2_adaptive_window(true)
-            // Egress goes where the operator configured it, never through a
-            // proxy picked up from the environment.
-            .no_proxy()
-            .dns_resolver(std::sync::Arc::new(GuardedResolver::new(policy.clone())))
-            .redirect(egress::redirect_policy(redirects, policy))
-            .build()?;
-        Ok(Self { client })
+        let own_port = origin.port_or_known_default();
+        let mut by_port = HashMap::new();
+        for port in own_port.into_iter().chain(redirects.ports()) {
+            if let std::collections::hash_map::Entry::Vacant(slot) = by_port.entry(port) {
+                slot.insert(clients(Some(port))?);
+            }
+        }
+        let any_port = clients(None)?;
+        Ok(Self {
+            route: Arc::new(Route {
+                origin: origin.origin(),
+                policy,
+                redirects,
+                by_port,
+                any_port,
+                credentials,
+            }),
+        })
     }
 
-    /// Sends `request` and reads the response body, refusing more than
-    /// `max_body` bytes.
+    /// Sends `request`, following the redirects the tool allows, and reads
+    /// the response body, refusing more than `max_body` bytes.
     pub async fn send(
         &self,
         request: &RenderedRequest,
         max_body: usize,
     ) -> Result<UpstreamResponse, CallError> {
-        let mut builder = self
-            .client
-            .request(request.method.clone(), request.url.clone())
-            .headers(request.headers.clone());
-        if let Some(body) = &request.body {
-            builder = builder.body(body.clone());
-        }
-        let mut response = builder.send().await.map_err(describe)?;
+        let route = &self.route;
+        let mut method = request.method.clone();
+        let mut url = request.url.clone();
+        let mut headers = request.headers.clone();
+        let mut body = request.body.clone();
+        let mut hops = 0u8;
+        let mut response = loop {
+            let port = url.port_or_known_default();
+            let client = port
+                .and_then(|p| route.by_port.get(&p))
+                .unwrap_or(&route.any_port);
+            let mut builder = client
+                .request(method.clone(), url.clone())
+                .headers(headers.clone());
+            if let Some(body) = &body {
+                builder = builder.body(body.clone());
+            }
+            let response = builder.send().await.map_err(describe)?;
+            let status = response.status();
+            let location = match response.headers().get(LOCATION) {
+                Some(location) if route.redirects.max > 0 && is_followed(status) => location,
+                _ => break response,
+            };
+            if hops == route.redirects.max {
+                return Err(CallError::UpstreamUnreachable(format!(
+                    "redirect refused: more than {} redirects",
+                    route.redirects.max
+                )));
+            }
+            hops += 1;
+            let next = route.next_hop(&url, location.as_bytes())?;
+            // What browsers and reqwest do: 303 turns into a GET, and so do
+            // 301/302 after a POST; 307/308 repeat the request as it was.
+            if (status == StatusCode::SEE_OTHER && method != Method::HEAD)
+                || (matches!(status, StatusCode::MOVED_PERMANENTLY | StatusCode::FOUND)
+                    && method == Method::POST)
+            {
+                method = Method::GET;
+                body = None;
+                headers.remove(CONTENT_TYPE);
+                headers.remove(CONTENT_LENGTH);
+            }
+            if next.origin() != route.origin {
+                route.credentials.strip_headers(&mut headers);
+            }
+            url = next;
+        };
         let status = response.status().as_u16();
         let too_large = CallError::ResponseTooLarge {
             limit: max_body,
@@ -128,6 +227,127 @@ impl Upstream {
             headers: response.headers().clone(),
             body,
         })
+    }
+}
+
+impl Route {
+    /// The URL a redirect leads to, if the tool may follow it there: an
+    /// http(s) URL at an origin the tool allows, on an address and port its
+    /// egress rules allow (IP literals here; names in the resolver). On a hop
+    /// to another origin, the tool's secret query parameters are dropped.
+    fn next_hop(&self, current: &Url, location: &[u8]) -> Result<Url, CallError> {
+        let mut next = std::str::from_utf8(location)
+            .ok()
+            .and_then(|l| current.join(l).ok())
+            .ok_or_else(|| {
+                CallError::UpstreamUnreachable(
+                    "redirect refused: its Location is not a valid URL".into(),
+                )
+            })?;
+        if !matches!(next.scheme(), "http" | "https") {
+            return Err(CallError::EgressDenied(format!(
+                "redirect to a {} URL",
+                next.scheme()
+            )));
+        }
+        let origin = next.origin();
+        if !self.redirects.admits(&self.origin, &origin) {
+            return Err(CallError::EgressDenied(format!(
+                "redirect to {} leaves this tool's origin {}; the operator can list it under redirects.allow_origins",
+                origin.ascii_serialization(),
+                self.origin.ascii_serialization()
+            )));
+        }
+        if let Some(ip) = egress::literal_ip(&next) {
+            let port = next.port_or_known_default().unwrap_or(80);
+            if !self.policy.permits(ip, port) {
+                return Err(CallError::EgressDenied(
+                    EgressDenied {
+                        host: ip.to_string(),
+                        addrs: format!("{ip} on port {port}"),
+                    }
+                    .to_string(),
+                ));
+            }
+        }
+        // Credentials in a Location's userinfo would become an Authorization
+        // header; a redirect has no business adding them.
+        let _ = next.set_username("");
+        let _ = next.set_password(None);
+        if origin != self.origin {
+            self.credentials.strip_query(&mut next).map_err(|()| {
+                CallError::EgressDenied(format!(
+                    "redirect to {} would carry this tool's credentials in its path",
+                    origin.ascii_serialization()
+                ))
+            })?;
+        }
+        Ok(next)
+    }
+}
+
+/// Redirect statuses that are followed (when the tool follows redirects).
+fn is_followed(status: StatusCode) -> bool {
+    matches!(
+        status,
+        StatusCode::MOVED_PERMANENTLY
+            | StatusCode::FOUND
+            | StatusCode::SEE_OTHER
+            | StatusCode::TEMPORARY_REDIRECT
+            | StatusCode::PERMANENT_REDIRECT
+    )
+}
+
+impl Credentials {
+    /// Drops the secret-bearing headers, and the headers that carry
+    /// credentials whatever their value (as reqwest and browsers do on a
+    /// cross-origin redirect).
+    fn strip_headers(&self, headers: &mut HeaderMap) {
+        let marked: Vec<http::HeaderName> = headers
+            .iter()
+            .filter(|(_, v)| v.is_sensitive())
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in
+            self.headers
+                .iter()
+                .chain(&marked)
+                .chain(&[AUTHORIZATION, PROXY_AUTHORIZATION, COOKIE])
+        {
+            headers.remove(name);
+        }
+        headers.remove("cookie2");
+    }
+
+    /// Drops query parameters named like a secret one or holding a secret
+    /// value; `Err` when a secret is in the path, where it cannot be dropped.
+    fn strip_query(&self, url: &mut Url) -> Result<(), ()> {
+        let holds_secret = |text: &str| {
+            self.secrets
+                .iter()
+                .any(|s| !s.expose().is_empty() && text.contains(s.expose()))
+        };
+        let path = percent_encoding::percent_decode_str(url.path()).decode_utf8_lossy();
+        if holds_secret(&path) {
+            return Err(());
+        }
+        if url.query().is_none() {
+            return Ok(());
+        }
+        let pairs: Vec<(String, String)> = url.query_pairs().into_owned().collect();
+        let kept: Vec<&(String, String)> = pairs
+            .iter()
+            .filter(|(k, v)| !self.query_keys.contains(k) && !holds_secret(k) && !holds_secret(v))
+            .collect();
+        if kept.len() == pairs.len() {
+            return Ok(());
+        }
+        if kept.is_empty() {
+            url.set_query(None);
+        } else {
+            url.query_pairs_mut().clear().extend_pairs(kept);
+        }
+        Ok(())
     }
 }
 

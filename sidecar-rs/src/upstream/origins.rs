@@ -15,12 +15,13 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::config::spec::UpstreamSpec;
+use crate::config::template::Credentials;
 use crate::metrics::Metrics;
 use crate::policy::breaker::CircuitBreaker;
 use crate::policy::fleet::Fleet;
 use crate::policy::retry;
-use crate::upstream::client::{Upstream, UpstreamOptions};
-use crate::upstream::egress::EgressPolicy;
+use crate::upstream::client::{http_client, Upstream, UpstreamOptions};
+use crate::upstream::egress::{EgressPolicy, RedirectRules};
 
 /// Policies and live state for one origin (`scheme://host:port`).
 #[derive(Debug)]
@@ -70,7 +71,9 @@ pub struct Upstreams {
     /// Present when the sidecar runs with `--redis-url`.
     fleet: Option<Arc<Fleet>>,
     states: Mutex<HashMap<String, Arc<UpstreamState>>>,
-    clients: Mutex<HashMap<(EgressPolicy, u8), Upstream>>,
+    /// HTTP clients by egress policy and port (`None`: any port), shared by
+    /// every tool with that policy so connection pools stay warm.
+    clients: Mutex<HashMap<(EgressPolicy, Option<u16>), reqwest::Client>>,
 }
 
 impl Upstreams {
@@ -124,15 +127,30 @@ impl Upstreams {
         state
     }
 
-    /// The client for tools with this egress policy and redirect limit.
-    pub fn client(&self, policy: &EgressPolicy, redirects: u8) -> Result<Upstream, reqwest::Error> {
+    /// The sender for a tool at `origin` with this egress policy, redirect
+    /// rules and credentials.
+    pub fn client(
+        &self,
+        origin: &url::Url,
+        policy: &EgressPolicy,
+        redirects: &RedirectRules,
+        credentials: Credentials,
+    ) -> Result<Upstream, reqwest::Error> {
         let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
-        let key = (policy.clone(), redirects);
-        if let Some(client) = clients.get(&key) {
-            return Ok(client.clone());
-        }
-        let client = Upstream::new(&self.options, policy.clone(), redirects)?;
-        clients.insert(key, client.clone());
-        Ok(client)
+        Upstream::new(
+            origin,
+            policy.clone(),
+            redirects.clone(),
+            credentials,
+            |port| {
+                let key = (policy.clone(), port);
+                if let Some(client) = clients.get(&key) {
+                    return Ok(client.clone());
+                }
+                let client = http_client(&self.options, policy, port)?;
+                clients.insert(key, client.clone());
+                Ok(client)
+            },
+        )
     }
 }
