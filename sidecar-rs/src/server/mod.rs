@@ -130,6 +130,11 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> an
     };
     let upstreams = Arc::new(upstreams);
     if let Some(fleet) = &fleet {
+        // Holds learned by sidecars that ran before this one apply from the
+        // first call on (the subscription below catches later ones).
+        for (origin, wait) in fleet.holds().await {
+            upstreams.apply_throttle(&origin, wait);
+        }
         let upstreams = upstreams.clone();
         tokio::spawn(fleet.clone().subscribe_throttles(
             move |origin, wait| upstreams.apply_throttle(origin, wait),
