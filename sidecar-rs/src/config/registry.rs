@@ -69,6 +69,16 @@ impl Registry {
         Self::build(spec::load(path)?, upstreams, previous)
     }
 
+    /// Compiles the text of a tools file (read by the caller, so that what
+    /// is compiled is exactly what it fingerprinted).
+    pub fn parse(
+        text: &str,
+        upstreams: &Upstreams,
+        previous: Option<&Registry>,
+    ) -> Result<Self, ConfigError> {
+        Self::build(spec::parse(text)?, upstreams, previous)
+    }
+
     /// Compiles a parsed file; the first error names its tool and field.
     pub fn build(
         file: ConfigFile,

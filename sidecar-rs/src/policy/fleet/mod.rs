@@ -163,6 +163,15 @@ impl Fleet {
         metrics: FleetMetrics,
         stop: CancellationToken,
     ) -> Result<Arc<Self>, String> {
+        let fleet = Self::offline(url, metrics)?;
+        tokio::spawn(fleet.clone().maintain(stop));
+        Ok(fleet)
+    }
+
+    /// A fleet that never connects: it joins nothing and sends nothing, so
+    /// `--check-config` can compile fleet limits without registering as a
+    /// live sidecar (which would shrink every real sidecar's share).
+    pub fn offline(url: &str, metrics: FleetMetrics) -> Result<Arc<Self>, String> {
         let client = redis::Client::open(url).map_err(|e| format!("--redis-url: {e}"))?;
         let id = format!(
             "{}-{}-{:08x}",
@@ -183,7 +192,6 @@ impl Fleet {
             holds: redis::Script::new(HOLDS),
             metrics,
         });
-        tokio::spawn(fleet.clone().maintain(stop));
         Ok(fleet)
     }
 
