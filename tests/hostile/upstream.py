@@ -119,7 +119,12 @@ class HostileUpstream:
                 await scenario(writer)
                 if writer.is_closing():
                     return
-        except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
+        except (
+            TimeoutError,
+            asyncio.IncompleteReadError,
+            asyncio.LimitOverrunError,
+            ConnectionError,
+        ):
             pass
         finally:
             writer.transport.abort()
