@@ -83,11 +83,8 @@ impl Executor {
                     } else {
                         Health::Success
                     });
-                    let asked = upstream_wait(
-                        &response.headers,
-                        SystemTime::now(),
-                        tool.upstream.max_hold,
-                    );
+                    let asked =
+                        upstream_wait(&response.headers, SystemTime::now(), tool.upstream.max_hold);
                     let error = match self.check_response(tool, response, stats) {
                         Err(CallError::UpstreamStatus { status, body, .. }) => {
                             CallError::UpstreamStatus {

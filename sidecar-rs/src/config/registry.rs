@@ -15,9 +15,9 @@ use crate::config::spec::{self, ConfigFile, Method, RateLimitSpec, ToolSpec, Ups
 use crate::config::template::RequestTemplate;
 use crate::error::ConfigError;
 use crate::pb;
+use crate::policy::breaker;
 use crate::policy::ratelimit::RateLimits;
 use crate::policy::retry::{self, RetryPolicy};
-use crate::policy::breaker;
 use crate::upstream::cache::ToolCache;
 use crate::upstream::client::Upstream;
 use crate::upstream::egress::EgressPolicy;

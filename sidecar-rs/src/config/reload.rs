@@ -117,7 +117,10 @@ impl Reloader {
 /// was compiled from, for [`Reloader::loaded`].
 pub fn load(path: &Path, upstreams: &Upstreams) -> (Result<Registry, ConfigError>, u64) {
     let (text, seen) = read(path);
-    (text.and_then(|t| Registry::parse(&t, upstreams, None)), seen)
+    (
+        text.and_then(|t| Registry::parse(&t, upstreams, None)),
+        seen,
+    )
 }
 
 /// Reads the tools file once: its text, and a hash of that text and of

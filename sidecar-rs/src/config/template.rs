@@ -641,7 +641,9 @@ mod tests {
         let mut with_m = parsed.clone();
         with_m.insert("m".into(), serde_json::from_str(numbers[0]).unwrap());
         let r = t.render(&with_m).unwrap();
-        let body = std::str::from_utf8(r.body.as_ref().unwrap()).unwrap().to_owned();
+        let body = std::str::from_utf8(r.body.as_ref().unwrap())
+            .unwrap()
+            .to_owned();
         assert!(body.contains(&expected[5..expected.len() - 1]), "{body}");
         assert_eq!(r.url.query(), Some("q=18446744073709551617"));
     }

@@ -193,9 +193,8 @@ mod tests {
     #[test]
     fn absurd_signals_are_clamped_or_ignored_never_a_panic() {
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
-        let spent = |reset: &str| {
-            headers(&[("x-ratelimit-remaining", "0"), ("x-ratelimit-reset", reset)])
-        };
+        let spent =
+            |reset: &str| headers(&[("x-ratelimit-remaining", "0"), ("x-ratelimit-reset", reset)]);
         // 2100-01-01: clamped to the maximum hold, not 74 years.
         assert_eq!(exhausted_for(200, &spent("4102444800"), now), Some(MAX));
         assert_eq!(exhausted_for(200, &spent("1e30"), now), Some(MAX));

@@ -148,8 +148,7 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> an
             .await
             .context("loading the config")?
     };
-    let registry =
-        registry.with_context(|| format!("config {}", config.config_path.display()))?;
+    let registry = registry.with_context(|| format!("config {}", config.config_path.display()))?;
     tracing::info!(
         config = %config.config_path.display(),
         tools = registry.len(),

@@ -115,10 +115,7 @@ impl Upstreams {
             return;
         }
         let until = Instant::now() + wait.min(self.options.max_hold);
-        let mut pending = self
-            .pending_holds
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let mut pending = self.pending_holds.lock().unwrap_or_else(|e| e.into_inner());
         // Bounded: forget holds that have run out before adding one.
         let now = Instant::now();
         pending.retain(|_, held| *held > now);
