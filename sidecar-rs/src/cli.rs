@@ -81,6 +81,12 @@ pub struct Cli {
     #[arg(long, env = "SIDECAR_CONNECT_TIMEOUT", default_value = "5s", value_parser = humantime_duration)]
     pub connect_timeout: Duration,
 
+    /// The longest an upstream's quota signal (`Retry-After`,
+    /// `x-ratelimit-reset`, ...) may hold its origin; longer ones are clamped
+    /// to this and logged.
+    #[arg(long, env = "SIDECAR_MAX_UPSTREAM_HOLD", default_value = "10m", value_parser = humantime_duration)]
+    pub max_upstream_hold: Duration,
+
     /// Redis for `scope: fleet` rate limits and fleet-wide upstream
     /// throttles, e.g. `redis://redis:6379/0`.
     #[arg(long, env = "SIDECAR_REDIS_URL")]
@@ -131,6 +137,7 @@ impl Cli {
             drain_timeout: self.drain_timeout,
             upstream: UpstreamOptions {
                 connect_timeout: self.connect_timeout,
+                max_hold: self.max_upstream_hold,
                 ..UpstreamOptions::default()
             },
         })

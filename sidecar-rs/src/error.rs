@@ -27,6 +27,10 @@ pub enum ConfigError {
         field: String,
         message: String,
     },
+    /// A policy under `upstreams:` (or `defaults.upstream`), named by its
+    /// path, e.g. `upstreams."https://api.example.com".max_concurrency`.
+    #[error("{path}: {message}")]
+    Upstream { path: String, message: String },
 }
 
 impl ConfigError {

@@ -10,7 +10,6 @@ use sidecar::metrics::Metrics;
 use sidecar::policy::fleet::Fleet;
 use sidecar::telemetry::Telemetry;
 use sidecar::upstream::origins::Upstreams;
-use tokio_util::sync::CancellationToken;
 
 /// mimalloc rather than the system allocator: building each response's JSON tree is
 /// allocation-heavy, and `make bench` measured about 29% less sidecar CPU per 100 KB
@@ -75,8 +74,9 @@ fn check_config(cli: &Cli) -> ExitCode {
     let metrics = Metrics::new();
     let mut upstreams = Upstreams::new(Default::default(), metrics.clone());
     if let Some(url) = &cli.redis_url {
-        // Only to compile fleet limits; nothing is sent.
-        match Fleet::start(url, metrics.fleet.clone(), CancellationToken::new()) {
+        // Only to compile fleet limits: it never connects, so nothing is
+        // sent and this process never counts as a live sidecar.
+        match Fleet::offline(url, metrics.fleet.clone()) {
             Ok(fleet) => upstreams = upstreams.with_fleet(fleet),
             Err(e) => {
                 eprintln!("sidecar: {e}");

@@ -83,7 +83,8 @@ impl Executor {
                     } else {
                         Health::Success
                     });
-                    let asked = upstream_wait(&response.headers, SystemTime::now());
+                    let asked =
+                        upstream_wait(&response.headers, SystemTime::now(), tool.upstream.max_hold);
                     let error = match self.check_response(tool, response, stats) {
                         Err(CallError::UpstreamStatus { status, body, .. }) => {
                             CallError::UpstreamStatus {
@@ -166,9 +167,12 @@ impl Executor {
     /// Notes a spent quota announced in `response`, for this sidecar and,
     /// with Redis, for the whole fleet.
     async fn learn_quota(&self, tool: &Tool, response: &UpstreamResponse) {
-        let Some(wait) =
-            quota::exhausted_for(response.status, &response.headers, SystemTime::now())
-        else {
+        let Some(wait) = quota::exhausted_for(
+            response.status,
+            &response.headers,
+            SystemTime::now(),
+            tool.upstream.max_hold,
+        ) else {
             return;
         };
         tool.upstream.throttle(wait);

@@ -15,8 +15,9 @@ use crate::config::spec::{self, ConfigFile, Method, RateLimitSpec, ToolSpec, Ups
 use crate::config::template::RequestTemplate;
 use crate::error::ConfigError;
 use crate::pb;
+use crate::policy::breaker;
 use crate::policy::ratelimit::RateLimits;
-use crate::policy::retry::RetryPolicy;
+use crate::policy::retry::{self, RetryPolicy};
 use crate::upstream::cache::ToolCache;
 use crate::upstream::client::Upstream;
 use crate::upstream::egress::{self, EgressPolicy, RedirectRules};
@@ -68,12 +69,23 @@ impl Registry {
         Self::build(spec::load(path)?, upstreams, previous)
     }
 
+    /// Compiles the text of a tools file (read by the caller, so that what
+    /// is compiled is exactly what it fingerprinted).
+    pub fn parse(
+        text: &str,
+        upstreams: &Upstreams,
+        previous: Option<&Registry>,
+    ) -> Result<Self, ConfigError> {
+        Self::build(spec::parse(text)?, upstreams, previous)
+    }
+
     /// Compiles a parsed file; the first error names its tool and field.
     pub fn build(
         file: ConfigFile,
         upstreams: &Upstreams,
         previous: Option<&Registry>,
     ) -> Result<Self, ConfigError> {
+        check_upstreams(&file)?;
         let mut tools = HashMap::with_capacity(file.tools.len());
         for spec in file.tools {
             let origin = origin_key(&spec);
@@ -118,6 +130,67 @@ impl Registry {
     pub fn prune_rate_limits(&self) {
         self.tools.values().for_each(|t| t.rate_limits.prune());
     }
+}
+
+/// Checks every upstream policy, and that every `upstreams:` key is an
+/// origin some tool calls. An unmatched key is an error, not a warning: its
+/// policy (a concurrency limit, a breaker) would silently not apply, which
+/// an operator finds out during the outage it was meant to contain. The
+/// message shows the origins the tools use, and the likely intended one.
+fn check_upstreams(file: &ConfigFile) -> Result<(), ConfigError> {
+    check_upstream("defaults.upstream".to_owned(), &file.default_upstream)?;
+    let used: std::collections::BTreeSet<String> = file.tools.iter().map(origin_key).collect();
+    for (key, spec) in &file.upstreams {
+        let path = format!("upstreams.{key:?}");
+        check_upstream(path.clone(), spec)?;
+        if used.contains(key) {
+            continue;
+        }
+        let normalized = url::Url::parse(key)
+            .ok()
+            .map(|u| u.origin().ascii_serialization())
+            .filter(|o| used.contains(o));
+        let message = match normalized {
+            Some(origin) => format!(
+                "no tool calls this origin; did you mean {origin:?}? Keys are origins written \
+                 as scheme://host[:port], lower case, without a path and without the \
+                 scheme's default port"
+            ),
+            None if used.is_empty() => "no tool calls this origin".to_owned(),
+            None => format!(
+                "no tool calls this origin; the tools call {}",
+                used.iter()
+                    .map(|o| format!("{o:?}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        };
+        return Err(ConfigError::Upstream { path, message });
+    }
+    Ok(())
+}
+
+/// Checks one upstream policy; errors name `path` and the field.
+fn check_upstream(path: String, spec: &UpstreamSpec) -> Result<(), ConfigError> {
+    let fail = |field: &str, message: String| ConfigError::Upstream {
+        path: format!("{path}.{field}"),
+        message,
+    };
+    if spec.max_concurrency == 0 {
+        return Err(fail(
+            "max_concurrency",
+            "must be at least 1 (0 would make every call wait out its deadline)".into(),
+        ));
+    }
+    if spec.max_concurrency > Semaphore::MAX_PERMITS {
+        return Err(fail(
+            "max_concurrency",
+            format!("must be at most {}", Semaphore::MAX_PERMITS),
+        ));
+    }
+    breaker::check(&spec.circuit_breaker).map_err(|(f, m)| fail(f, m))?;
+    retry::check_budget(&spec.retry_budget).map_err(|(f, m)| fail(f, m))?;
+    Ok(())
 }
 
 /// The `upstreams:` key a tool's URL falls under: `scheme://host:port`.
@@ -214,6 +287,12 @@ impl Tool {
         let retry = RetryPolicy::new(&retry_spec, idempotent).map_err(|(f, m)| err(&f, m))?;
         let slots = match spec.max_concurrency {
             Some(0) => return Err(err("max_concurrency", "must be at least 1".into())),
+            Some(n) if n > Semaphore::MAX_PERMITS => {
+                return Err(err(
+                    "max_concurrency",
+                    format!("must be at most {}", Semaphore::MAX_PERMITS),
+                ))
+            }
             Some(n) => Some(Arc::new(Semaphore::new(n))),
             None => None,
         };
@@ -449,5 +528,81 @@ tools:
             assert!(e.contains("tool \""), "{e}");
             assert!(e.contains(field), "expected {field:?} in {e}");
         }
+    }
+
+    #[test]
+    fn upstream_policies_are_checked_and_named() {
+        let origin = "http://127.0.0.1:9";
+        let with = |policy: &str| format!("upstreams:\n  \"{origin}\": {policy}\n{GOOD}");
+        let cases = [
+            ("{max_concurrency: 0}", "max_concurrency"),
+            ("{max_concurrency: 18446744073709551615}", "max_concurrency"),
+            (
+                "{circuit_breaker: {failure_ratio: 0}}",
+                "circuit_breaker.failure_ratio",
+            ),
+            (
+                "{circuit_breaker: {failure_ratio: 1.5}}",
+                "circuit_breaker.failure_ratio",
+            ),
+            (
+                "{circuit_breaker: {failure_ratio: .nan}}",
+                "circuit_breaker.failure_ratio",
+            ),
+            (
+                "{circuit_breaker: {min_requests: 0}}",
+                "circuit_breaker.min_requests",
+            ),
+            (
+                "{circuit_breaker: {consecutive_failures: 0}}",
+                "circuit_breaker.consecutive_failures",
+            ),
+            (
+                "{circuit_breaker: {half_open_probes: 0}}",
+                "circuit_breaker.half_open_probes",
+            ),
+            (
+                "{circuit_breaker: {open_for: 0s}}",
+                "circuit_breaker.open_for",
+            ),
+            (
+                "{circuit_breaker: {open_for: 100years}}",
+                "circuit_breaker.open_for",
+            ),
+            ("{retry_budget: {ratio: -1}}", "retry_budget.ratio"),
+        ];
+        for (policy, field) in cases {
+            let e = load(&with(policy)).unwrap_err();
+            let path = format!("upstreams.\"{origin}\".{field}");
+            assert!(e.contains(&path), "expected {path:?} in {e}");
+        }
+        assert!(load(&with("{max_concurrency: 4}")).is_ok());
+        let e = load(&format!(
+            "defaults: {{upstream: {{max_concurrency: 0}}}}\n{GOOD}"
+        ))
+        .unwrap_err();
+        assert!(e.contains("defaults.upstream.max_concurrency"), "{e}");
+    }
+
+    #[test]
+    fn an_upstreams_key_no_tool_calls_is_refused_with_a_suggestion() {
+        let https = GOOD.replace("http://127.0.0.1:9", "https://api.example.com");
+        let e = load(&format!(
+            "upstreams:\n  \"https://api.example.com:443\": {{max_concurrency: 4}}\n{https}"
+        ))
+        .unwrap_err();
+        assert!(
+            e.contains("upstreams.\"https://api.example.com:443\"")
+                && e.contains("did you mean \"https://api.example.com\"?"),
+            "{e}"
+        );
+        let e = load(&format!(
+            "upstreams:\n  \"https://other.example.com\": {{max_concurrency: 4}}\n{https}"
+        ))
+        .unwrap_err();
+        assert!(
+            e.contains("the tools call \"https://api.example.com\""),
+            "{e}"
+        );
     }
 }

@@ -17,6 +17,7 @@ use arc_swap::ArcSwap;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::registry::Registry;
+use crate::error::ConfigError;
 use crate::metrics::Metrics;
 use crate::upstream::origins::Upstreams;
 
@@ -26,12 +27,15 @@ pub struct Reloader {
     pub upstreams: Arc<Upstreams>,
     pub metrics: Metrics,
     pub interval: Duration,
+    /// The fingerprint of what the current registry was compiled from
+    /// (see [`load`]), so a change made after that read is not missed.
+    pub loaded: u64,
 }
 
 impl Reloader {
     /// Runs until `stop` fires.
     pub async fn run(self, stop: CancellationToken) {
-        let mut last = fingerprint(&self.path);
+        let mut last = self.loaded;
         let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         {
             Ok(s) => Some(s),
@@ -43,27 +47,46 @@ impl Reloader {
         let mut tick = tokio::time::interval(self.interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            let reason = tokio::select! {
+            let (reason, unless) = tokio::select! {
                 _ = stop.cancelled() => return,
-                Some(()) = async { match hangup.as_mut() { Some(h) => h.recv().await, None => None } } => "SIGHUP",
-                _ = tick.tick() => {
-                    let now = fingerprint(&self.path);
-                    if now == last {
-                        continue;
-                    }
-                    "file changed"
-                }
+                Some(()) = async { match hangup.as_mut() { Some(h) => h.recv().await, None => None } } => ("SIGHUP", None),
+                _ = tick.tick() => ("file changed", Some(last)),
             };
-            self.reload(reason);
-            last = fingerprint(&self.path);
+            if let Some(seen) = self.reload(reason, unless).await {
+                last = seen;
+            }
         }
     }
 
-    /// Compiles the file and swaps it in, or keeps the current registry.
-    pub fn reload(&self, reason: &str) {
+    /// Reads the file once and, unless its fingerprint is `unless`, compiles
+    /// exactly what was read and swaps it in (or keeps the current registry).
+    /// Reading and compiling run on the blocking pool: they touch files and
+    /// can take a while for large schemas, and must not stall the calls
+    /// served by the runtime's workers. Returns the fingerprint of what was
+    /// read (`None` if the blocking task itself failed).
+    pub async fn reload(&self, reason: &str, unless: Option<u64>) -> Option<u64> {
+        let path = self.path.clone();
+        let upstreams = self.upstreams.clone();
         let current = self.registry.load_full();
-        match Registry::load(&self.path, &self.upstreams, Some(&current)) {
-            Ok(next) => {
+        let outcome = tokio::task::spawn_blocking(move || {
+            let (text, seen) = read(&path);
+            if Some(seen) == unless {
+                return (seen, None);
+            }
+            let compiled = text.and_then(|t| Registry::parse(&t, &upstreams, Some(&current)));
+            (seen, Some(compiled))
+        })
+        .await;
+        let (seen, compiled) = match outcome {
+            Ok(done) => done,
+            Err(e) => {
+                tracing::error!(error = %e, "config reload task failed");
+                return None;
+            }
+        };
+        match compiled {
+            None => {}
+            Some(Ok(next)) => {
                 let tools = next.len();
                 self.registry.store(Arc::new(next));
                 self.metrics
@@ -72,7 +95,7 @@ impl Reloader {
                     .inc();
                 tracing::info!(reason, tools, config = %self.path.display(), "config reloaded");
             }
-            Err(e) => {
+            Some(Err(e)) => {
                 self.metrics
                     .config_reloads
                     .with_label_values(&["rejected"])
@@ -85,18 +108,46 @@ impl Reloader {
                 );
             }
         }
+        Some(seen)
     }
 }
 
-/// A hash of the tools file and of every `${file:...}` it references.
-fn fingerprint(path: &Path) -> u64 {
+/// Loads the tools file at `path` (blocking: call it from the blocking
+/// pool), returning the registry and the fingerprint of exactly the text it
+/// was compiled from, for [`Reloader::loaded`].
+pub fn load(path: &Path, upstreams: &Upstreams) -> (Result<Registry, ConfigError>, u64) {
+    let (text, seen) = read(path);
+    (
+        text.and_then(|t| Registry::parse(&t, upstreams, None)),
+        seen,
+    )
+}
+
+/// Reads the tools file once: its text, and a hash of that text and of
+/// every `${file:...}` it references (read now, before compiling, so that
+/// a change made while compiling shows up as a change next time).
+fn read(path: &Path) -> (Result<String, ConfigError>, u64) {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.display().to_string(),
+        source,
+    });
     let mut hasher = DefaultHasher::new();
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    text.hash(&mut hasher);
-    for secret in secret_files(&text) {
-        std::fs::read(&secret).unwrap_or_default().hash(&mut hasher);
+    match &text {
+        Ok(t) => {
+            t.hash(&mut hasher);
+            for secret in secret_files(t) {
+                std::fs::read(&secret).unwrap_or_default().hash(&mut hasher);
+            }
+        }
+        Err(_) => "".hash(&mut hasher),
     }
-    hasher.finish()
+    (text, hasher.finish())
+}
+
+/// A hash of the tools file and of every `${file:...}` it references.
+#[cfg(test)]
+fn fingerprint(path: &Path) -> u64 {
+    read(path).1
 }
 
 /// Paths named by `${file:/path}` references.

@@ -714,6 +714,41 @@ mod tests {
     }
 
     #[test]
+    fn numbers_reach_the_upstream_exactly_as_written() {
+        // serde_json's `arbitrary_precision` keeps each number's text, so
+        // re-encoding the arguments cannot round them through a double.
+        let numbers = [
+            "18446744073709551617",
+            "-18446744073709551617",
+            "1234567890123456789012345678901234567890",
+            "1e400",
+            "0.1000000000000000055511151231257827",
+            "1.0",
+            "-0.0",
+        ];
+        let raw = format!("{{\"n\":[{}]}}", numbers.join(","));
+        let parsed: Args = serde_json::from_str(&raw).unwrap();
+        let t = RequestTemplate::compile(&spec("method: POST\nurl: http://h/c")).unwrap();
+        let r = t.render(&parsed).unwrap();
+        // Digits are kept as written; serde_json writes an exponent with its
+        // sign (`1e400` as `1e+400`): the same JSON number.
+        let expected = raw.replace("1e400", "1e+400");
+        assert_eq!(std::str::from_utf8(&r.body.unwrap()).unwrap(), expected);
+        let t = RequestTemplate::compile(&spec(
+            "method: POST\nurl: http://h/c\nbody: {first: '{n}', all: '{*}'}\nquery: {q: '{m}'}",
+        ))
+        .unwrap();
+        let mut with_m = parsed.clone();
+        with_m.insert("m".into(), serde_json::from_str(numbers[0]).unwrap());
+        let r = t.render(&with_m).unwrap();
+        let body = std::str::from_utf8(r.body.as_ref().unwrap())
+            .unwrap()
+            .to_owned();
+        assert!(body.contains(&expected[5..expected.len() - 1]), "{body}");
+        assert_eq!(r.url.query(), Some("q=18446744073709551617"));
+    }
+
+    #[test]
     fn header_injection_is_refused() {
         let t =
             RequestTemplate::compile(&spec("url: http://h/\nheaders: {X-User: '{u}'}")).unwrap();

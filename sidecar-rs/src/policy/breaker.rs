@@ -70,6 +70,55 @@ pub struct BreakerPermit<'a> {
     recorded: bool,
 }
 
+/// Longest `window` or `open_for` accepted: past this a breaker remembers
+/// or punishes an outage longer than anyone would mean.
+const MAX_SPAN: Duration = Duration::from_secs(3600);
+
+/// Why `spec` cannot make a breaker, as `(field, message)`; fields are
+/// relative to the upstream's policy (`circuit_breaker.…`).
+pub fn check(spec: &BreakerSpec) -> Result<(), (&'static str, String)> {
+    if !(spec.failure_ratio > 0.0 && spec.failure_ratio <= 1.0) {
+        return Err((
+            "circuit_breaker.failure_ratio",
+            format!(
+                "must be greater than 0 and at most 1, not {}",
+                spec.failure_ratio
+            ),
+        ));
+    }
+    if spec.min_requests == 0 {
+        return Err((
+            "circuit_breaker.min_requests",
+            "must be at least 1".to_owned(),
+        ));
+    }
+    if spec.consecutive_failures == 0 {
+        return Err((
+            "circuit_breaker.consecutive_failures",
+            "must be at least 1".to_owned(),
+        ));
+    }
+    if spec.half_open_probes == 0 {
+        return Err((
+            "circuit_breaker.half_open_probes",
+            "must be at least 1 (a half-open circuit closes only after a probe succeeds)"
+                .to_owned(),
+        ));
+    }
+    for (field, span) in [
+        ("circuit_breaker.window", spec.window),
+        ("circuit_breaker.open_for", spec.open_for),
+    ] {
+        if span.is_zero() || span > MAX_SPAN {
+            return Err((
+                field,
+                format!("must be greater than 0 and at most {MAX_SPAN:?}, not {span:?}"),
+            ));
+        }
+    }
+    Ok(())
+}
+
 impl CircuitBreaker {
     pub fn new(origin: String, spec: BreakerSpec, gauge: IntGauge) -> Self {
         gauge.set(0);

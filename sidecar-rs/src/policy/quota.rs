@@ -5,6 +5,13 @@
 //! `x-ratelimit-reset`; and OpenAI-style `x-ratelimit-remaining-requests` /
 //! `-tokens` with `x-ratelimit-reset-requests` / `-tokens` (durations such
 //! as `1s`, `6m0s`, `20ms`).
+//!
+//! Every value is an upstream's word, not ours: one response must not be able
+//! to stop an origin for years (`x-ratelimit-reset: 4102444800`) or crash a
+//! call (`Retry-After: nan`). [`bounded`] is the one gate every announced
+//! delay passes: non-finite values are ignored, negative ones mean "now",
+//! and anything above the sidecar's `--max-upstream-hold` is clamped to it,
+//! each logged with the header and the value the upstream sent.
 
 use std::time::{Duration, SystemTime};
 
@@ -12,12 +19,18 @@ use http::HeaderMap;
 
 use crate::policy::retry::upstream_wait;
 
-/// How long the upstream says no request should reach it, if it says so.
-pub fn exhausted_for(status: u16, headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
+/// How long the upstream says no request should reach it, if it says so,
+/// at most `max`.
+pub fn exhausted_for(
+    status: u16,
+    headers: &HeaderMap,
+    now: SystemTime,
+    max: Duration,
+) -> Option<Duration> {
     let mut wait: Option<Duration> = None;
     let mut longest = |d: Duration| wait = Some(wait.map_or(d, |w| w.max(d)));
     if matches!(status, 429 | 503) {
-        if let Some(d) = upstream_wait(headers, now) {
+        if let Some(d) = upstream_wait(headers, now, max) {
             longest(d);
         }
     }
@@ -38,7 +51,7 @@ pub fn exhausted_for(status: u16, headers: &HeaderMap, now: SystemTime) -> Optio
         if let Some(d) = headers
             .get(reset)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| reset_after(v.trim(), now))
+            .and_then(|v| reset_after(reset, v.trim(), now, max))
         {
             longest(d);
         }
@@ -51,19 +64,59 @@ fn number(headers: &HeaderMap, name: &str) -> Option<f64> {
 }
 
 /// A reset given as seconds, a Unix timestamp, or a Go-style duration.
-fn reset_after(value: &str, now: SystemTime) -> Option<Duration> {
+fn reset_after(header: &str, value: &str, now: SystemTime, max: Duration) -> Option<Duration> {
     if let Ok(n) = value.parse::<f64>() {
-        if n > 1e9 {
-            let at = SystemTime::UNIX_EPOCH + Duration::from_secs_f64(n);
-            return Some(at.duration_since(now).unwrap_or_default());
-        }
-        return Some(Duration::from_secs_f64(n.clamp(0.0, 86_400.0)));
+        return bounded(header, value, delay_or_epoch(n, now), max);
     }
-    go_duration(value)
+    bounded(header, value, go_duration(value)?, max)
 }
 
-/// `1h2m3.5s`, `6m0s`, `20ms`, `150us`.
-fn go_duration(text: &str) -> Option<Duration> {
+/// Seconds from `now` for a reset that is either a delay in seconds or, when
+/// large, a Unix timestamp in seconds (as GitHub and others send it).
+pub(crate) fn delay_or_epoch(n: f64, now: SystemTime) -> f64 {
+    if n > 1e9 {
+        let now = now
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs_f64();
+        n - now
+    } else {
+        n
+    }
+}
+
+/// The one gate for a delay an upstream announced in `header` (`value` as
+/// sent, `secs` as read): non-finite values are ignored, negative ones are
+/// no wait, values above `max` are clamped to it. Refusals and clamps are
+/// logged, naming the header and the value.
+pub(crate) fn bounded(header: &str, value: &str, secs: f64, max: Duration) -> Option<Duration> {
+    if !secs.is_finite() {
+        tracing::warn!(
+            header,
+            value,
+            "upstream sent a delay that is not a finite number; ignored"
+        );
+        return None;
+    }
+    if secs <= 0.0 {
+        return Some(Duration::ZERO);
+    }
+    match Duration::try_from_secs_f64(secs) {
+        Ok(d) if d <= max => Some(d),
+        _ => {
+            tracing::warn!(
+                header,
+                value,
+                max_upstream_hold = ?max,
+                "upstream asked for a longer wait than --max-upstream-hold allows; clamped"
+            );
+            Some(max)
+        }
+    }
+}
+
+/// `1h2m3.5s`, `6m0s`, `20ms`, `150us`, as seconds.
+fn go_duration(text: &str) -> Option<f64> {
     let mut total = 0.0;
     let mut rest = text;
     if rest.is_empty() {
@@ -90,7 +143,7 @@ fn go_duration(text: &str) -> Option<Duration> {
         total += n * scale;
         rest = &rest[unit_len..];
     }
-    Some(Duration::from_secs_f64(total.clamp(0.0, 86_400.0)))
+    Some(total)
 }
 
 #[cfg(test)]
@@ -103,6 +156,12 @@ mod tests {
             h.insert(*k, v.parse().unwrap());
         }
         h
+    }
+
+    const MAX: Duration = Duration::from_secs(600);
+
+    fn exhausted_for(status: u16, headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
+        super::exhausted_for(status, headers, now, MAX)
     }
 
     #[test]
@@ -125,9 +184,37 @@ mod tests {
 
     #[test]
     fn parses_go_durations() {
-        assert_eq!(go_duration("20ms"), Some(Duration::from_millis(20)));
-        assert_eq!(go_duration("1m30s"), Some(Duration::from_secs(90)));
-        assert_eq!(go_duration("1.5s"), Some(Duration::from_millis(1500)));
+        assert_eq!(go_duration("20ms"), Some(0.02));
+        assert_eq!(go_duration("1m30s"), Some(90.0));
+        assert_eq!(go_duration("1.5s"), Some(1.5));
         assert_eq!(go_duration("soon"), None);
+    }
+
+    #[test]
+    fn absurd_signals_are_clamped_or_ignored_never_a_panic() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let spent =
+            |reset: &str| headers(&[("x-ratelimit-remaining", "0"), ("x-ratelimit-reset", reset)]);
+        // 2100-01-01: clamped to the maximum hold, not 74 years.
+        assert_eq!(exhausted_for(200, &spent("4102444800"), now), Some(MAX));
+        assert_eq!(exhausted_for(200, &spent("1e30"), now), Some(MAX));
+        assert_eq!(exhausted_for(200, &spent("86400"), now), Some(MAX));
+        for bad in ["nan", "NaN", "inf", "-inf", "infinity"] {
+            assert_eq!(exhausted_for(200, &spent(bad), now), None, "{bad}");
+            let h = headers(&[("retry-after", bad)]);
+            assert_eq!(exhausted_for(429, &h, now), None, "{bad}");
+        }
+        for huge in ["1e30", "1e308", "99999999999999999999"] {
+            let h = headers(&[("retry-after", huge)]);
+            assert_eq!(exhausted_for(503, &h, now), Some(MAX), "{huge}");
+        }
+        let h = headers(&[
+            ("x-ratelimit-remaining-tokens", "0"),
+            ("x-ratelimit-reset-tokens", "876000h"),
+        ]);
+        assert_eq!(exhausted_for(200, &h, now), Some(MAX));
+        // A reset in the past is no hold at all.
+        assert_eq!(exhausted_for(200, &spent("1600000000"), now), None);
+        assert_eq!(exhausted_for(200, &spent("-5"), now), None);
     }
 }

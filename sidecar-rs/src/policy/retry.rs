@@ -7,6 +7,7 @@ use http::HeaderMap;
 use tower::retry::budget::TpsBudget;
 
 use crate::config::spec::{RetryBudgetSpec, RetrySpec};
+use crate::policy::quota;
 
 /// A tool's compiled retry policy.
 #[derive(Debug, Clone)]
@@ -61,8 +62,9 @@ impl RetryPolicy {
 }
 
 /// How long the upstream asked us to wait: `Retry-After` (seconds or an HTTP
-/// date) or `x-ratelimit-reset` (seconds, or a Unix timestamp).
-pub fn upstream_wait(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
+/// date) or `x-ratelimit-reset` (seconds, or a Unix timestamp), at most
+/// `max` (see [`quota::bounded`]).
+pub fn upstream_wait(headers: &HeaderMap, now: SystemTime, max: Duration) -> Option<Duration> {
     let text = |name: &str| {
         headers
             .get(name)
@@ -71,20 +73,21 @@ pub fn upstream_wait(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
     };
     if let Some(value) = text("retry-after") {
         if let Ok(secs) = value.parse::<f64>() {
-            return Some(Duration::from_secs_f64(secs.clamp(0.0, 86_400.0)));
+            return quota::bounded("retry-after", value, secs, max);
         }
         if let Ok(at) = httpdate::parse_http_date(value) {
-            return Some(at.duration_since(now).unwrap_or_default());
+            let secs = match at.duration_since(now) {
+                Ok(ahead) => ahead.as_secs_f64(),
+                Err(_) => 0.0,
+            };
+            return quota::bounded("retry-after", value, secs, max);
         }
     }
     if let Some(value) = text("x-ratelimit-reset") {
         if let Ok(n) = value.trim_end_matches('s').parse::<f64>() {
             // Large values are epoch seconds, small ones a delay.
-            if n > 1e9 {
-                let at = SystemTime::UNIX_EPOCH + Duration::from_secs_f64(n);
-                return Some(at.duration_since(now).unwrap_or_default());
-            }
-            return Some(Duration::from_secs_f64(n.clamp(0.0, 86_400.0)));
+            let secs = quota::delay_or_epoch(n, now);
+            return quota::bounded("x-ratelimit-reset", value, secs, max);
         }
     }
     None
@@ -133,6 +136,10 @@ mod tests {
             let cap = (Duration::from_millis(50) * (1 << (retry - 1))).min(Duration::from_secs(2));
             assert!(p.backoff(retry) <= cap);
         }
+    }
+
+    fn upstream_wait(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
+        super::upstream_wait(headers, now, Duration::from_secs(600))
     }
 
     #[test]

@@ -27,8 +27,7 @@ use tonic::transport::Server;
 use tonic_health::ServingStatus;
 
 use crate::call::Executor;
-use crate::config::registry::Registry;
-use crate::config::reload::Reloader;
+use crate::config::reload::{self, Reloader};
 use crate::metrics::Metrics;
 use crate::pb::{self, dispatcher_server::DispatcherServer};
 use crate::policy::fleet::Fleet;
@@ -130,14 +129,26 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> an
     };
     let upstreams = Arc::new(upstreams);
     if let Some(fleet) = &fleet {
+        // Holds learned by sidecars that ran before this one apply from the
+        // first call on (the subscription below catches later ones).
+        for (origin, wait) in fleet.holds().await {
+            upstreams.apply_throttle(&origin, wait);
+        }
         let upstreams = upstreams.clone();
         tokio::spawn(fleet.clone().subscribe_throttles(
             move |origin, wait| upstreams.apply_throttle(origin, wait),
             background.clone(),
         ));
     }
-    let registry = Registry::load(&config.config_path, &upstreams, None)
-        .with_context(|| format!("config {}", config.config_path.display()))?;
+    // Files and schema compilation: on the blocking pool, not a worker.
+    let (registry, loaded) = {
+        let path = config.config_path.clone();
+        let upstreams = upstreams.clone();
+        tokio::task::spawn_blocking(move || reload::load(&path, &upstreams))
+            .await
+            .context("loading the config")?
+    };
+    let registry = registry.with_context(|| format!("config {}", config.config_path.display()))?;
     tracing::info!(
         config = %config.config_path.display(),
         tools = registry.len(),
@@ -259,6 +270,7 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> an
             upstreams: upstreams.clone(),
             metrics: metrics.clone(),
             interval: config.reload_interval,
+            loaded,
         }
         .run(background.clone()),
     );

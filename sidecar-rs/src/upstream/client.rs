@@ -57,9 +57,14 @@ struct Route {
     credentials: Credentials,
 }
 
-/// Options for the shared client.
+/// Options for the shared client and the per-origin state.
 #[derive(Debug, Clone)]
 pub struct UpstreamOptions {
+    /// The longest an upstream's quota signal (`Retry-After`,
+    /// `x-ratelimit-reset`, ...) may hold requests to its origin; longer
+    /// announcements are clamped to it (and logged), so one response cannot
+    /// stop an origin, fleet-wide, for longer.
+    pub max_hold: Duration,
     /// Bound on establishing a TCP (and TLS) connection, separate from the
     /// call deadline so a black-holed host fails fast.
     pub connect_timeout: Duration,
@@ -70,6 +75,7 @@ pub struct UpstreamOptions {
 impl Default for UpstreamOptions {
     fn default() -> Self {
         Self {
+            max_hold: Duration::from_secs(600),
             connect_timeout: Duration::from_secs(5),
             pool_max_idle_per_host: 256,
         }
@@ -138,6 +144,12 @@ impl Upstream {
 
     /// Sends `request`, following the redirects the tool allows, and reads
     /// the response body, refusing more than `max_body` bytes.
+    ///
+    /// The status decides first: a 2xx body over the cap is
+    /// RESPONSE_TOO_LARGE, but an error status whose body is over the cap
+    /// (or breaks off) is still that status, with the body left out, so a
+    /// 503 with a 50 MB page is retried and counted by the breaker like any
+    /// other 503.
     pub async fn send(
         &self,
         request: &RenderedRequest,
@@ -191,12 +203,28 @@ impl Upstream {
             url = next;
         };
         let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let success = response.status().is_success();
+        // An error status without its body: what the status says is all
+        // that is used of it.
+        let bodiless = |why: &str| {
+            tracing::debug!(status, why, "upstream error body left out");
+            Ok(UpstreamResponse {
+                status,
+                headers: headers.clone(),
+                body: Bytes::new(),
+            })
+        };
         let too_large = CallError::ResponseTooLarge {
             limit: max_body,
             status,
         };
         if response.content_length().unwrap_or(0) > max_body as u64 {
-            return Err(too_large);
+            return if success {
+                Err(too_large)
+            } else {
+                bodiless("announced length over max_response_bytes")
+            };
         }
         // Keep the chunks as they arrive and join them once at the end: memory
         // follows what has been received, not what was announced (10,000 slow
@@ -204,10 +232,20 @@ impl Upstream {
         // that arrives in one chunk is never copied.
         let mut chunks: Vec<Bytes> = Vec::new();
         let mut received = 0usize;
-        while let Some(chunk) = response.chunk().await.map_err(describe)? {
+        loop {
+            let chunk = match response.chunk().await {
+                Ok(Some(chunk)) => chunk,
+                Ok(None) => break,
+                Err(e) if success => return Err(describe(e)),
+                Err(_) => return bodiless("body interrupted"),
+            };
             received += chunk.len();
             if received > max_body {
-                return Err(too_large);
+                return if success {
+                    Err(too_large)
+                } else {
+                    bodiless("body over max_response_bytes")
+                };
             }
             chunks.push(chunk);
         }
@@ -224,7 +262,7 @@ impl Upstream {
         };
         Ok(UpstreamResponse {
             status,
-            headers: response.headers().clone(),
+            headers,
             body,
         })
     }

@@ -34,13 +34,15 @@ pub struct UpstreamState {
     pub slots: Arc<Semaphore>,
     /// Until when the upstream asked for no requests (its quota is spent).
     throttled_until: Mutex<Option<Instant>>,
+    /// Bound on any one hold (`--max-upstream-hold`).
+    pub max_hold: Duration,
 }
 
 impl UpstreamState {
-    /// Holds requests to this origin for `wait` (extending, never
-    /// shortening, a hold already in force).
+    /// Holds requests to this origin for `wait`, at most `max_hold`
+    /// (extending, never shortening, a hold already in force).
     pub fn throttle(&self, wait: Duration) {
-        let until = Instant::now() + wait;
+        let until = Instant::now() + wait.min(self.max_hold);
         let mut held = self
             .throttled_until
             .lock()
@@ -71,6 +73,10 @@ pub struct Upstreams {
     /// Present when the sidecar runs with `--redis-url`.
     fleet: Option<Arc<Fleet>>,
     states: Mutex<HashMap<String, Arc<UpstreamState>>>,
+    /// Holds learned from the fleet for origins no tool uses yet (at startup
+    /// they arrive before the config is compiled); applied when the origin's
+    /// state is created.
+    pending_holds: Mutex<HashMap<String, Instant>>,
     /// HTTP clients by egress policy and port (`None`: any port), shared by
     /// every tool with that policy so connection pools stay warm.
     clients: Mutex<HashMap<(EgressPolicy, Option<u16>), reqwest::Client>>,
@@ -83,6 +89,7 @@ impl Upstreams {
             options,
             fleet: None,
             states: Mutex::default(),
+            pending_holds: Mutex::default(),
             clients: Mutex::default(),
         }
     }
@@ -97,22 +104,51 @@ impl Upstreams {
         self.fleet.as_ref()
     }
 
-    /// Applies a throttle another sidecar learned for `origin`.
+    /// The longest hold any upstream signal may cause.
+    pub fn max_hold(&self) -> Duration {
+        self.options.max_hold
+    }
+
+    /// Applies a throttle another sidecar learned for `origin` (kept for
+    /// later if no tool calls that origin yet).
     pub fn apply_throttle(&self, origin: &str, wait: Duration) {
         let states = self.states.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(state) = states.get(origin) {
             state.throttle(wait);
+            return;
         }
+        let until = Instant::now() + wait.min(self.options.max_hold);
+        let mut pending = self.pending_holds.lock().unwrap_or_else(|e| e.into_inner());
+        // Bounded: forget holds that have run out before adding one.
+        let now = Instant::now();
+        pending.retain(|_, held| *held > now);
+        let held = pending.entry(origin.to_owned()).or_insert(until);
+        *held = (*held).max(until);
     }
 
     /// The state for `origin` under `spec`, reusing the current one when its
     /// policy is unchanged.
     pub fn state(&self, origin: &str, spec: &UpstreamSpec) -> Arc<UpstreamState> {
         let mut states = self.states.lock().unwrap_or_else(|e| e.into_inner());
+        // A hold in force survives a policy change, and one learned before
+        // any tool used the origin applies now.
+        let mut held = None;
         if let Some(state) = states.get(origin) {
             if &state.spec == spec {
                 return state.clone();
             }
+            held = *state
+                .throttled_until
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+        }
+        if let Some(pending) = self
+            .pending_holds
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(origin)
+        {
+            held = held.max(Some(pending));
         }
         let gauge = self.metrics.circuit_state.with_label_values(&[origin]);
         let state = Arc::new(UpstreamState {
@@ -120,7 +156,8 @@ impl Upstreams {
             breaker: CircuitBreaker::new(origin.to_owned(), spec.circuit_breaker.clone(), gauge),
             budget: retry::budget(&spec.retry_budget),
             slots: Arc::new(Semaphore::new(spec.max_concurrency)),
-            throttled_until: Mutex::new(None),
+            throttled_until: Mutex::new(held),
+            max_hold: self.options.max_hold,
             spec: spec.clone(),
         });
         states.insert(origin.to_owned(), state.clone());

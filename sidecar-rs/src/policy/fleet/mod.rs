@@ -13,6 +13,11 @@
 //! * **Presence.** Each sidecar refreshes its entry in a sorted set every
 //!   second; entries older than 3 s are dropped. The live count sizes the
 //!   fallback share.
+//! * **Upstream holds.** A quota an upstream announced (see
+//!   [`crate::policy::quota`]) is published for the sidecars running now and
+//!   kept in a sorted set (origin → until, Redis time) for the ones that
+//!   start, or reconnect, later: they read it before serving. Entries go
+//!   when their hold ends; the key expires with the last one.
 //! * **Failure.** When Redis cannot be reached, fleet limits fall back per
 //!   their `on_redis_error`; a reconnect is tried in the background and
 //!   fleet mode resumes by itself. Both transitions are logged and counted.
@@ -65,6 +70,39 @@ redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]) * 10)
 return redis.call('ZCARD', KEYS[1])
 "#;
 
+/// Records a hold on an origin, keeping the later end when one is in force.
+/// KEYS[1] holds set; ARGV origin, wait_ms.
+const HOLD: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local untl = now + tonumber(ARGV[2])
+local cur = tonumber(redis.call('ZSCORE', KEYS[1], ARGV[1]))
+if cur == nil or cur < untl then
+  redis.call('ZADD', KEYS[1], string.format('%d', untl), ARGV[1])
+end
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', string.format('%d', now))
+local last = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
+if last[2] then
+  redis.call('PEXPIREAT', KEYS[1], string.format('%d', tonumber(last[2])))
+end
+return 1
+"#;
+
+/// The holds in force: a flat list of origin, milliseconds left.
+/// KEYS[1] holds set.
+const HOLDS: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', string.format('%d', now))
+local r = redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')
+local out = {}
+for i = 1, #r, 2 do
+  out[#out + 1] = r[i]
+  out[#out + 1] = string.format('%d', tonumber(r[i + 1]) - now)
+end
+return out
+"#;
+
 const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
 const STALE_AFTER_MS: u64 = 3000;
 /// A single Redis command may take this long before the fleet counts as
@@ -95,6 +133,8 @@ pub struct Fleet {
     live: AtomicU32,
     lease: redis::Script,
     heartbeat: redis::Script,
+    hold: redis::Script,
+    holds: redis::Script,
     metrics: FleetMetrics,
 }
 
@@ -123,6 +163,15 @@ impl Fleet {
         metrics: FleetMetrics,
         stop: CancellationToken,
     ) -> Result<Arc<Self>, String> {
+        let fleet = Self::offline(url, metrics)?;
+        tokio::spawn(fleet.clone().maintain(stop));
+        Ok(fleet)
+    }
+
+    /// A fleet that never connects: it joins nothing and sends nothing, so
+    /// `--check-config` can compile fleet limits without registering as a
+    /// live sidecar (which would shrink every real sidecar's share).
+    pub fn offline(url: &str, metrics: FleetMetrics) -> Result<Arc<Self>, String> {
         let client = redis::Client::open(url).map_err(|e| format!("--redis-url: {e}"))?;
         let id = format!(
             "{}-{}-{:08x}",
@@ -139,9 +188,10 @@ impl Fleet {
             live: AtomicU32::new(1),
             lease: redis::Script::new(LEASE),
             heartbeat: redis::Script::new(HEARTBEAT),
+            hold: redis::Script::new(HOLD),
+            holds: redis::Script::new(HOLDS),
             metrics,
         });
-        tokio::spawn(fleet.clone().maintain(stop));
         Ok(fleet)
     }
 
@@ -303,9 +353,23 @@ impl Fleet {
         })
     }
 
-    /// Tells every sidecar to hold requests to `origin` for `wait`.
+    fn holds_key(&self) -> String {
+        format!("{}:holds", self.prefix)
+    }
+
+    /// Tells every sidecar to hold requests to `origin` for `wait`: the ones
+    /// running now by a message, later ones by the stored hold.
     pub async fn publish_throttle(&self, origin: &str, wait: Duration) {
-        let message = format!("{}|{origin}", wait.as_millis());
+        let wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX);
+        let key = self.holds_key();
+        let _ = self
+            .run("hold", |mut conn| {
+                let mut invocation = self.hold.key(&key);
+                invocation.arg(origin).arg(wait_ms);
+                async move { invocation.invoke_async::<i64>(&mut conn).await }
+            })
+            .await;
+        let message = format!("{wait_ms}|{origin}");
         let _ = self
             .run("publish", |mut conn| {
                 let mut cmd = redis::cmd("PUBLISH");
@@ -315,8 +379,35 @@ impl Fleet {
             .await;
     }
 
+    /// The holds in force now, by origin, as stored by
+    /// [`Fleet::publish_throttle`]. Empty when Redis cannot be reached.
+    pub async fn holds(&self) -> Vec<(String, Duration)> {
+        let key = self.holds_key();
+        let flat: Vec<String> = match self
+            .run("holds", |mut conn| {
+                let invocation = self.holds.key(&key);
+                async move { invocation.invoke_async(&mut conn).await }
+            })
+            .await
+        {
+            Ok(flat) => flat,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read upstream holds from Redis");
+                return Vec::new();
+            }
+        };
+        flat.chunks_exact(2)
+            .filter_map(|pair| {
+                let ms = pair[1].parse::<u64>().ok()?;
+                Some((pair[0].clone(), Duration::from_millis(ms)))
+            })
+            .collect()
+    }
+
     /// Delivers throttles published by other sidecars to `apply`, until
-    /// `stop`. Resubscribes after Redis outages.
+    /// `stop`: the stored holds each time the subscription starts (so holds
+    /// published while this sidecar was away are not missed), then each
+    /// message. Resubscribes after Redis outages.
     pub async fn subscribe_throttles(
         self: Arc<Self>,
         apply: impl Fn(&str, Duration) + Send + 'static,
@@ -331,6 +422,9 @@ impl Fleet {
             match pubsub {
                 Ok(mut pubsub) => {
                     if pubsub.subscribe(THROTTLE_CHANNEL).await.is_ok() {
+                        for (origin, wait) in self.holds().await {
+                            apply(&origin, wait);
+                        }
                         let mut messages = pubsub.on_message();
                         loop {
                             let message = tokio::select! {

@@ -1,0 +1,1 @@
+"""A misbehaving HTTP upstream for hostile-upstream tests."""
