@@ -13,8 +13,12 @@
 //! compiles one automaton for every secret and every per-character encoding
 //! (using aho-corasick itself as its literal prefilter).
 
+use std::borrow::Cow;
 use std::fmt;
 use std::fmt::Write as _;
+use std::sync::{Arc, LazyLock};
+
+use arc_swap::ArcSwap;
 
 use base64::engine::general_purpose::{STANDARD, URL_SAFE};
 use base64::Engine;
@@ -78,25 +82,36 @@ impl Redactor {
 
     /// `bytes` with every secret replaced; no copy when none occurs.
     pub fn scrub_bytes(&self, bytes: Bytes) -> Bytes {
-        let Some(matcher) = &self.matcher else {
-            return bytes;
-        };
-        if !matcher.is_match(&bytes) {
-            return bytes;
+        match self.scrub_slice(&bytes) {
+            Cow::Borrowed(_) => bytes,
+            Cow::Owned(scrubbed) => Bytes::from(scrubbed),
         }
-        Bytes::from(matcher.replace_all(&bytes, MASK.as_bytes()).into_owned())
     }
 
     /// `text` with every secret replaced.
     pub fn scrub_str(&self, text: String) -> String {
-        let Some(matcher) = &self.matcher else {
-            return text;
-        };
-        if !matcher.is_match(text.as_bytes()) {
-            return text;
+        match self.scrub_text(&text) {
+            Cow::Borrowed(_) => text,
+            Cow::Owned(scrubbed) => scrubbed,
         }
-        let scrubbed = matcher.replace_all(text.as_bytes(), MASK.as_bytes());
-        String::from_utf8_lossy(&scrubbed).into_owned()
+    }
+
+    /// `text` with every secret replaced; borrowed when none occurs.
+    pub fn scrub_text<'a>(&self, text: &'a str) -> Cow<'a, str> {
+        match self.scrub_slice(text.as_bytes()) {
+            Cow::Borrowed(_) => Cow::Borrowed(text),
+            // A match can end inside a multi-byte character only for base64
+            // forms, which are ASCII: the result stays UTF-8, lossy as a guard.
+            Cow::Owned(scrubbed) => Cow::Owned(String::from_utf8_lossy(&scrubbed).into_owned()),
+        }
+    }
+
+    /// `bytes` with every secret replaced; borrowed when none occurs.
+    pub fn scrub_slice<'a>(&self, bytes: &'a [u8]) -> Cow<'a, [u8]> {
+        let Some(matcher) = &self.matcher else {
+            return Cow::Borrowed(bytes);
+        };
+        matcher.replace_all(bytes, MASK.as_bytes())
     }
 
     /// Scrubs every string of a result that leaves the sidecar: the body,
@@ -108,6 +123,7 @@ impl Redactor {
         }
         result.result = self.scrub_bytes(std::mem::take(&mut result.result));
         result.error = self.scrub_str(std::mem::take(&mut result.error));
+        result.limited_by = self.scrub_str(std::mem::take(&mut result.limited_by));
         for v in &mut result.violations {
             v.message = self.scrub_str(std::mem::take(&mut v.message));
             v.instance_path = self.scrub_str(std::mem::take(&mut v.instance_path));
@@ -116,11 +132,30 @@ impl Redactor {
     }
 }
 
+/// The secrets of the config in force, for what leaves the sidecar outside
+/// any one call's result: log lines (of every crate, at every level) and
+/// exported spans. Process-wide because the log subscriber is; replaced
+/// whenever a config is loaded (see [`set_in_force`]).
+static IN_FORCE: LazyLock<ArcSwap<Redactor>> =
+    LazyLock::new(|| ArcSwap::from_pointee(Redactor::default()));
+
+/// The redactor for logs and spans: every secret of the config in force
+/// (and of the one before it, for calls still running under it).
+pub fn in_force() -> Arc<Redactor> {
+    IN_FORCE.load_full()
+}
+
+/// Makes `redactor` the one [`in_force`] returns.
+pub fn set_in_force(redactor: Arc<Redactor>) {
+    IN_FORCE.store(redactor);
+}
+
 /// The regex for `secret` in the forms an echo takes:
 /// * each character as written, or JSON-escaped (`\uXXXX` in either case,
 ///   a surrogate pair beyond the BMP, `\/`, `\"`, `\n`, ...), or
-///   percent-encoded byte by byte (either case; `+` for a space), in any
-///   mixture;
+///   percent-encoded byte by byte (either case; `+` for a space), or
+///   escaped as in a JSON Pointer (`~1` for `/`, `~0` for `~`: a schema
+///   violation's path names an offending key that way), in any mixture;
 /// * base64 (standard and URL-safe) of the secret, on its own and at each
 ///   byte alignment inside a longer value such as the `user:password` of a
 ///   Basic credential.
@@ -149,11 +184,15 @@ pub fn pattern(secret: &str) -> String {
             '\u{8}' => Some(r"\\b"),
             '\u{c}' => Some(r"\\f"),
             ' ' => Some(r"\+"),
+            '~' => Some("~0"),
             _ => None,
         };
         if let Some(short) = short {
             escaped.push('|');
             escaped.push_str(short);
+        }
+        if c == '/' {
+            escaped.push_str("|~1");
         }
         escaped.push(')');
     }

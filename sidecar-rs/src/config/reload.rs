@@ -65,6 +65,7 @@ impl Reloader {
         match Registry::load(&self.path, &self.upstreams, Some(&current)) {
             Ok(next) => {
                 let tools = next.len();
+                crate::config::redact::set_in_force(next.redactor().clone());
                 self.registry.store(Arc::new(next));
                 self.metrics
                     .config_reloads

@@ -50,11 +50,13 @@ impl Default for UpstreamOptions {
 
 impl Upstream {
     /// A client whose connections go only where `policy` permits, following
-    /// up to `redirects` redirects (each re-checked).
+    /// up to `redirects` redirects (each re-checked; only within the first
+    /// request's origin when `same_origin_redirects`).
     pub fn new(
         options: &UpstreamOptions,
         policy: EgressPolicy,
         redirects: u8,
+        same_origin_redirects: bool,
     ) -> Result<Self, reqwest::Error> {
         // TLS uses ring (quick to build, no C toolchain needed beyond cc);
         // installing it twice is harmless.
@@ -71,7 +73,7 @@ impl Upstream {
             // proxy picked up from the environment.
             .no_proxy()
             .dns_resolver(std::sync::Arc::new(GuardedResolver::new(policy.clone())))
-            .redirect(egress::redirect_policy(redirects, policy))
+            .redirect(egress::redirect_policy(redirects, policy, same_origin_redirects))
             .build()?;
         Ok(Self { client })
     }

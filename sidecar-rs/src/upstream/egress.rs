@@ -128,7 +128,13 @@ impl Resolve for GuardedResolver {
 /// The redirect policy for a tool: none, or up to `max` hops, each to an
 /// http(s) URL whose IP-literal host (if any) the policy permits. Hosts given
 /// by name go through [`GuardedResolver`] like the first request.
-pub fn redirect_policy(max: u8, policy: EgressPolicy) -> reqwest::redirect::Policy {
+///
+/// With `same_origin`, a hop may not leave the first request's origin: the
+/// HTTP client re-sends every request header on a redirect, and strips only
+/// the standard credential headers (`Authorization`, `Cookie`) when the host
+/// changes, so a key in a header such as `X-Api-Key` would go to whatever
+/// origin the upstream names.
+pub fn redirect_policy(max: u8, policy: EgressPolicy, same_origin: bool) -> reqwest::redirect::Policy {
     if max == 0 {
         return reqwest::redirect::Policy::none();
     }
@@ -137,6 +143,13 @@ pub fn redirect_policy(max: u8, policy: EgressPolicy) -> reqwest::redirect::Poli
             return attempt.error(format!("more than {max} redirects"));
         }
         let url = attempt.url().clone();
+        let first = attempt.previous().first().map(url::Url::origin);
+        if same_origin && first.is_some_and(|first| first != url.origin()) {
+            return attempt.error(
+                "a redirect to another origin is not followed: this tool sends credentials \
+                 in request headers, which would go along",
+            );
+        }
         if !matches!(url.scheme(), "http" | "https") {
             return attempt.error(format!("redirect to a {} URL", url.scheme()));
         }

@@ -70,7 +70,7 @@ pub struct Upstreams {
     /// Present when the sidecar runs with `--redis-url`.
     fleet: Option<Arc<Fleet>>,
     states: Mutex<HashMap<String, Arc<UpstreamState>>>,
-    clients: Mutex<HashMap<(EgressPolicy, u8), Upstream>>,
+    clients: Mutex<HashMap<(EgressPolicy, u8, bool), Upstream>>,
 }
 
 impl Upstreams {
@@ -124,14 +124,20 @@ impl Upstreams {
         state
     }
 
-    /// The client for tools with this egress policy and redirect limit.
-    pub fn client(&self, policy: &EgressPolicy, redirects: u8) -> Result<Upstream, reqwest::Error> {
+    /// The client for tools with this egress policy and redirect limit;
+    /// `same_origin_redirects` for tools whose headers carry credentials.
+    pub fn client(
+        &self,
+        policy: &EgressPolicy,
+        redirects: u8,
+        same_origin_redirects: bool,
+    ) -> Result<Upstream, reqwest::Error> {
         let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
-        let key = (policy.clone(), redirects);
+        let key = (policy.clone(), redirects, same_origin_redirects);
         if let Some(client) = clients.get(&key) {
             return Ok(client.clone());
         }
-        let client = Upstream::new(&self.options, policy.clone(), redirects)?;
+        let client = Upstream::new(&self.options, policy.clone(), redirects, same_origin_redirects)?;
         clients.insert(key, client.clone());
         Ok(client)
     }
