@@ -72,6 +72,9 @@ impl Upstream {
             // Egress goes where the operator configured it, never through a
             // proxy picked up from the environment.
             .no_proxy()
+            // No Referer on redirects: it would carry the previous URL, query
+            // credentials included, to wherever the upstream redirects.
+            .referer(false)
             .dns_resolver(std::sync::Arc::new(GuardedResolver::new(policy.clone())))
             .redirect(egress::redirect_policy(redirects, policy, same_origin_redirects))
             .build()?;
@@ -138,6 +141,9 @@ impl Upstream {
 fn describe(e: reqwest::Error) -> CallError {
     if let Some(denied) = egress::denial_in(&e) {
         return CallError::EgressDenied(denied.to_string());
+    }
+    if egress::credentials_would_follow_in(&e) {
+        return CallError::EgressDenied(egress::CredentialsWouldFollow.to_string());
     }
     let e = e.without_url();
     let kind = if e.is_connect() {

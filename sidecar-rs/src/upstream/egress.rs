@@ -145,10 +145,7 @@ pub fn redirect_policy(max: u8, policy: EgressPolicy, same_origin: bool) -> reqw
         let url = attempt.url().clone();
         let first = attempt.previous().first().map(url::Url::origin);
         if same_origin && first.is_some_and(|first| first != url.origin()) {
-            return attempt.error(
-                "a redirect to another origin is not followed: this tool sends credentials \
-                 in request headers, which would go along",
-            );
+            return attempt.error(CredentialsWouldFollow);
         }
         if !matches!(url.scheme(), "http" | "https") {
             return attempt.error(format!("redirect to a {} URL", url.scheme()));
@@ -166,6 +163,24 @@ pub fn redirect_policy(max: u8, policy: EgressPolicy, same_origin: bool) -> reqw
             _ => attempt.follow(),
         }
     })
+}
+
+/// A redirect refused because the credentials in the request headers would
+/// go along to another origin.
+#[derive(Debug, thiserror::Error)]
+#[error("a redirect to another origin is not followed: this tool sends credentials in request headers, which would go along")]
+pub struct CredentialsWouldFollow;
+
+/// The [`CredentialsWouldFollow`] inside an HTTP client error, if any.
+pub fn credentials_would_follow_in(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(e) = source {
+        if e.is::<CredentialsWouldFollow>() {
+            return true;
+        }
+        source = e.source();
+    }
+    false
 }
 
 /// The `EgressDenied` inside an HTTP client error, if that is what it was.
