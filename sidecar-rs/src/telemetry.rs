@@ -44,7 +44,7 @@ impl Telemetry {
     /// inside the tokio runtime (the exporter's batches are sent on it).
     pub fn init(format: LogFormat, otlp_endpoint: Option<&str>) -> Result<Self, String> {
         let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-        let fmt = tracing_subscriber::fmt::layer().with_writer(|| ScrubbedStderr);
+        let fmt = tracing_subscriber::fmt::layer().with_writer(|| ScrubbedWriter(io::stderr()));
         let fmt = match format {
             LogFormat::Json => fmt.json().flatten_event(true).boxed(),
             LogFormat::Text => fmt.boxed(),
@@ -147,20 +147,20 @@ pub fn inject(cx: &opentelemetry::Context, headers: &mut HeaderMap) -> bool {
     true
 }
 
-/// Stderr behind the redactor. The fmt layer formats each event into one
-/// buffer and writes it with one `write_all`, so a secret never straddles
-/// two writes.
-struct ScrubbedStderr;
+/// A log writer (stderr) behind the redactor. The fmt layer formats each
+/// event into one buffer and writes it with one `write_all`, so a secret
+/// never straddles two writes.
+struct ScrubbedWriter<W>(W);
 
-impl io::Write for ScrubbedStderr {
+impl<W: io::Write> io::Write for ScrubbedWriter<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let redactor = redact::in_force();
-        io::stderr().lock().write_all(&redactor.scrub_slice(buf))?;
+        self.0.write_all(&redactor.scrub_slice(buf))?;
         Ok(buf.len())
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        io::stderr().flush()
+        self.0.flush()
     }
 }
 
@@ -227,6 +227,96 @@ fn scrub_attributes(redactor: &Redactor, attributes: &mut [KeyValue]) {
             Value::String(s) => scrub(s),
             Value::Array(opentelemetry::Array::String(items)) => items.iter_mut().for_each(scrub),
             _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+    use std::time::SystemTime;
+
+    use opentelemetry::trace::{SpanContext, SpanId, SpanKind};
+    use opentelemetry::InstrumentationScope;
+
+    use super::*;
+    use crate::config::secrets::Secret;
+
+    const SECRET: &str = "tk/0123+456=789\"abc";
+
+    /// One test sets the process-wide redactor, so both checks live here.
+    #[test]
+    fn logs_and_spans_leave_through_the_redactor() {
+        redact::set_in_force(Arc::new(Redactor::new(&[Secret::new(SECRET)])));
+
+        // A debug event of any crate, JSON-formatted (so the secret arrives
+        // JSON-escaped), through the writer the subscriber uses.
+        let sink = Arc::new(Mutex::new(Vec::<u8>::new()));
+        let writer = {
+            let sink = sink.clone();
+            move || ScrubbedWriter(SinkWriter(sink.clone()))
+        };
+        let subscriber = tracing_subscriber::fmt()
+            .json()
+            .with_max_level(tracing::Level::DEBUG)
+            .with_writer(writer)
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::debug!(target: "hyper", error = %format!("bad key {SECRET}"), "upstream said");
+            tracing::error!(url = %format!("http://h/?k={}", "tk%2F0123%2B456%3D789%22abc"), "failed");
+        });
+        let logged = String::from_utf8(sink.lock().unwrap().clone()).unwrap();
+        assert_eq!(logged.lines().count(), 2, "{logged}");
+        assert!(!logged.contains("0123"), "{logged}");
+        assert_eq!(logged.matches(redact::MASK).count(), 2, "{logged}");
+
+        // Every string of a span: name, attributes, events, links, status.
+        let attr = |v: &str| vec![KeyValue::new("detail", format!("Bearer {v}"))];
+        let mut span = SpanData {
+            span_context: SpanContext::empty_context(),
+            parent_span_id: SpanId::INVALID,
+            parent_span_is_remote: false,
+            span_kind: SpanKind::Internal,
+            name: format!("call {SECRET}").into(),
+            start_time: SystemTime::now(),
+            end_time: SystemTime::now(),
+            attributes: attr(SECRET),
+            dropped_attributes_count: 0,
+            events: Default::default(),
+            links: Default::default(),
+            status: opentelemetry::trace::Status::error(format!("echo {SECRET}")),
+            instrumentation_scope: InstrumentationScope::default(),
+        };
+        span.events.events.push(opentelemetry::trace::Event::new(
+            format!("event {SECRET}"),
+            SystemTime::now(),
+            attr(SECRET),
+            0,
+        ));
+        span.links.links.push(opentelemetry::trace::Link::new(
+            SpanContext::empty_context(),
+            vec![KeyValue::new(
+                "list",
+                Value::Array(opentelemetry::Array::String(vec![SECRET.to_owned().into()])),
+            )],
+            0,
+        ));
+        scrub_span(&redact::in_force(), &mut span);
+        let text = format!("{span:?}");
+        assert!(!text.contains("0123"), "{text}");
+        assert_eq!(text.matches(redact::MASK).count(), 6, "{text}");
+    }
+
+    struct SinkWriter(Arc<Mutex<Vec<u8>>>);
+
+    impl io::Write for SinkWriter {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
         }
     }
 }

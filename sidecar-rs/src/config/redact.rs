@@ -307,3 +307,159 @@ mod tests {
         assert!(!text.contains("fsk-0123456789"), "{text}");
     }
 }
+
+/// Properties: for random secrets in random encodings inside random bodies,
+/// no encoding of the secret survives scrubbing; bodies without a secret come
+/// back untouched.
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn secret_char() -> impl Strategy<Value = char> {
+        prop_oneof![
+            3 => (0x20u8..0x7f).prop_map(char::from),
+            2 => prop::sample::select(vec!['/', '+', '=', '%', '\\', '"', ' ', '~', '&', ':', 'é', '✓', '𝄞']),
+            1 => any::<char>(),
+        ]
+    }
+
+    /// Secrets of 10 to 32 characters: credentials are long, and base64 runs
+    /// shorter than [`MIN_BASE64_RUN`] are not matched on purpose.
+    fn secret() -> impl Strategy<Value = String> {
+        prop::collection::vec(secret_char(), 10..32).prop_map(|v| v.into_iter().collect())
+    }
+
+    fn body() -> impl Strategy<Value = String> {
+        prop_oneof![
+            prop::collection::vec(any::<char>(), 0..200).prop_map(|v| v.into_iter().collect()),
+            "[ -~]{0,200}",
+            r#"\{"[a-z]{1,8}": "[ -~]{0,40}"\}"#,
+        ]
+    }
+
+    fn json_u(c: char, upper: bool) -> String {
+        let mut out = String::new();
+        for unit in c.encode_utf16(&mut [0; 2]) {
+            let hex = format!("{unit:04x}");
+            out.push_str("\\u");
+            out.push_str(&if upper { hex.to_uppercase() } else { hex });
+        }
+        out
+    }
+
+    fn percent(c: char, upper: bool) -> String {
+        let mut out = String::new();
+        for b in c.encode_utf8(&mut [0; 4]).bytes() {
+            out.push_str(&if upper {
+                format!("%{b:02X}")
+            } else {
+                format!("%{b:02x}")
+            });
+        }
+        out
+    }
+
+    /// `secret` with each character written as `choices` says: raw, a
+    /// `\u` escape (either case), a short JSON escape, percent-encoded
+    /// (either case), or a form-/pointer-style escape.
+    fn mixed(secret: &str, choices: &[u8]) -> String {
+        let mut out = String::new();
+        for (i, c) in secret.chars().enumerate() {
+            let short = match c {
+                '/' => Some("\\/"),
+                '"' => Some("\\\""),
+                '\\' => Some("\\\\"),
+                '\n' => Some("\\n"),
+                '\t' => Some("\\t"),
+                _ => None,
+            };
+            let special = match c {
+                ' ' => Some("+"),
+                '/' => Some("~1"),
+                '~' => Some("~0"),
+                _ => None,
+            };
+            match choices[i % choices.len()] % 7 {
+                1 => out.push_str(&json_u(c, false)),
+                2 => out.push_str(&json_u(c, true)),
+                3 if short.is_some() => out.push_str(short.unwrap_or_default()),
+                4 => out.push_str(&percent(c, true)),
+                5 => out.push_str(&percent(c, false)),
+                6 if special.is_some() => out.push_str(special.unwrap_or_default()),
+                _ => out.push(c),
+            }
+        }
+        out
+    }
+
+    /// The characters of `encoded` (base64 of `input`) that depend only on
+    /// `input[start..end]`: derived from bit positions, independently of
+    /// the redactor's own rule.
+    fn base64_core(encoded: &str, start: usize, end: usize) -> String {
+        encoded
+            .chars()
+            .enumerate()
+            .filter(|(k, _)| 6 * k >= 8 * start && 6 * k + 6 <= 8 * end)
+            .map(|(_, c)| c)
+            .collect()
+    }
+
+    fn redactor_for(secret: &str) -> Redactor {
+        Redactor::new(&[Secret::new(secret)])
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+
+        #[test]
+        fn mixed_escapes_never_survive(
+            secret in secret(),
+            choices in prop::collection::vec(any::<u8>(), 1..40),
+            before in body(),
+            after in body(),
+        ) {
+            let r = redactor_for(&secret);
+            let encoded = mixed(&secret, &choices);
+            let out = r.scrub_str(format!("{before}{encoded}{after}"));
+            prop_assert!(!out.contains(&encoded), "{encoded:?} survived in {out:?}");
+            prop_assert!(!out.contains(&secret), "{secret:?} survived in {out:?}");
+            prop_assert!(out.contains(MASK));
+            let bytes = r.scrub_bytes(Bytes::from(format!("{before}{encoded}{after}")));
+            prop_assert!(!bytes.windows(encoded.len()).any(|w| w == encoded.as_bytes()));
+        }
+
+        #[test]
+        fn base64_of_a_basic_credential_never_survives(
+            secret in secret(),
+            user in "[a-zA-Z0-9._-]{0,12}",
+            suffix in "(:[a-z]{0,6})?",
+            url_safe in any::<bool>(),
+            before in body(),
+            after in body(),
+        ) {
+            let r = redactor_for(&secret);
+            let input = format!("{user}:{secret}{suffix}");
+            let engine = if url_safe { &URL_SAFE } else { &STANDARD };
+            let encoded = engine.encode(input.as_bytes());
+            let start = user.len() + 1;
+            let core = base64_core(&encoded, start, start + secret.len());
+            prop_assume!(core.len() >= MIN_BASE64_RUN);
+            let out = r.scrub_str(format!("{before}Basic {encoded}{after}"));
+            prop_assert!(!out.contains(&core), "{core:?} survived in {out:?}");
+        }
+
+        #[test]
+        fn bodies_without_the_secret_come_back_unchanged(
+            secret in secret(),
+            text in body(),
+        ) {
+            let r = redactor_for(&secret);
+            prop_assume!(!text.contains(&secret));
+            let bytes = Bytes::from(text.clone());
+            let out = r.scrub_bytes(bytes.clone());
+            prop_assert_eq!(out.as_ptr(), bytes.as_ptr(), "copied or changed: {:?}", text);
+            prop_assert_eq!(r.scrub_str(text.clone()), text);
+        }
+    }
+}
