@@ -16,6 +16,7 @@ from pathlib import Path
 
 import grpc
 import grpc.aio
+import pytest
 from aiohttp import web
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc
 
@@ -33,6 +34,8 @@ Start = Callable[..., SidecarProcess]
 HEADER_KEY = 'hk/Ab+Cd=Ef%2F"q\\ z~9&<x>-canary-0451'
 #: Sent as a query value: unicode as well.
 QUERY_KEY = 'qk/é✓+ x=1&y~"\\Ω€𝄞-canary-7302'
+#: A key no encoder escapes.
+PLAIN_KEY = "fsk-plain-0123456789abcdef"
 
 JSON = "application/json"
 
@@ -271,3 +274,97 @@ def test_the_canary_finds_every_form_it_echoes() -> None:
             if isinstance(fragment, str):
                 assert leaks(secret, fragment), (name, fragment)
         assert not leaks(secret, "[redacted] Bearer [redacted] https://api.example/?key=[redacted]")
+
+
+async def _invoke(sidecar: SidecarProcess, *tools: str) -> dict[str, pb.ToolResult]:
+    options = [("grpc.default_authority", "localhost")]
+    async with grpc.aio.insecure_channel(sidecar.unix_target, options=options) as channel:
+        stub = pb_grpc.DispatcherStub(channel)
+        return {
+            name: await stub.Invoke(pb.ToolCall(call_id=name, tool=name), timeout=20)
+            for name in tools
+        }
+
+
+@pytest.mark.parametrize("header_key", [HEADER_KEY, PLAIN_KEY], ids=["hostile", "plain"])
+async def test_schema_violations_never_quote_a_credential(
+    upstream: Upstream, start_sidecar: Start, tmp_path: Path, header_key: str
+) -> None:
+    """Issue 16, defect 6: a violation's message quotes the offending value, and its path
+    names an offending key (``/`` escaped as ``~1``): both are scrubbed. The plain key
+    needs no escaping, so only the violations could carry it."""
+    upstream.route("GET", "/violating", violating)
+    key_file = tmp_path / "query-key"
+    key_file.write_text(QUERY_KEY)
+    schema = {
+        "type": "object",
+        "properties": {"k": {"enum": ["a"]}, "n": {"type": "integer"}},
+        "additionalProperties": False,
+    }
+    per_key = {"type": "object", "additionalProperties": {"type": "string"}}
+    credentials = _credentials(key_file)
+    sidecar = start_sidecar(
+        tools_file(
+            tool(
+                "violating", f"{upstream.url}/violating", request=credentials, output_schema=schema
+            ),
+            tool(
+                "per_key", f"{upstream.url}/violating", request=credentials, output_schema=per_key
+            ),
+        ),
+        env={"CANARY_HEADER_KEY": header_key},
+    )
+    results = await _invoke(sidecar, "violating", "per_key")
+    for name, result in results.items():
+        assert pb.Status.Name(result.status) == "STATUS_INVALID_RESPONSE", result
+        assert result.violations, name
+        # Violations first: the error was scrubbed before violations were.
+        texts = [f"{v.message}\n{v.instance_path}\n{v.schema_path}" for v in result.violations]
+        texts.append(result.error)
+        for text in texts:
+            assert not leaks(header_key, text), text
+            assert not leaks(QUERY_KEY, text), text
+    # The offending value is quoted, masked...
+    messages = [v.message for v in results["violating"].violations]
+    assert any("[redacted]" in m for m in messages), messages
+    # ...and a key named like the credential shows in the path, masked.
+    paths = [v.instance_path for v in results["per_key"].violations]
+    assert "/[redacted]" in paths, paths
+
+
+async def test_echoes_in_any_encoding_are_masked_in_ok_and_error_results(
+    upstream: Upstream, start_sidecar: Start, tmp_path: Path
+) -> None:
+    """Issue 16, defect 8: an upstream echoing the key JSON-escaped, percent-encoded or as
+    base64 of a Basic credential, in a 200 or a 4xx/5xx body."""
+    upstream.route("GET", "/ok", ok)
+    upstream.route("GET", "/unauthorized", unauthorized)
+    upstream.route("GET", "/unavailable", unavailable)
+    key_file = tmp_path / "query-key"
+    key_file.write_text(QUERY_KEY)
+    credentials = _credentials(key_file)
+    once = {"max_attempts": 1}
+    sidecar = start_sidecar(
+        tools_file(
+            tool("ok", f"{upstream.url}/ok", request=credentials),
+            tool("unauthorized", f"{upstream.url}/unauthorized", request=credentials),
+            tool("unavailable", f"{upstream.url}/unavailable", request=credentials, retry=once),
+        ),
+        env={"CANARY_HEADER_KEY": HEADER_KEY},
+    )
+    results = await _invoke(sidecar, "ok", "unauthorized", "unavailable")
+    statuses = {name: pb.Status.Name(r.status) for name, r in results.items()}
+    assert statuses == {
+        "ok": "STATUS_OK",
+        "unauthorized": "STATUS_UPSTREAM_ERROR",
+        "unavailable": "STATUS_UPSTREAM_ERROR",
+    }
+    for name, result in results.items():
+        body = result.result.decode()
+        for secret in (HEADER_KEY, QUERY_KEY):
+            assert not leaks(secret, body), (name, leaks(secret, body))
+            assert not leaks(secret, result.error), result.error
+        # Masking keeps the document JSON, and every echoed field was masked.
+        echoed = json.loads(body)
+        unmasked = [k for k, v in echoed.items() if isinstance(v, str) and "[redacted]" not in v]
+        assert not unmasked, {k: echoed[k] for k in unmasked}
