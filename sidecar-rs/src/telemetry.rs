@@ -20,8 +20,8 @@ use std::time::Duration;
 use http::{HeaderMap, HeaderValue};
 use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
 use opentelemetry::trace::TracerProvider as _;
-use opentelemetry_otlp::WithExportConfig;
 use opentelemetry::{KeyValue, StringValue, Value};
+use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::span_processor_with_async_runtime::BatchSpanProcessor;
@@ -176,7 +176,9 @@ impl<E: SpanExporter> SpanExporter for Scrubbed<E> {
     ) -> impl std::future::Future<Output = OTelSdkResult> + Send {
         let redactor = redact::in_force();
         if !redactor.is_empty() {
-            batch.iter_mut().for_each(|span| scrub_span(&redactor, span));
+            batch
+                .iter_mut()
+                .for_each(|span| scrub_span(&redactor, span));
         }
         self.0.export(batch)
     }

@@ -443,7 +443,9 @@ impl RequestTemplate {
 
     /// Whether a header value embeds a secret (headers follow redirects).
     pub fn sends_header_secrets(&self) -> bool {
-        self.headers.iter().any(|(_, t)| t.secrets().next().is_some())
+        self.headers
+            .iter()
+            .any(|(_, t)| t.secrets().next().is_some())
     }
 
     pub fn method(&self) -> &http::Method {

@@ -76,7 +76,11 @@ impl Upstream {
             // credentials included, to wherever the upstream redirects.
             .referer(false)
             .dns_resolver(std::sync::Arc::new(GuardedResolver::new(policy.clone())))
-            .redirect(egress::redirect_policy(redirects, policy, same_origin_redirects))
+            .redirect(egress::redirect_policy(
+                redirects,
+                policy,
+                same_origin_redirects,
+            ))
             .build()?;
         Ok(Self { client })
     }

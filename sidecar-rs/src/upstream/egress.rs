@@ -134,7 +134,11 @@ impl Resolve for GuardedResolver {
 /// the standard credential headers (`Authorization`, `Cookie`) when the host
 /// changes, so a key in a header such as `X-Api-Key` would go to whatever
 /// origin the upstream names.
-pub fn redirect_policy(max: u8, policy: EgressPolicy, same_origin: bool) -> reqwest::redirect::Policy {
+pub fn redirect_policy(
+    max: u8,
+    policy: EgressPolicy,
+    same_origin: bool,
+) -> reqwest::redirect::Policy {
     if max == 0 {
         return reqwest::redirect::Policy::none();
     }

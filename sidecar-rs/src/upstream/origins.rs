@@ -137,7 +137,12 @@ impl Upstreams {
         if let Some(client) = clients.get(&key) {
             return Ok(client.clone());
         }
-        let client = Upstream::new(&self.options, policy.clone(), redirects, same_origin_redirects)?;
+        let client = Upstream::new(
+            &self.options,
+            policy.clone(),
+            redirects,
+            same_origin_redirects,
+        )?;
         clients.insert(key, client.clone());
         Ok(client)
     }
