@@ -100,8 +100,9 @@ impl Redactor {
     pub fn scrub_text<'a>(&self, text: &'a str) -> Cow<'a, str> {
         match self.scrub_slice(text.as_bytes()) {
             Cow::Borrowed(_) => Cow::Borrowed(text),
-            // A match can end inside a multi-byte character only for base64
-            // forms, which are ASCII: the result stays UTF-8, lossy as a guard.
+            // A match covers whole characters (escapes and base64 are ASCII, a
+            // raw character is its whole UTF-8 sequence), so the result stays
+            // UTF-8; lossy only as a guard.
             Cow::Owned(scrubbed) => Cow::Owned(String::from_utf8_lossy(&scrubbed).into_owned()),
         }
     }
