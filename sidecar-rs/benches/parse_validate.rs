@@ -13,9 +13,12 @@ use std::hint::black_box;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use serde_json::Value;
+use sidecar::config::redact::Redactor;
 use sidecar::config::schema::Schema;
+use sidecar::config::secrets::Secret;
 use sidecar::json::exceeds_depth;
 
 /// Same limit as the sidecar's default `max_json_depth`.
@@ -69,11 +72,36 @@ fn parse_validate(c: &mut Criterion) {
     group.finish();
 }
 
+/// What every result pays for credential redaction: the ~100 KB document
+/// scrubbed with one secret configured, when it does not carry the secret
+/// (the common case: no copy) and when it echoes it once, JSON-escaped.
+fn redact(c: &mut Criterion) {
+    let document = fixture("search_100k.json");
+    let secret = "sk-live/4f9a+Qz=0123456789abcdef";
+    let redactor = Redactor::new(&[Secret::new(secret)]);
+    let clean = Bytes::from(document.clone());
+    let mut echoed = document.clone();
+    let at = echoed.len() / 2;
+    let echo = serde_json::to_string(&format!("Bearer {secret}")).expect("a string");
+    echoed.splice(at..at, echo.replace('/', "\\/").bytes());
+    let echoed = Bytes::from(echoed);
+
+    let mut group = c.benchmark_group("redact");
+    group.throughput(Throughput::Bytes(document.len() as u64));
+    group.bench_function("search_100k_clean", |b| {
+        b.iter(|| redactor.scrub_bytes(black_box(clean.clone())))
+    });
+    group.bench_function("search_100k_one_echo", |b| {
+        b.iter(|| redactor.scrub_bytes(black_box(echoed.clone())))
+    });
+    group.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default()
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(3));
-    targets = parse_validate
+    targets = parse_validate, redact
 }
 criterion_main!(benches);

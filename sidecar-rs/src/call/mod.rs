@@ -210,8 +210,9 @@ impl Executor {
     /// The result for a call refused before it started (admission, envelope
     /// errors), counted like any other.
     pub fn reject(&self, call: ToolCall, error: CallError, received: Instant) -> ToolResult {
-        let known = self.registry.load().get(&call.tool).is_some();
-        let result = error.into_result(ToolResult {
+        let tool = self.registry.load().get(&call.tool).cloned();
+        let known = tool.is_some();
+        let mut result = error.into_result(ToolResult {
             call_id: call.call_id,
             timing: Some(Timing {
                 total_us: micros(received.elapsed()),
@@ -219,6 +220,9 @@ impl Executor {
             }),
             ..Default::default()
         });
+        if let Some(tool) = &tool {
+            tool.redactor.scrub_result(&mut result);
+        }
         self.record(&call.tool, &call.agent_id, known, &result, received);
         result
     }

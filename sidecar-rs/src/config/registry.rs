@@ -11,6 +11,7 @@ use tokio::sync::Semaphore;
 
 use crate::config::redact::Redactor;
 use crate::config::schema::{self, Schema};
+use crate::config::secrets::Secret;
 use crate::config::spec::{self, ConfigFile, Method, RateLimitSpec, ToolSpec, UpstreamSpec};
 use crate::config::template::RequestTemplate;
 use crate::error::ConfigError;
@@ -56,6 +57,12 @@ pub struct Tool {
 #[derive(Debug, Default)]
 pub struct Registry {
     tools: HashMap<String, Arc<Tool>>,
+    /// Every secret this config embeds.
+    secrets: Vec<Secret>,
+    /// Scrubs this config's secrets, and the previous config's (calls in
+    /// flight still use those), from logs and spans: see
+    /// [`crate::config::redact::in_force`].
+    redactor: Arc<Redactor>,
 }
 
 impl Registry {
@@ -87,6 +94,7 @@ impl Registry {
     ) -> Result<Self, ConfigError> {
         check_upstreams(&file)?;
         let mut tools = HashMap::with_capacity(file.tools.len());
+        let mut secrets = Vec::new();
         for spec in file.tools {
             let origin = origin_key(&spec);
             let upstream_spec = file
@@ -102,9 +110,26 @@ impl Registry {
                     "defined more than once",
                 ));
             }
+            secrets.extend(tool.request.secrets());
             tools.insert(tool.name.clone(), Arc::new(tool));
         }
-        Ok(Self { tools })
+        secrets.dedup();
+        let mut scrubbed = secrets.clone();
+        if let Some(previous) = previous {
+            scrubbed.extend(previous.secrets.iter().cloned());
+        }
+        let redactor = Arc::new(Redactor::new(&scrubbed));
+        Ok(Self {
+            tools,
+            secrets,
+            redactor,
+        })
+    }
+
+    /// Every secret of this config and of the previous one, for logs and
+    /// spans.
+    pub fn redactor(&self) -> &Arc<Redactor> {
+        &self.redactor
     }
 
     pub fn get(&self, name: &str) -> Option<&Arc<Tool>> {
@@ -366,15 +391,19 @@ impl Tool {
         })
     }
 
+    /// What ListTools reports. Descriptions and schemas cannot embed a
+    /// secret reference, but the text is scrubbed all the same: everything
+    /// that leaves the sidecar goes through the redactor.
     fn describe(&self) -> pb::ToolInfo {
+        let scrub = |text: &str| self.redactor.scrub_text(text).into_owned();
         pb::ToolInfo {
             name: self.name.clone(),
-            description: self.description.clone(),
-            input_schema: self.input_schema.text().to_owned(),
+            description: scrub(&self.description),
+            input_schema: scrub(self.input_schema.text()),
             output_schema: self
                 .output_schema
                 .as_ref()
-                .map(|s| s.text().to_owned())
+                .map(|s| scrub(s.text()))
                 .unwrap_or_default(),
             timeout_ms: u32::try_from(self.timeout.as_millis()).unwrap_or(u32::MAX),
             rate_limits: self.rate_limits.describe(),

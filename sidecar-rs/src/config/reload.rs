@@ -88,6 +88,7 @@ impl Reloader {
             None => {}
             Some(Ok(next)) => {
                 let tools = next.len();
+                crate::config::redact::set_in_force(next.redactor().clone());
                 self.registry.store(Arc::new(next));
                 self.metrics
                     .config_reloads

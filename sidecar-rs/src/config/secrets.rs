@@ -15,6 +15,12 @@ use std::sync::Arc;
 pub struct Secret(Arc<str>);
 
 impl Secret {
+    /// A secret from a value already in hand (tests, benchmarks); the config
+    /// reads its secrets through [`SecretRef::resolve`].
+    pub fn new(value: &str) -> Self {
+        Secret(value.into())
+    }
+
     pub fn expose(&self) -> &str {
         &self.0
     }

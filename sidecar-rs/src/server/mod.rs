@@ -154,6 +154,7 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> an
         tools = registry.len(),
         "config loaded"
     );
+    crate::config::redact::set_in_force(registry.redactor().clone());
     let registry = Arc::new(ArcSwap::from_pointee(registry));
     let exec = Arc::new(
         Executor::new(registry.clone(), metrics.clone())
