@@ -1,0 +1,1 @@
+"""Clients that misbehave on purpose, for the hostile test suites."""
