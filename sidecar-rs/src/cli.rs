@@ -129,7 +129,11 @@ fn byte_size(s: &str) -> Result<usize, String> {
         "KiB" => 10,
         "MiB" => 20,
         "GiB" => 30,
-        _ => return Err(format!("{s:?}: a unit must be B, KiB, MiB or GiB (e.g. 256MiB)")),
+        _ => {
+            return Err(format!(
+                "{s:?}: a unit must be B, KiB, MiB or GiB (e.g. 256MiB)"
+            ))
+        }
     };
     n.parse::<usize>()
         .ok()
@@ -168,5 +172,21 @@ impl Cli {
                 ..UpstreamOptions::default()
             },
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_byte_sizes() {
+        assert_eq!(byte_size("256MiB"), Ok(256 << 20));
+        assert_eq!(byte_size("64KiB"), Ok(64 << 10));
+        assert_eq!(byte_size("1GiB"), Ok(1 << 30));
+        assert_eq!(byte_size("4096"), Ok(4096));
+        assert!(byte_size("0").is_err());
+        assert!(byte_size("12MB").unwrap_err().contains("B, KiB, MiB or GiB"));
+        assert!(byte_size("MiB").is_err());
     }
 }

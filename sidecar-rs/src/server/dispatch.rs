@@ -224,7 +224,9 @@ fn results(rx: mpsc::Receiver<Out>) -> ResultStream {
             }
             Some(Out::End(None)) => return None,
             Some(Out::End(Some(status))) => status,
-            None => tonic::Status::internal("the Dispatch stream ended before its calls were answered"),
+            None => {
+                tonic::Status::internal("the Dispatch stream ended before its calls were answered")
+            }
         };
         Some((Err(status), None))
     }))
