@@ -186,7 +186,9 @@ mod tests {
         assert_eq!(byte_size("1GiB"), Ok(1 << 30));
         assert_eq!(byte_size("4096"), Ok(4096));
         assert!(byte_size("0").is_err());
-        assert!(byte_size("12MB").unwrap_err().contains("B, KiB, MiB or GiB"));
+        assert!(byte_size("12MB")
+            .unwrap_err()
+            .contains("B, KiB, MiB or GiB"));
         assert!(byte_size("MiB").is_err());
     }
 }
