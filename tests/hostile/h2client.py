@@ -96,6 +96,10 @@ class H2Client:
         self.goaway: tuple[int, int] | None = None
         #: The server closed the connection.
         self.closed = False
+        #: What our HTTP/2 state machine refused in the server's bytes.
+        self.protocol_error: h2.exceptions.ProtocolError | None = None
+        #: A write failed (EPIPE, ECONNRESET): the server closed without reading.
+        self.write_error: OSError | None = None
         #: The server acknowledged our SETTINGS (and so applies them).
         self.settings_acked = False
         self.flush()
@@ -166,23 +170,34 @@ class H2Client:
             data = self.sock.recv(1 << 20)
         except TimeoutError:
             return True
-        except (ConnectionResetError, BrokenPipeError):
+        except (ConnectionResetError, BrokenPipeError) as e:
+            self.write_error = e
             data = b""
         if not data:
             self.closed = True
             return False
         try:
             events = self.conn.receive_data(data)
-        except h2.exceptions.ProtocolError:
+        except h2.exceptions.ProtocolError as e:
+            self.protocol_error = e
             self.closed = True
             return False
         for event in events:
             self._on(event)
         try:
             self.flush()
-        except (BrokenPipeError, ConnectionResetError):
+        except (BrokenPipeError, ConnectionResetError) as e:
+            self.write_error = e
             self.closed = True
         return True
+
+    def ping(self) -> None:
+        """Send a PING, noting a failed write instead of raising."""
+        self.conn.ping(b"tandem!!")
+        try:
+            self.flush()
+        except (BrokenPipeError, ConnectionResetError) as e:
+            self.write_error = e
 
     def _on(self, event: h2.events.Event) -> None:
         stream = self.streams.get(getattr(event, "stream_id", 0) or 0)
