@@ -281,4 +281,3 @@ async def test_a_grpc_client_that_cancels_its_stream_releases_everything(
     )
     assert gauge(sidecar, "sidecar_streams_abandoned_total") == 1
     await asyncio.to_thread(assert_still_serves, sidecar)
-
