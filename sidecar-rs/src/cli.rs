@@ -60,17 +60,29 @@ pub struct Cli {
     #[arg(long)]
     pub check_config: bool,
 
-    /// Calls in flight in the whole process; more get OVERLOADED at once.
+    /// Calls in flight in the whole process, counted until the client has
+    /// their results (taken by the transport); more get OVERLOADED at once.
     #[arg(long, env = "SIDECAR_MAX_INFLIGHT", default_value_t = 20_000)]
     pub max_inflight: usize,
 
-    /// Calls in flight on one Dispatch stream; more get OVERLOADED at once.
+    /// Calls in flight on one Dispatch stream, counted the same way; more get
+    /// OVERLOADED at once.
     #[arg(
         long,
         env = "SIDECAR_MAX_INFLIGHT_PER_STREAM",
         default_value_t = 20_000
     )]
     pub max_inflight_per_stream: usize,
+
+    /// Bytes of results not yet read by their clients, in the whole process;
+    /// past it new calls get OVERLOADED until clients read.
+    #[arg(long, env = "SIDECAR_MAX_UNDELIVERED_BYTES", default_value = "256MiB", value_parser = byte_size)]
+    pub max_undelivered_bytes: usize,
+
+    /// The same for one Dispatch stream; past it its calls get OVERLOADED
+    /// and its frames are not read until the client reads its results.
+    #[arg(long, env = "SIDECAR_MAX_UNDELIVERED_BYTES_PER_STREAM", default_value = "64MiB", value_parser = byte_size)]
+    pub max_undelivered_bytes_per_stream: usize,
 
     /// On SIGTERM, how long calls in flight may take to finish before they
     /// are cancelled, e.g. `20s`.
@@ -112,6 +124,30 @@ fn humantime_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("{s:?}: {e} (e.g. 250ms, 20s)"))
 }
 
+/// A byte count: a plain number or one with a unit (`64KiB`, `256MiB`,
+/// `1GiB`).
+fn byte_size(s: &str) -> Result<usize, String> {
+    let t = s.trim();
+    let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (n, unit) = t.split_at(digits);
+    let shift = match unit.trim() {
+        "" | "B" => 0,
+        "KiB" => 10,
+        "MiB" => 20,
+        "GiB" => 30,
+        _ => {
+            return Err(format!(
+                "{s:?}: a unit must be B, KiB, MiB or GiB (e.g. 256MiB)"
+            ))
+        }
+    };
+    n.parse::<usize>()
+        .ok()
+        .and_then(|n| n.checked_mul(1 << shift))
+        .filter(|&n| n > 0)
+        .ok_or_else(|| format!("{s:?}: expected a positive byte count, e.g. 256MiB"))
+}
+
 impl Cli {
     /// The server's settings; fails on an unreadable or too short token.
     pub fn server_config(&self) -> Result<ServerConfig, String> {
@@ -133,6 +169,8 @@ impl Cli {
             admission: Admission {
                 max_inflight: self.max_inflight,
                 max_inflight_per_stream: self.max_inflight_per_stream,
+                max_undelivered_bytes: self.max_undelivered_bytes,
+                max_undelivered_bytes_per_stream: self.max_undelivered_bytes_per_stream,
             },
             drain_timeout: self.drain_timeout,
             upstream: UpstreamOptions {
@@ -141,5 +179,23 @@ impl Cli {
                 ..UpstreamOptions::default()
             },
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_byte_sizes() {
+        assert_eq!(byte_size("256MiB"), Ok(256 << 20));
+        assert_eq!(byte_size("64KiB"), Ok(64 << 10));
+        assert_eq!(byte_size("1GiB"), Ok(1 << 30));
+        assert_eq!(byte_size("4096"), Ok(4096));
+        assert!(byte_size("0").is_err());
+        assert!(byte_size("12MB")
+            .unwrap_err()
+            .contains("B, KiB, MiB or GiB"));
+        assert!(byte_size("MiB").is_err());
     }
 }

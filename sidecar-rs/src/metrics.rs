@@ -13,8 +13,8 @@ use hyper::service::service_fn;
 use hyper::{Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -39,6 +39,15 @@ pub struct Metrics {
     pub inflight: IntGauge,
     /// `sidecar_streams_active`: open Dispatch streams.
     pub streams: IntGauge,
+    /// `sidecar_streams_abandoned_total`: Dispatch streams whose client went
+    /// away (cancelled the RPC, or its connection dropped) before the stream
+    /// ended; their calls were cancelled at once.
+    pub streams_abandoned: IntCounter,
+    /// `sidecar_undelivered_results`: results produced and not yet taken by
+    /// the transport (their client has not read them).
+    pub undelivered_results: IntGauge,
+    /// `sidecar_undelivered_result_bytes`: their encoded size.
+    pub undelivered_bytes: IntGauge,
     /// `sidecar_rate_limited_total{tool,scope}`: calls refused by a rate limit.
     pub rate_limited: IntCounterVec,
     /// `sidecar_circuit_state{upstream}`: 0 closed, 1 open, 2 half-open.
@@ -106,6 +115,21 @@ impl Metrics {
         .expect("static metric definition");
         let streams = IntGauge::new("sidecar_streams_active", "Open Dispatch streams.")
             .expect("static metric definition");
+        let streams_abandoned = IntCounter::new(
+            "sidecar_streams_abandoned_total",
+            "Dispatch streams whose client went away before the stream ended; their calls were cancelled.",
+        )
+        .expect("static metric definition");
+        let undelivered_results = IntGauge::new(
+            "sidecar_undelivered_results",
+            "Results produced and not yet taken by the transport (not read by their client).",
+        )
+        .expect("static metric definition");
+        let undelivered_bytes = IntGauge::new(
+            "sidecar_undelivered_result_bytes",
+            "Encoded bytes of the results not yet taken by the transport.",
+        )
+        .expect("static metric definition");
         let counter = |name: &str, help: &str, labels: &[&str]| {
             IntCounterVec::new(Opts::new(name, help), labels).expect("static metric definition")
         };
@@ -175,6 +199,9 @@ impl Metrics {
             Box::new(upstream_duration.clone()),
             Box::new(inflight.clone()),
             Box::new(streams.clone()),
+            Box::new(streams_abandoned.clone()),
+            Box::new(undelivered_results.clone()),
+            Box::new(undelivered_bytes.clone()),
             Box::new(rate_limited.clone()),
             Box::new(circuit_state.clone()),
             Box::new(cache_requests.clone()),
@@ -196,6 +223,9 @@ impl Metrics {
             upstream_duration,
             inflight,
             streams,
+            streams_abandoned,
+            undelivered_results,
+            undelivered_bytes,
             rate_limited,
             circuit_state,
             cache_requests,

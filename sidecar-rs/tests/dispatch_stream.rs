@@ -124,6 +124,8 @@ async fn one_stream_one_result_per_call_and_cancellation_reaches_the_upstream() 
             admission: Admission {
                 max_inflight: 100,
                 max_inflight_per_stream: 100,
+                max_undelivered_bytes: 64 << 20,
+                max_undelivered_bytes_per_stream: 16 << 20,
             },
             drain_timeout: Duration::from_secs(5),
             upstream: UpstreamOptions::default(),

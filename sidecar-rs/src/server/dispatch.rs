@@ -1,23 +1,39 @@
-//! The gRPC `Dispatcher` service: admission (in-flight bounds, draining) and
-//! the per-stream bookkeeping that guarantees exactly one result per call.
+//! The gRPC `Dispatcher` service: admission (in-flight and undelivered
+//! bounds, draining) and the per-stream bookkeeping that guarantees exactly
+//! one result per call.
 //!
 //! Each Dispatch stream gets one task (`Session::run`) that owns the map of
 //! calls in flight on it, so no lock is needed. Every admitted call runs in a
-//! task of its own and reports back through a bounded channel; the session
-//! batches whatever results are ready into one ResultFrame. A failed send to
-//! the client means the client is gone: every call of the stream is
-//! cancelled.
+//! task of its own and reports back through a channel; the session batches
+//! whatever results are ready into one ResultFrame.
+//!
+//! A call holds a [`Claim`] from admission until the transport takes its
+//! result: its in-flight slots (process and stream) and, once it has a result,
+//! that result's bytes in the undelivered backlogs. A client that stops
+//! reading therefore runs out of slots and gets OVERLOADED, and past its
+//! stream's backlog bound the session stops reading its frames (HTTP/2 flow
+//! control pushes back). Memory held for unread results is bounded by
+//! `--max-inflight` results, about `--max-undelivered-bytes` bytes, plus per
+//! stream the refusals of one request frame and the frame being written.
+//!
+//! The session watches the client: when it cancels the RPC or its connection
+//! drops, the response side closes and every call of the stream is cancelled
+//! at once (`sidecar_streams_abandoned_total`). A stream that ends because its
+//! request side failed (e.g. a message over the size limit) first answers
+//! every call in flight (CANCELLED), then ends with that error; a stream that
+//! ends without saying how ends with INTERNAL, never OK.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::Stream;
+use prometheus::IntGauge;
 use prost::Message;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
-use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Streaming};
 
@@ -34,40 +50,87 @@ use crate::server::drain::Drain;
 /// travels alone.
 const FRAME_BYTES: usize = 1 << 20;
 
-/// In-flight bounds. Past either, a call is refused with OVERLOADED at once:
-/// there is no queue to wait in.
+/// Frames queued between a session and the transport. Few, because what
+/// waits here is still undelivered; the transport takes the next one as the
+/// client's flow-control window allows.
+const QUEUED_FRAMES: usize = 2;
+
+/// Results gathered from finished calls per turn of a session's loop.
+const GATHER: usize = 1024;
+
+/// Admission bounds. Past any of them, a call is refused with OVERLOADED at
+/// once: there is no queue to wait in.
 #[derive(Debug, Clone, Copy)]
 pub struct Admission {
+    /// Calls admitted in the whole process whose results the transport has
+    /// not yet taken (running, or finished and waiting for the client).
     pub max_inflight: usize,
+    /// The same for one Dispatch stream.
     pub max_inflight_per_stream: usize,
+    /// Bytes of results waiting for their clients in the whole process.
+    pub max_undelivered_bytes: usize,
+    /// Bytes of results waiting for the client of one Dispatch stream; past
+    /// it the stream's frames are not read until the client reads.
+    pub max_undelivered_bytes_per_stream: usize,
 }
 
-pub struct DispatchService {
-    exec: Arc<Executor>,
-    global: Arc<Semaphore>,
-    per_stream: usize,
+/// What every call passes, on Dispatch and Invoke alike.
+struct Gate {
     drain: Drain,
+    global: Arc<Semaphore>,
+    max_undelivered_bytes: usize,
+    /// `sidecar_undelivered_result_bytes`: the process-wide count itself.
+    undelivered_bytes: IntGauge,
 }
 
-impl DispatchService {
-    pub fn new(exec: Arc<Executor>, admission: Admission, drain: Drain) -> Self {
-        Self {
-            exec,
-            global: Arc::new(Semaphore::new(admission.max_inflight)),
-            per_stream: admission.max_inflight_per_stream.max(1),
-            drain,
-        }
-    }
-
-    /// A permit for one call in flight in this process, or why there is none.
+impl Gate {
+    /// A process-wide slot for one call, or why there is none.
     fn admit(&self) -> Result<OwnedSemaphorePermit, CallError> {
         if self.drain.is_draining() {
             return Err(CallError::Draining);
+        }
+        if usize::try_from(self.undelivered_bytes.get()).unwrap_or(0) >= self.max_undelivered_bytes
+        {
+            return Err(CallError::Overloaded(
+                "results not yet read by their clients fill the sidecar's buffer",
+            ));
         }
         self.global
             .clone()
             .try_acquire_owned()
             .map_err(|_| CallError::Overloaded("the sidecar is at its in-flight call limit"))
+    }
+}
+
+/// The rules a call envelope follows on every RPC.
+fn check_envelope(call: &ToolCall) -> Result<(), CallError> {
+    if call.call_id.is_empty() {
+        return Err(CallError::EmptyCallId);
+    }
+    Ok(())
+}
+
+pub struct DispatchService {
+    exec: Arc<Executor>,
+    gate: Arc<Gate>,
+    per_stream: usize,
+    max_stream_bytes: usize,
+}
+
+impl DispatchService {
+    pub fn new(exec: Arc<Executor>, admission: Admission, drain: Drain) -> Self {
+        let undelivered_bytes = exec.metrics().undelivered_bytes.clone();
+        Self {
+            gate: Arc::new(Gate {
+                drain,
+                global: Arc::new(Semaphore::new(admission.max_inflight)),
+                max_undelivered_bytes: admission.max_undelivered_bytes,
+                undelivered_bytes,
+            }),
+            exec,
+            per_stream: admission.max_inflight_per_stream.max(1),
+            max_stream_bytes: admission.max_undelivered_bytes_per_stream,
+        }
     }
 }
 
@@ -81,23 +144,30 @@ impl Dispatcher for DispatchService {
         &self,
         request: Request<Streaming<DispatchFrame>>,
     ) -> Result<Response<Self::DispatchStream>, tonic::Status> {
-        if self.drain.is_draining() {
+        if self.gate.drain.is_draining() {
             return Err(tonic::Status::unavailable(
                 "sidecar is draining; reconnect to another",
             ));
         }
-        let (out_tx, out_rx) = mpsc::channel(4);
+        let (out_tx, out_rx) = mpsc::channel(QUEUED_FRAMES);
+        let metrics = self.exec.metrics();
         let session = Session {
             exec: self.exec.clone(),
-            global: self.global.clone(),
+            gate: self.gate.clone(),
+            stream_slots: Arc::new(Semaphore::new(self.per_stream)),
             per_stream: self.per_stream,
-            drain: self.drain.clone(),
-            token: self.drain.child_token(),
+            max_stream_bytes: self.max_stream_bytes,
+            backlog: Backlog {
+                stream: Arc::default(),
+                results: metrics.undelivered_results.clone(),
+                bytes: metrics.undelivered_bytes.clone(),
+            },
+            token: self.gate.drain.child_token(),
             inflight: HashMap::new(),
-            ready: Vec::new(),
+            ready: VecDeque::new(),
         };
         tokio::spawn(session.run(request.into_inner(), out_tx));
-        Ok(Response::new(Box::pin(ReceiverStream::new(out_rx))))
+        Ok(Response::new(results(out_rx)))
     }
 
     async fn invoke(
@@ -107,13 +177,13 @@ impl Dispatcher for DispatchService {
         let received = Instant::now();
         let transport_deadline = grpc_timeout(request.metadata()).map(|t| received + t);
         let call = request.into_inner();
-        let result = match self.admit() {
+        let result = match check_envelope(&call).and_then(|()| self.gate.admit()) {
             Err(e) => self.exec.reject(call, e, received),
             Ok(_permit) => {
                 let _gauge = InflightGauge::new(&self.exec);
                 // Dropping this future (client cancelled) drops the upstream
                 // request; the token covers the drain timeout.
-                let token = self.drain.child_token();
+                let token = self.gate.drain.child_token();
                 self.exec
                     .execute(call, received, transport_deadline, &token)
                     .await
@@ -132,101 +202,208 @@ impl Dispatcher for DispatchService {
     }
 }
 
+/// What a session hands the transport.
+enum Out {
+    /// Results, with the claims released once the transport takes them.
+    Frame(ResultFrame, Vec<Claim>),
+    /// The end of the stream: OK, or the error that ended it.
+    End(Option<tonic::Status>),
+}
+
+/// The response stream of one session. Claims are released as the transport
+/// takes their frame. A session that goes away without an [`Out::End`] (it
+/// cannot, short of a bug) ends the stream with INTERNAL rather than OK, so
+/// a client never mistakes a lost call for a finished stream.
+fn results(rx: mpsc::Receiver<Out>) -> ResultStream {
+    Box::pin(futures::stream::unfold(Some(rx), |rx| async move {
+        let mut rx = rx?;
+        let status = match rx.recv().await {
+            Some(Out::Frame(frame, claims)) => {
+                drop(claims);
+                return Some((Ok(frame), Some(rx)));
+            }
+            Some(Out::End(None)) => return None,
+            Some(Out::End(Some(status))) => status,
+            None => {
+                tonic::Status::internal("the Dispatch stream ended before its calls were answered")
+            }
+        };
+        Some((Err(status), None))
+    }))
+}
+
+/// Results waiting for the client of one stream, and for all clients.
+#[derive(Clone)]
+struct Backlog {
+    stream: Arc<StreamBacklog>,
+    /// `sidecar_undelivered_results` and `_bytes`: the process-wide counts.
+    results: IntGauge,
+    bytes: IntGauge,
+}
+
+#[derive(Default)]
+struct StreamBacklog {
+    results: AtomicUsize,
+    bytes: AtomicUsize,
+}
+
+impl Backlog {
+    /// Counts `result` as waiting for the client until the claim is dropped.
+    fn claim(&self, result: &ToolResult, slots: Option<Slots>) -> Claim {
+        let bytes = result.encoded_len();
+        self.stream.results.fetch_add(1, Ordering::Relaxed);
+        self.stream.bytes.fetch_add(bytes, Ordering::Relaxed);
+        self.results.inc();
+        self.bytes.add(i64::try_from(bytes).unwrap_or(i64::MAX));
+        Claim {
+            backlog: self.clone(),
+            bytes,
+            _slots: slots,
+        }
+    }
+}
+
+/// A call's in-flight slots: the process's and its stream's.
+type Slots = (OwnedSemaphorePermit, OwnedSemaphorePermit);
+
+/// A result's hold on the sidecar until the transport takes it: its bytes in
+/// the backlogs and, for a call that ran, its in-flight slots.
+struct Claim {
+    backlog: Backlog,
+    bytes: usize,
+    _slots: Option<Slots>,
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        self.backlog.stream.results.fetch_sub(1, Ordering::Relaxed);
+        self.backlog
+            .stream
+            .bytes
+            .fetch_sub(self.bytes, Ordering::Relaxed);
+        self.backlog.results.dec();
+        self.backlog
+            .bytes
+            .sub(i64::try_from(self.bytes).unwrap_or(i64::MAX));
+    }
+}
+
 /// One Dispatch stream.
 struct Session {
     exec: Arc<Executor>,
-    global: Arc<Semaphore>,
+    gate: Arc<Gate>,
+    /// In-flight slots of this stream, held like the process's.
+    stream_slots: Arc<Semaphore>,
     per_stream: usize,
-    drain: Drain,
-    /// Parent of every call's token: cancelled when the client goes away.
+    max_stream_bytes: usize,
+    backlog: Backlog,
+    /// Parent of every call's token: cancelled when the stream ends.
     token: CancellationToken,
     inflight: HashMap<String, CancellationToken>,
     /// Results waiting to be sent.
-    ready: Vec<ToolResult>,
+    ready: VecDeque<(ToolResult, Claim)>,
 }
 
 impl Session {
-    async fn run(
-        mut self,
-        mut inbound: Streaming<DispatchFrame>,
-        out: mpsc::Sender<Result<ResultFrame, tonic::Status>>,
-    ) {
+    async fn run(mut self, mut inbound: Streaming<DispatchFrame>, out: mpsc::Sender<Out>) {
         let metrics = self.exec.metrics().clone();
         metrics.streams.inc();
-        let (done_tx, mut done_rx) = mpsc::channel::<ToolResult>(self.per_stream);
+        // Never full: a call holds a stream slot until its result is taken.
+        let (done_tx, mut done_rx) = mpsc::channel::<(ToolResult, Claim)>(self.per_stream);
         let mut inbound_open = true;
-        let drain = self.drain.clone();
-        loop {
-            if !self.ready.is_empty() && !self.flush(&out).await {
-                tracing::debug!("client stopped reading results; cancelling its calls");
-                break;
+        // Why the request side ended, when it failed.
+        let mut failed: Option<tonic::Status> = None;
+        let drain = self.gate.drain.clone();
+        let client_gone = loop {
+            let settled = self.inflight.is_empty() && self.ready.is_empty();
+            if settled && (!inbound_open || drain.is_draining()) {
+                break false;
             }
-            let drained = self.drain.is_draining() && self.inflight.is_empty();
-            if (!inbound_open || drained) && self.inflight.is_empty() {
-                break;
-            }
+            // Backpressure: a client that does not read gets its frames read
+            // no further than its backlog bound.
+            let read = inbound_open && !self.backlog_full();
             tokio::select! {
-                message = inbound.message(), if inbound_open => match message {
+                biased;
+                // The client cancelled the RPC or its connection dropped.
+                () = out.closed() => break true,
+                permit = out.reserve(), if !self.ready.is_empty() => match permit {
+                    Ok(permit) => permit.send(self.next_frame()),
+                    Err(_) => break true,
+                },
+                Some((result, claim)) = done_rx.recv() => {
+                    self.complete(result, claim);
+                    for _ in 1..GATHER {
+                        let Ok((result, claim)) = done_rx.try_recv() else { break };
+                        self.complete(result, claim);
+                    }
+                }
+                message = inbound.message(), if read => match message {
                     Ok(Some(frame)) => self.accept(frame, &done_tx),
                     Ok(None) => inbound_open = false,
                     Err(status) => {
-                        tracing::debug!(code = ?status.code(), "client went away; cancelling its calls");
-                        break;
+                        tracing::debug!(
+                            code = ?status.code(),
+                            error = status.message(),
+                            calls = self.inflight.len(),
+                            "the request side of a Dispatch stream failed; answering its calls, then ending it"
+                        );
+                        inbound_open = false;
+                        self.token.cancel();
+                        failed = Some(status);
                     }
                 },
-                Some(result) = done_rx.recv() => {
-                    self.complete(result);
-                    while self.ready.len() < 1024 {
-                        let Ok(result) = done_rx.try_recv() else { break };
-                        self.complete(result);
-                    }
-                }
                 // Wakes the loop so an idle stream ends when draining starts.
-                _ = drain.draining(), if !drain.is_draining() => {}
+                () = drain.draining(), if !drain.is_draining() => {}
+            }
+        };
+        // Nothing of this stream may keep running.
+        self.token.cancel();
+        if client_gone {
+            metrics.streams_abandoned.inc();
+            tracing::debug!(
+                calls = self.inflight.len(),
+                "client went away; cancelled its calls"
+            );
+        } else {
+            tokio::select! {
+                _ = out.send(Out::End(failed)) => {}
+                () = out.closed() => {}
             }
         }
-        // Client gone or stream finished: nothing left here may keep running.
-        self.token.cancel();
         metrics.streams.dec();
     }
 
+    fn backlog_full(&self) -> bool {
+        self.backlog.stream.results.load(Ordering::Relaxed) >= self.per_stream
+            || self.backlog.stream.bytes.load(Ordering::Relaxed) >= self.max_stream_bytes
+    }
+
     /// Admits or refuses each call of `frame` and applies its cancellations.
-    fn accept(&mut self, frame: DispatchFrame, done: &mpsc::Sender<ToolResult>) {
+    fn accept(&mut self, frame: DispatchFrame, done: &mpsc::Sender<(ToolResult, Claim)>) {
         for call in frame.calls {
             let received = Instant::now();
-            let admitted = if call.call_id.is_empty() {
-                Err(CallError::EmptyCallId)
-            } else if self.inflight.contains_key(&call.call_id) {
-                Err(CallError::DuplicateCallId(call.call_id.clone()))
-            } else if self.drain.is_draining() {
-                Err(CallError::Draining)
-            } else if self.inflight.len() >= self.per_stream {
-                Err(CallError::Overloaded(
-                    "this stream is at its in-flight call limit",
-                ))
-            } else {
-                self.global.clone().try_acquire_owned().map_err(|_| {
-                    CallError::Overloaded("the sidecar is at its in-flight call limit")
-                })
-            };
-            let permit = match admitted {
-                Ok(permit) => permit,
+            let slots = check_envelope(&call).and_then(|()| self.admit(&call));
+            let slots = match slots {
+                Ok(slots) => slots,
                 Err(e) => {
-                    self.ready.push(self.exec.reject(call, e, received));
+                    let result = self.exec.reject(call, e, received);
+                    let claim = self.backlog.claim(&result, None);
+                    self.ready.push_back((result, claim));
                     continue;
                 }
             };
             let token = self.token.child_token();
             self.inflight.insert(call.call_id.clone(), token.clone());
             let exec = self.exec.clone();
+            let backlog = self.backlog.clone();
             let done = done.clone();
             tokio::spawn(async move {
                 let gauge = InflightGauge::new(&exec);
                 let result = exec.execute(call, received, None, &token).await;
                 drop(gauge);
-                drop(permit);
+                let claim = backlog.claim(&result, Some(slots));
                 // Fails only when the session is gone, i.e. the client is.
-                let _ = done.send(result).await;
+                let _ = done.send((result, claim)).await;
             });
         }
         for call_id in frame.cancel_call_ids {
@@ -236,34 +413,51 @@ impl Session {
         }
     }
 
-    fn complete(&mut self, result: ToolResult) {
-        self.inflight.remove(&result.call_id);
-        self.ready.push(result);
+    /// The stream's and the process's slots for `call`, or why not.
+    fn admit(&self, call: &ToolCall) -> Result<Slots, CallError> {
+        if self.inflight.contains_key(&call.call_id) {
+            return Err(CallError::DuplicateCallId(call.call_id.clone()));
+        }
+        if self.gate.drain.is_draining() {
+            return Err(CallError::Draining);
+        }
+        if self.backlog.stream.bytes.load(Ordering::Relaxed) >= self.max_stream_bytes {
+            return Err(CallError::Overloaded(
+                "results this stream has not read yet fill its buffer; read them first",
+            ));
+        }
+        let stream = self.stream_slots.clone().try_acquire_owned().map_err(|_| {
+            CallError::Overloaded(
+                "this stream is at its in-flight call limit (calls running or with results not yet read)",
+            )
+        })?;
+        Ok((self.gate.admit()?, stream))
     }
 
-    /// Sends the ready results in frames of about [`FRAME_BYTES`]. `false`
-    /// when the client no longer reads.
-    async fn flush(&mut self, out: &mpsc::Sender<Result<ResultFrame, tonic::Status>>) -> bool {
-        let mut results = std::mem::take(&mut self.ready).into_iter().peekable();
-        while results.peek().is_some() {
-            let mut frame = ResultFrame::default();
-            let mut size = 0;
-            while let Some(next) = results.peek() {
-                let len = next.encoded_len();
-                if !frame.results.is_empty() && size + len > FRAME_BYTES {
-                    break;
-                }
-                size += len;
-                frame.results.extend(results.next());
+    fn complete(&mut self, result: ToolResult, claim: Claim) {
+        self.inflight.remove(&result.call_id);
+        self.ready.push_back((result, claim));
+    }
+
+    /// The next frame: ready results up to about [`FRAME_BYTES`].
+    fn next_frame(&mut self) -> Out {
+        let mut frame = ResultFrame::default();
+        let mut claims = Vec::new();
+        let mut size = 0;
+        while let Some((_, claim)) = self.ready.front() {
+            if !claims.is_empty() && size + claim.bytes > FRAME_BYTES {
+                break;
             }
-            if out.send(Ok(frame)).await.is_err() {
-                return false;
-            }
+            size += claim.bytes;
+            let Some((result, claim)) = self.ready.pop_front() else {
+                break;
+            };
+            frame.results.push(result);
+            claims.push(claim);
         }
-        true
+        Out::Frame(frame, claims)
     }
 }
-
 /// Keeps `sidecar_inflight_calls` in step with a call's lifetime, also when
 /// its future is dropped midway.
 struct InflightGauge(prometheus::IntGauge);

@@ -7,6 +7,7 @@
 pub mod auth;
 pub mod dispatch;
 pub mod drain;
+pub mod linger;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -17,10 +18,12 @@ use std::time::Duration;
 
 use anyhow::Context;
 use arc_swap::ArcSwap;
+use futures::TryStreamExt;
 use tokio::net::{TcpListener, UnixListener};
 use tokio::task::JoinSet;
 use tokio_stream::wrappers::UnixListenerStream;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::Server;
@@ -34,15 +37,13 @@ use crate::policy::fleet::Fleet;
 use crate::server::auth::BearerAuth;
 use crate::server::dispatch::{Admission, DispatchService};
 use crate::server::drain::Drain;
+use crate::server::linger::{Lingering, LINGER_MAX};
 use crate::upstream::client::UpstreamOptions;
 use crate::upstream::origins::Upstreams;
 
 /// Largest gRPC message accepted or sent: a frame may batch many calls, and a
 /// result may carry a multi-megabyte document.
 const MAX_MESSAGE_BYTES: usize = 64 << 20;
-
-/// Pause between the last stream ending and the process exiting.
-const LINGER: Duration = Duration::from_millis(200);
 
 /// How often idle per-agent rate-limit buckets are forgotten.
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
@@ -215,6 +216,8 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> an
 
     let mut servers = JoinSet::new();
     let mut sockets = Vec::new();
+    // Closed connections linger here until their clients have read the end.
+    let closing = TaskTracker::new();
     for addr in &config.listen {
         let stop = {
             let drain = drain.clone();
@@ -226,7 +229,10 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> an
                     .await
                     .with_context(|| format!("binding --listen {addr}"))?;
                 tracing::info!(addr = %listener.local_addr()?, "listening");
-                let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+                let closing = closing.clone();
+                let incoming = TcpIncoming::from(listener)
+                    .with_nodelay(Some(true))
+                    .map_ok(move |io| Lingering::new(io, closing.clone()));
                 servers.spawn(
                     tcp_router
                         .clone()
@@ -237,10 +243,13 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> an
                 let listener = bind_unix(path)?;
                 tracing::info!(addr = %format!("unix:{}", path.display()), "listening");
                 sockets.push(path.clone());
+                let closing = closing.clone();
+                let incoming = UnixListenerStream::new(listener)
+                    .map_ok(move |io| Lingering::new(io, closing.clone()));
                 servers.spawn(
                     unix_router
                         .clone()
-                        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), stop),
+                        .serve_with_incoming_shutdown(incoming, stop),
                 );
             }
         }
@@ -324,9 +333,15 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> an
             servers.abort_all();
         }
     }
-    // The last results and trailers are on the wire; give clients a moment to
-    // read them before the sockets close under them.
-    tokio::time::sleep(LINGER).await;
+    // The last results and trailers are on the wire: exit once every client
+    // has read them and closed its side (or its linger ran out).
+    closing.close();
+    if tokio::time::timeout(LINGER_MAX + Duration::from_secs(1), closing.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("connections still lingering at exit");
+    }
     background.cancel();
     remove_sockets(&sockets);
     tracing::info!("sidecar stopped");
