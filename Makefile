@@ -65,6 +65,8 @@ deps: $(DEV_STAMP) rust-tools system-deps
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # kustomize renders k8s/ offline; kubectl has it built in, else it comes from the Go proxy.
 KUSTOMIZE_VERSION := v5.5.0
+# grpcurl talks to the sidecar's socket in tests/test_standard_clients.py.
+GRPCURL_VERSION := v1.9.3
 system-deps:
 	@command -v redis-server >/dev/null || { \
 		echo "==> installing redis-server (Debian package) for the fleet-limit tests"; \
@@ -72,6 +74,9 @@ system-deps:
 	@command -v kubectl >/dev/null || command -v kustomize >/dev/null || test -x .tools/kustomize || { \
 		echo "==> installing kustomize $(KUSTOMIZE_VERSION) (Go module proxy) for the k8s tests"; \
 		GOBIN=$(CURDIR)/.tools go install sigs.k8s.io/kustomize/kustomize/v5@$(KUSTOMIZE_VERSION); }
+	@test -x .tools/grpcurl || { \
+		echo "==> installing grpcurl $(GRPCURL_VERSION) (Go module proxy) for the plain-client tests"; \
+		GOBIN=$(CURDIR)/.tools go install github.com/fullstorydev/grpcurl/cmd/grpcurl@$(GRPCURL_VERSION); }
 
 rust-tools:
 	@command -v $(CARGO) >/dev/null || { echo "cargo not found: install Rust from https://rustup.rs"; exit 1; }
