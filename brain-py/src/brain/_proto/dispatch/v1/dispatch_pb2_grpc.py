@@ -66,7 +66,14 @@ class DispatcherServicer:
         When the client half-closes its side, the sidecar finishes the calls in
         flight, sends their results and then ends the stream. When the client goes
         away (the RPC is cancelled or the connection drops) every call in flight on
-        the stream is cancelled and its upstream request dropped.
+        the stream is cancelled and its upstream request dropped. When the request
+        side fails (e.g. a message over the size limit), every call in flight is
+        answered CANCELLED and the stream then ends with that error's status: a
+        stream never ends OK with a call unanswered.
+
+        Results wait for a client that does not read them only within bounds: a
+        call holds its in-flight slot until its result is taken by the transport,
+        and past the sidecar's undelivered-bytes bound new calls get OVERLOADED.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
