@@ -96,17 +96,21 @@ pub fn fuzz<S>(
         None => env_u64("FUZZ_CASES").map_or(short_cases, |n| n as u32),
         Some(_) => 256,
     };
-    let mut runner = TestRunner::new(Config {
-        cases,
-        rng_seed: RngSeed::Fixed(seed),
-        // The corpus is the memory of past findings, not proptest's files.
-        failure_persistence: None,
-        max_shrink_iters: 2048,
-        ..Config::default()
-    });
     let executions = Cell::new(seeds.len() as u64);
     let mut known = std::collections::HashSet::new();
-    loop {
+    // A runner stops after `cases` successes, so a long run is a sequence of
+    // runners, each with its own seed: a failure's message names the seed
+    // that replays its batch alone.
+    for batch in 0u64.. {
+        let batch_seed = seed.wrapping_add(batch);
+        let mut runner = TestRunner::new(Config {
+            cases,
+            rng_seed: RngSeed::Fixed(batch_seed),
+            // The corpus is the memory of past findings, not proptest's files.
+            failure_persistence: None,
+            max_shrink_iters: 2048,
+            ..Config::default()
+        });
         let result = runner.run(&strategy, |value| {
             executions.set(executions.get() + 1);
             timed(&check, &value)
@@ -118,9 +122,8 @@ pub fn fuzz<S>(
                 if !known.contains(&reason) {
                     failures.push(format!(
                         "generated input: {reason}\nminimal input: {input:#?}\n\
-                         reproduce: FUZZ_SEED={seed}{} cargo test --test fuzz {target}",
-                        long.map(|d| format!(" FUZZ_SECONDS={}", d.as_secs()))
-                            .unwrap_or_default()
+                         reproduce: FUZZ_SEED={batch_seed} FUZZ_CASES={cases} \
+                         cargo test --test fuzz {target}"
                     ));
                     known.insert(reason);
                 }
