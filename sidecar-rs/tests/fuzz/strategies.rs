@@ -137,16 +137,16 @@ pub enum Edit {
 pub fn edits(dictionary: &'static [&'static str]) -> impl Strategy<Value = Vec<Edit>> {
     let at = any::<usize>();
     let edit = prop_oneof![
-        (at.clone(), 1usize..16).prop_map(|(at, len)| Edit::Delete { at, len }),
+        (at, 1usize..16).prop_map(|(at, len)| Edit::Delete { at, len }),
         (
-            at.clone(),
+            at,
             prop_oneof![
                 3 => select(dictionary).prop_map(str::to_owned),
                 1 => nasty_string(),
             ]
         )
             .prop_map(|(at, text)| Edit::Insert { at, text }),
-        (at.clone(), 1usize..64).prop_map(|(at, len)| Edit::Duplicate { at, len }),
+        (at, 1usize..64).prop_map(|(at, len)| Edit::Duplicate { at, len }),
         at.prop_map(|at| Edit::Truncate { at }),
     ];
     prop::collection::vec(edit, 1..6)
