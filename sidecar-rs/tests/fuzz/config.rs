@@ -38,8 +38,8 @@ fn map(pairs: Vec<(&str, Value)>) -> Value {
 /// the edges of u32/u64/f64, sometimes of the wrong sign or type.
 fn number() -> impl Strategy<Value = Value> {
     prop_oneof![
-        8 => select(&[0u64, 1, 2, 5, 20, 100, 1000][..]).prop_map(|n| Value::Number(n.into())),
-        3 => select(
+        24 => select(&[0u64, 1, 2, 5, 20, 100, 1000][..]).prop_map(|n| Value::Number(n.into())),
+        8 => select(
             &[
                 255,
                 256,
@@ -53,11 +53,25 @@ fn number() -> impl Strategy<Value = Value> {
             ][..]
         )
         .prop_map(|n: u64| Value::Number(n.into())),
-        1 => fraction(),
-        1 => select(&[-1i64, i64::MIN][..]).prop_map(|n| Value::Number(n.into())),
-        1 => Just(s("12")),
-        1 => Just(Value::Null),
+        2 => fraction(),
+        1 => prop_oneof![
+            select(&[-1i64, i64::MIN][..]).prop_map(|n| Value::Number(n.into())),
+            Just(s("12")),
+            Just(Value::Null),
+        ],
     ]
+}
+
+/// One of `valid` mostly, one of `invalid` now and then.
+fn choice(
+    valid: &'static [&'static str],
+    invalid: &'static [&'static str],
+) -> BoxedStrategy<Value> {
+    prop_oneof![
+        30 => select(valid).prop_map(s),
+        1 => select(invalid).prop_map(s),
+    ]
+    .boxed()
 }
 
 /// Values for the float fields (ratios, jitter): in range, at the edges,
@@ -75,8 +89,8 @@ fn fraction() -> impl Strategy<Value = Value> {
 
 fn duration() -> impl Strategy<Value = Value> {
     prop_oneof![
-        6 => select(&["1ms", "250ms", "1s", "30s", "5m", "1h", "1d"][..]).prop_map(s),
-        3 => select(&[
+        16 => select(&["1ms", "250ms", "1s", "30s", "5m", "1h", "1d"][..]).prop_map(s),
+        5 => select(&[
             "0s", "0ms", "1ns", "1y", "100000000000h", "18446744073709551615s",
             "18446744073709551616s", "584942417355y", "1.5s",
         ][..]).prop_map(s),
@@ -87,15 +101,15 @@ fn duration() -> impl Strategy<Value = Value> {
 
 fn boolean() -> impl Strategy<Value = Value> {
     prop_oneof![
-        any::<bool>().prop_map(Value::Bool),
-        select(&["yes", "true", "on", "1"][..]).prop_map(s),
+        30 => any::<bool>().prop_map(Value::Bool),
+        1 => select(&["yes", "true", "on", "1"][..]).prop_map(s),
     ]
 }
 
 /// `value` or, rarely, something of another type.
 fn field(value: impl Strategy<Value = Value> + 'static) -> BoxedStrategy<Value> {
     prop_oneof![
-        80 => value,
+        300 => value,
         1 => number(),
         1 => nasty_string().prop_map(Value::String),
         1 => Just(Value::Sequence(vec![])),
@@ -192,26 +206,17 @@ fn rate_limit() -> BoxedStrategy<Value> {
         vec![
             (
                 "key",
-                field(select(&["tool", "agent", "tenant", "upstream", "user"][..]).prop_map(s)),
+                field(choice(&["tool", "agent", "tenant", "upstream"], &["user"])),
             ),
-            (
-                "scope",
-                field(select(&["pod", "fleet", "world"][..]).prop_map(s)),
-            ),
+            ("scope", field(choice(&["pod", "fleet"], &["world"]))),
             ("per", field(duration())),
             ("burst", field(number())),
-            (
-                "on_limit",
-                field(select(&["reject", "wait", "drop"][..]).prop_map(s)),
-            ),
-            (
-                "unit",
-                field(select(&["requests", "tokens", "bytes"][..]).prop_map(s)),
-            ),
+            ("on_limit", field(choice(&["reject", "wait"], &["drop"]))),
+            ("unit", field(choice(&["requests", "tokens"], &["bytes"]))),
             ("enforce", field(boolean())),
             (
                 "on_redis_error",
-                field(select(&["local_share", "deny", "allow"][..]).prop_map(s)),
+                field(choice(&["local_share", "deny"], &["allow"])),
             ),
         ],
     )
@@ -221,7 +226,7 @@ const PROPS: &[&str] = &["city", "units", "q", "n", "a b"];
 
 fn input_schema() -> BoxedStrategy<Value> {
     prop_oneof![
-        6 => (
+        20 => (
             prop::collection::vec(select(PROPS), 0..4),
             prop::collection::vec(select(PROPS), 0..3),
             select(&["string", "integer", "number", "boolean", "object", "nonsense"][..]),
@@ -249,8 +254,8 @@ fn input_schema() -> BoxedStrategy<Value> {
 
 fn template_text() -> impl Strategy<Value = Value> {
     prop_oneof![
-        4 => select(PROPS).prop_map(|p| s(&format!("{{{p}}}"))),
-        2 => select(&[
+        12 => select(PROPS).prop_map(|p| s(&format!("{{{p}}}"))),
+        4 => select(&[
             "plain", "{*}", "${env:FUZZ_SECRET}", "${env:FUZZ_UNSET}", "${file:/nonexistent}",
             "${file:relative}", "${vault:x}", "{", "}", "a{city}b", "\r\n",
         ][..]).prop_map(s),
@@ -289,14 +294,10 @@ fn request() -> BoxedStrategy<Value> {
         vec![
             (
                 "method",
-                field(
-                    select(
-                        &[
-                            "GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "get", "FETCH",
-                        ][..],
-                    )
-                    .prop_map(s),
-                ),
+                field(choice(
+                    &["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD"],
+                    &["get", "FETCH"],
+                )),
             ),
             ("query", field(strings(&["q", "units", "k", ""]))),
             (
@@ -316,7 +317,7 @@ fn request() -> BoxedStrategy<Value> {
 
 fn tool() -> BoxedStrategy<Value> {
     let name = prop_oneof![
-        6 => "[a-z][a-z0-9_.-]{0,10}",
+        20 => "[a-z][a-z0-9_.-]{0,10}",
         1 => select(&["", "bad name", "ü", "weather"][..]).prop_map(str::to_owned),
     ];
     object(
@@ -334,7 +335,7 @@ fn tool() -> BoxedStrategy<Value> {
                         field(
                             prop::collection::vec(
                                 prop_oneof![
-                                    4 => Just(s("127.0.0.0/8")),
+                                    12 => Just(s("127.0.0.0/8")),
                                     1 => select(&[
                                         "10.0.0.0/8", "::1/128", "0.0.0.0/0", "::/0",
                                         "127.0.0.1", "localhost", "300.0.0.0/8", "10.0.0.0/33", "",
@@ -518,10 +519,18 @@ fn check(text: &String) -> Result<(), TestCaseError> {
     PARSED.fetch_add(1, Ordering::Relaxed);
     match Registry::build(file, upstreams(), None) {
         Ok(_) => {
+            if std::env::var_os("FUZZ_DEBUG").is_some() {
+                eprintln!("BUILT\n{text}\n=====");
+            }
             BUILT.fetch_add(1, Ordering::Relaxed);
             Ok(())
         }
-        Err(e) => named(e),
+        Err(e) => {
+            if std::env::var_os("FUZZ_DEBUG").is_some() {
+                eprintln!("BUILD ERR {e}");
+            }
+            named(e)
+        }
     }
 }
 
