@@ -5,7 +5,9 @@
 //! Inputs are generated three ways: YAML documents built from the
 //! `tools.yaml` grammar with edge values in every field; seed files with
 //! text edits (YAML punctuation, anchors, tags); and raw hostile YAML.
-//! Seeds are `.yaml` files.
+//! Seeds are `.yaml` files; `crash-*.yaml` are inputs that crashed the loader.
+//! `FUZZ_DEBUG=1` prints every input with its outcome, to see how far the
+//! generators get (the run always prints how many parsed and compiled).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
