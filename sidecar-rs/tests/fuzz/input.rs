@@ -388,5 +388,5 @@ fn arguments_and_responses() {
                 c
             }),
     ];
-    crate::fuzz("input", 512, &seeds, strategy, check);
+    crate::fuzz("input", 1024, &seeds, strategy, check);
 }

@@ -309,5 +309,5 @@ fn request_templates() {
             c
         }),
     ];
-    crate::fuzz("template", 1024, &seeds, strategy, check);
+    crate::fuzz("template", 2048, &seeds, strategy, check);
 }
