@@ -28,6 +28,7 @@ help:
 	@echo "make run    build everything and run the demo: tool service + sidecar + brain API, $(TASKS) tasks"
 	@echo "make test   fmt, clippy, cargo test, ruff, mypy, pytest (unit and cross-language)"
 	@echo "make proto  regenerate the Python stubs after editing proto/"
+	@echo "make fuzz   run each fuzz target for FUZZ_SECONDS (default 600; make test runs them briefly)"
 
 # ---------------------------------------------------------------- setup
 
@@ -167,3 +168,23 @@ bench: $(BENCH_STAMP) bench-tools sidecar-release
 
 load: $(BENCH_STAMP) sidecar-release
 	$(PY) tests/load/run_load.py $(if $(HOST),--host $(HOST)) $(LOAD_ARGS)
+
+# ---------------------------------------------------------------- fuzzing (issue 16)
+# The fuzz targets live in sidecar-rs/tests/fuzz/ (proptest, stable Rust). `make test`
+# runs each briefly with a fixed seed, inside `cargo test`; `make fuzz` runs each for
+# FUZZ_SECONDS with a fresh seed (FUZZ_SEED=... replays one), in the debug build so
+# that integer overflow panics too, and fails if any target found something.
+
+FUZZ_SECONDS ?= 600
+FUZZ_TARGETS := template::request_templates input::arguments_and_responses \
+	quota::quota_headers config::config_loader
+
+.PHONY: fuzz
+
+fuzz: rust-tools
+	$(CARGO) test $(CARGO_FLAGS) --test fuzz --no-run
+	@status=0; for target in $(FUZZ_TARGETS); do \
+		echo "==> fuzzing $$target for $(FUZZ_SECONDS)s"; \
+		RUST_BACKTRACE=0 FUZZ_SECONDS=$(FUZZ_SECONDS) $(CARGO) test $(CARGO_FLAGS) --test fuzz \
+			-- --exact $$target --nocapture || status=1; \
+	done; exit $$status

@@ -12,7 +12,7 @@ How a call travels::
   is what keeps the Python cost per call low when thousands of agents call at once.
 * **Exactly one outcome per call.** A call ends with the sidecar's result, a local
   TIMEOUT result (the sidecar did not answer within the call's timeout plus a grace
-  period; see the deadline sweeper), :class:`SidecarUnavailable` if the stream broke
+  period; see ``_expire``), :class:`SidecarUnavailable` if the stream broke
   after the call was sent, or :class:`ClientClosed`.
 * **Cancellation.** Cancelling the awaiting task sends a cancel frame; the sidecar drops
   the upstream request.
@@ -22,17 +22,17 @@ How a call travels::
   deadlines. gRPC errors become the brain's exceptions in one place
   (``_exceptions.map_grpc_errors``).
 * **Bounds.** At most ``max_inflight`` calls are pending; past that ``call()`` returns an
-  OVERLOADED result at once. Frames are capped at ``max_frame_calls`` calls.
+  OVERLOADED result at once. Frames are capped at ``max_frame_calls`` calls. A call's
+  deadline is forgotten the moment the call ends (see ``_Deadlines``), so what the client
+  keeps follows the calls in flight, not the call rate times the timeout.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import heapq
 import itertools
 import logging
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -78,15 +78,62 @@ class ClientOptions:
 
 
 class _Call:
-    """A pending call. ``generation`` is the stream it was sent on (0 = not yet sent)."""
+    """A pending call. ``generation`` is the stream it was sent on (0 = not yet sent);
+    ``deadline`` is the bucket of :class:`_Deadlines` that holds its id."""
 
     __slots__ = ("deadline", "future", "generation", "msg")
 
-    def __init__(self, msg: pb.ToolCall, future: asyncio.Future[ToolResult], deadline: float):
+    def __init__(self, msg: pb.ToolCall, future: asyncio.Future[ToolResult], deadline: set[str]):
         self.msg: pb.ToolCall | None = msg
         self.future = future
         self.deadline = deadline
         self.generation = 0
+
+
+class _Deadlines:
+    """The deadlines of pending calls, in buckets of :attr:`TICK` seconds (a hashed
+    timing wheel), each bucket with one event-loop timer that expires what is left in it.
+
+    A call's id leaves its bucket the moment the call ends, so the entries follow the
+    calls in flight; an emptied bucket waits for its timer, so there are at most as many
+    buckets as ticks in the longest timeout, whatever the call rate. Written here rather
+    than with one ``loop.call_at`` per call because a timer per call measured about three
+    times the per-call cost of the old heap (asyncio and uvloop alike), and buckets about
+    half of it; a deadline fires up to one tick late, well inside the grace.
+    """
+
+    TICK = 0.01
+
+    __slots__ = ("_buckets", "_expire")
+
+    def __init__(self, expire: Callable[[str], None]) -> None:
+        self._buckets: dict[int, set[str]] = {}
+        self._expire = expire
+
+    def add(self, call_id: str, delay: float) -> set[str]:
+        """Expire ``call_id`` after ``delay`` seconds. Returns its bucket: the call's end
+        removes the id from it (``bucket.discard(call_id)``)."""
+        loop = asyncio.get_running_loop()
+        tick = int((loop.time() + delay) / self.TICK) + 1
+        bucket = self._buckets.get(tick)
+        if bucket is None:
+            bucket = self._buckets[tick] = set()
+            loop.call_at(tick * self.TICK, self._fire, tick)
+        bucket.add(call_id)
+        return bucket
+
+    def _fire(self, tick: int) -> None:
+        bucket = self._buckets.pop(tick, None)
+        while bucket:
+            self._expire(bucket.pop())
+
+    def __len__(self) -> int:
+        """Calls with a deadline still ahead (for tests and metrics)."""
+        return sum(map(len, self._buckets.values()))
+
+    @property
+    def buckets(self) -> int:
+        return len(self._buckets)
 
 
 class SidecarClient:
@@ -106,11 +153,10 @@ class SidecarClient:
         self._stub: pb_grpc.DispatcherStub | None = None
         self._calls: dict[str, _Call] = {}
         self._outbox: list[_Call] = []
+        self._deadlines = _Deadlines(self._expire)
         self._cancels: list[str] = []
-        self._deadlines: list[tuple[float, str]] = []
         self._ids = itertools.count(1)
         self._wake_writer = asyncio.Event()
-        self._wake_sweeper = asyncio.Event()
         self._connected = asyncio.Event()
         self._generation = 0
         self._closed = False
@@ -156,10 +202,7 @@ class SidecarClient:
         self._stub = pb_grpc.DispatcherStub(self._channel)  # type: ignore[no-untyped-call]
         if o.auth_token:
             self._metadata = (("authorization", f"Bearer {o.auth_token}"),)
-        self._tasks = [
-            asyncio.create_task(self._run_streams(), name="sidecar-streams"),
-            asyncio.create_task(self._sweep_deadlines(), name="sidecar-deadlines"),
-        ]
+        self._tasks = [asyncio.create_task(self._run_streams(), name="sidecar-streams")]
 
     async def wait_connected(self, timeout: float) -> None:
         """Wait until a Dispatch stream is open; raise :class:`SidecarUnavailable` if not."""
@@ -225,14 +268,11 @@ class SidecarClient:
             timeout = self.options.default_timeout
         msg = _tool_call(call_id, tool, arguments, agent_id, timeout, metadata, select)
         future: asyncio.Future[ToolResult] = asyncio.get_running_loop().create_future()
-        deadline = time.monotonic() + timeout + self.options.grace
+        deadline = self._deadlines.add(call_id, timeout + self.options.grace)
         pending = _Call(msg, future, deadline)
         self._calls[call_id] = pending
         self._outbox.append(pending)
         self._wake_writer.set()
-        if not self._deadlines or deadline < self._deadlines[0][0]:
-            self._wake_sweeper.set()
-        heapq.heappush(self._deadlines, (deadline, call_id))
         try:
             return await future
         except asyncio.CancelledError:
@@ -279,12 +319,34 @@ class SidecarClient:
         assert self._stub is not None
         return self._stub
 
-    def _abandon(self, call_id: str) -> None:
+    def _abandon(self, call_id: str) -> _Call | None:
         """The caller gave up on ``call_id``: forget it and tell the sidecar if it was sent."""
-        pending = self._calls.pop(call_id, None)
+        pending = self._finish(call_id)
         if pending is not None and pending.generation == self._generation and pending.generation:
             self._cancels.append(call_id)
             self._wake_writer.set()
+        return pending
+
+    def _finish(self, call_id: str) -> _Call | None:
+        """Forget ``call_id`` and its deadline; the one way a call leaves."""
+        pending = self._calls.pop(call_id, None)
+        if pending is not None:
+            pending.deadline.discard(call_id)
+        return pending
+
+    def _expire(self, call_id: str) -> None:
+        """The call's deadline (its timeout plus the grace) passed with no result from
+        the sidecar: answer TIMEOUT and tell the sidecar to stop."""
+        pending = self._abandon(call_id)
+        if pending is not None and not pending.future.done():
+            pending.future.set_result(
+                ToolResult.local(
+                    call_id,
+                    Status.TIMEOUT,
+                    "no result from the sidecar before the call's deadline"
+                    + ("" if self._connected.is_set() else " (not connected)"),
+                )
+            )
 
     # ---------------------------------------------------------------- stream
 
@@ -364,50 +426,21 @@ class SidecarClient:
 
     async def _read(self, stream: Any) -> None:
         """Resolve the futures of arriving results."""
-        calls = self._calls
+        finish = self._finish
         while True:
             frame = await stream.read()
             if frame is grpc.aio.EOF:
                 return
             for msg in frame.results:
-                pending = calls.pop(msg.call_id, None)
+                pending = finish(msg.call_id)
                 if pending is not None and not pending.future.done():
                     pending.future.set_result(ToolResult(msg))
-
-    async def _sweep_deadlines(self) -> None:
-        """Answer TIMEOUT for calls the sidecar left unanswered past their deadline.
-
-        One heap and one task for all calls instead of a timer per call.
-        """
-        heap = self._deadlines
-        while True:
-            now = time.monotonic()
-            while heap and heap[0][0] <= now:
-                _, call_id = heapq.heappop(heap)
-                pending = self._calls.get(call_id)
-                if pending is None or pending.deadline > now:
-                    continue
-                self._abandon(call_id)
-                if not pending.future.done():
-                    pending.future.set_result(
-                        ToolResult.local(
-                            call_id,
-                            Status.TIMEOUT,
-                            "no result from the sidecar before the call's deadline"
-                            + ("" if self._connected.is_set() else " (not connected)"),
-                        )
-                    )
-            self._wake_sweeper.clear()
-            wait = heap[0][0] - now if heap else None
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(wait):
-                    await self._wake_sweeper.wait()
 
     def _fail_calls(self, which: Callable[[_Call], bool], exc: SidecarError) -> int:
         failed = [cid for cid, c in self._calls.items() if which(c)]
         for call_id in failed:
-            pending = self._calls.pop(call_id)
-            if not pending.future.done():
+            pending = self._finish(call_id)
+            if pending is not None and not pending.future.done():
                 pending.future.set_exception(exc)
         return len(failed)
 

@@ -66,8 +66,7 @@ impl SecretRef {
         let value = match self {
             SecretRef::Env(name) => std::env::var(name)
                 .map_err(|_| format!("environment variable {name} is not set"))?,
-            SecretRef::File(path) => std::fs::read_to_string(path)
-                .map_err(|e| format!("cannot read secret file {}: {e}", path.display()))?
+            SecretRef::File(path) => read_capped(path)?
                 // Files written with `echo` end in a newline that is not part of the key.
                 .trim_end_matches(['\r', '\n'])
                 .to_owned(),
@@ -84,6 +83,28 @@ impl SecretRef {
             SecretRef::File(path) => format!("${{file:{}}}", path.display()),
         }
     }
+}
+
+/// Credentials are small; a secret file larger than this is a mistake
+/// (`${file:/dev/zero}`, a log file), refused rather than read into memory.
+const MAX_SECRET_BYTES: u64 = 64 * 1024;
+
+fn read_capped(path: &std::path::Path) -> Result<String, String> {
+    use std::io::Read;
+    let cannot = |e: std::io::Error| format!("cannot read secret file {}: {e}", path.display());
+    let mut text = String::new();
+    std::fs::File::open(path)
+        .map_err(cannot)?
+        .take(MAX_SECRET_BYTES + 1)
+        .read_to_string(&mut text)
+        .map_err(cannot)?;
+    if text.len() as u64 > MAX_SECRET_BYTES {
+        return Err(format!(
+            "secret file {} is larger than {MAX_SECRET_BYTES} bytes",
+            path.display()
+        ));
+    }
+    Ok(text)
 }
 
 #[cfg(test)]
@@ -121,5 +142,11 @@ mod tests {
         let secret = SecretRef::File(path).resolve().unwrap();
         assert_eq!(secret.expose(), "s3cr3t-value");
         assert_eq!(format!("{secret:?}"), "[redacted]");
+    }
+
+    #[test]
+    fn an_endless_secret_file_is_refused_not_read() {
+        let e = SecretRef::File("/dev/zero".into()).resolve().unwrap_err();
+        assert!(e.contains("larger than"), "{e}");
     }
 }

@@ -129,6 +129,19 @@ impl RateLimits {
             if spec.per.is_zero() {
                 return Err((field("per"), "must be greater than zero".into()));
             }
+            // governor counts in u64 nanoseconds (about 584 years) and
+            // multiplies the period between permits by the burst: both must
+            // fit, or it panics (found by the config fuzz target).
+            let fits = |d: Option<Duration>| d.is_some_and(|d| u64::try_from(d.as_nanos()).is_ok());
+            if !fits(Some(spec.per)) || !fits((spec.per / rate.get()).checked_mul(burst.get())) {
+                return Err((
+                    field("per"),
+                    format!(
+                        "{:?} for a burst of {} is longer than a limiter can count (about 584 years)",
+                        spec.per, burst
+                    ),
+                ));
+            }
             let per_second = f64::from(rate.get()) / spec.per.as_secs_f64();
             if spec.key == LimitKey::Upstream && spec.scope != LimitScope::Fleet {
                 return Err((
@@ -449,5 +462,16 @@ mod tests {
             RateLimits::new(&specs, None).unwrap_err().0,
             "rate_limits[0].key"
         );
+        for huge in [
+            "[{rate: 1, per: 30s, burst: 2147483647}]",
+            "[{rate: 1, per: 100000000000h}]",
+        ] {
+            let specs: Vec<RateLimitSpec> = serde_yaml_ng::from_str(huge).unwrap();
+            assert_eq!(
+                RateLimits::new(&specs, None).unwrap_err().0,
+                "rate_limits[0].per",
+                "{huge}"
+            );
+        }
     }
 }
