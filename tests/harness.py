@@ -287,6 +287,15 @@ def tool(
     return entry
 
 
+def replace_file(path: Path, text: str) -> None:
+    """Swaps in a new file whole, as config management (and a ConfigMap) does. An
+    in-place write can be polled half-written: a (correctly) rejected reload of its
+    own, which a test waiting for reloads would count as the one it waits for."""
+    staged = path.with_name(path.name + ".new")
+    staged.write_text(text)
+    os.replace(staged, path)
+
+
 def tools_file(*tools: dict[str, Any], **top: Any) -> str:
     """A tools file with these tools and top-level sections."""
     return json.dumps({"tools": list(tools), **top}, indent=2)

@@ -17,7 +17,7 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_serv
 
 from brain import SidecarClient, Status
 
-from harness import SidecarProcess, Upstream, scrape, tool, tools_file
+from harness import SidecarProcess, Upstream, replace_file, scrape, tool, tools_file
 
 Start = Callable[..., SidecarProcess]
 MakeClient = Callable[..., SidecarClient]
@@ -52,12 +52,12 @@ async def test_hot_reload_applies_new_limits_and_rejects_broken_files(
     assert (await client.call("x", agent_id="a")).ok
     assert (await client.call("x", agent_id="a")).status is Status.RATE_LIMITED
 
-    sidecar.config_path.write_text(config(100))
+    replace_file(sidecar.config_path, config(100))
     await wait_for_reloads(sidecar, "success", 1)
     results = [await client.call("x", agent_id="a") for _ in range(5)]
     assert {r.status for r in results} == {Status.OK}
 
-    sidecar.config_path.write_text(config(100).replace('"rate": 100', '"rate": 0'))
+    replace_file(sidecar.config_path, config(100).replace('"rate": 100', '"rate": 0'))
     await wait_for_reloads(sidecar, "rejected", 1)
     assert (await client.call("x", agent_id="a")).ok  # the previous config is in force
     assert "config reload rejected" in sidecar.log_text()

@@ -26,6 +26,7 @@ from harness import (
     RedisServer,
     SidecarProcess,
     Upstream,
+    replace_file,
     scrape,
     sidecar_binary,
     tool,
@@ -408,12 +409,6 @@ class Fifo:
             raise AssertionError("nobody read the fifo")
 
 
-def atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(text)
-    tmp.rename(path)
-
-
 async def wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
     end = time.monotonic() + timeout
     while not predicate():
@@ -438,13 +433,13 @@ async def test_a_write_that_lands_while_compiling_is_loaded(
 
     # v1 names the fifo: its compile blocks on reading it. The reloader reads it once to
     # fingerprint the file and once more while compiling; v2 lands during that second read.
-    atomic_write(sidecar.config_path, config("v1", slow=True))
+    replace_file(sidecar.config_path, config("v1", slow=True))
     await asyncio.to_thread(fifo.feed)  # the fingerprint's read
     assert sidecar.proc is not None
     pid = sidecar.proc.pid
     await wait_for(lambda: not fifo.open_in(pid))  # that reader is gone: the next is the compile
     await asyncio.to_thread(
-        fifo.feed, then=lambda: atomic_write(sidecar.config_path, config("v2", slow=False))
+        fifo.feed, then=lambda: replace_file(sidecar.config_path, config("v2", slow=False))
     )  # the compile's read; v2 is written while it blocks
     # v1 finished compiling after v2 was written; v2 must still be loaded.
     await wait_for(lambda: reloads().get((("result", "success"),), 0) >= 2)
