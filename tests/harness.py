@@ -141,9 +141,16 @@ class SidecarProcess:
     """The real sidecar binary, configured by a YAML string."""
 
     def __init__(
-        self, workdir: Path, config: str, *extra_args: str, env: dict[str, str] | None = None
+        self,
+        workdir: Path,
+        config: str,
+        *extra_args: str,
+        env: dict[str, str] | None = None,
+        binary: Path | None = None,
     ) -> None:
         self.extra_env = env or {}
+        #: None: :func:`sidecar_binary` (SIDECAR_BIN, else the debug build).
+        self.binary = binary
         self.workdir = workdir
         self.config_path = workdir / "tools.yaml"
         self.config_path.write_text(config)
@@ -182,7 +189,7 @@ class SidecarProcess:
         }
         self.proc = subprocess.Popen(
             [
-                str(sidecar_binary()),
+                str(self.binary or sidecar_binary()),
                 "--config",
                 str(self.config_path),
                 "--listen",

@@ -157,10 +157,11 @@ class AgentProcess:
 @contextlib.contextmanager
 def sidecar_for(nginx: Nginx, binary: Path) -> Iterator[SidecarProcess]:
     """A fresh sidecar with the benchmark's tools, on a unix socket (and token TCP)."""
-    os.environ["SIDECAR_BIN"] = str(binary)
-    os.environ.setdefault("RUST_LOG", "warn,sidecar=info")
+    # Binary and log level go to this process only: the smoke test runs inside the
+    # cross-language suite, whose other tests must keep their own SIDECAR_BIN.
+    log = {"RUST_LOG": os.environ.get("RUST_LOG", "warn,sidecar=info")}
     with tempfile.TemporaryDirectory(prefix="tandem-bench-sidecar-") as tmp:
-        sidecar = SidecarProcess(Path(tmp), sidecar_config(nginx.base_url))
+        sidecar = SidecarProcess(Path(tmp), sidecar_config(nginx.base_url), env=log, binary=binary)
         sidecar.start(timeout=30)
         try:
             yield sidecar

@@ -16,6 +16,7 @@ leases per 1,000 calls stay far below 1,000.
 from __future__ import annotations
 
 import asyncio
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -70,7 +71,11 @@ def _one(ctx: Context, scope: str, redis_url: str | None, calls: int) -> dict[st
     extra = ["--redis-url", redis_url] if redis_url else []
     with tempfile.TemporaryDirectory(prefix="tandem-bench-fleet-") as tmp:
         sidecar = SidecarProcess(
-            Path(tmp), sidecar_config(ctx.nginx.base_url, [_limited(scope)]), *extra
+            Path(tmp),
+            sidecar_config(ctx.nginx.base_url, [_limited(scope)]),
+            *extra,
+            env={"RUST_LOG": os.environ.get("RUST_LOG", "warn,sidecar=info")},
+            binary=ctx.sidecar_bin,
         )
         sidecar.start(timeout=30)
         try:
