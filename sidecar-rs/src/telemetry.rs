@@ -249,7 +249,7 @@ mod tests {
     /// One test sets the process-wide redactor, so both checks live here.
     #[test]
     fn logs_and_spans_leave_through_the_redactor() {
-        redact::set_in_force(Arc::new(Redactor::new(&[Secret::new(SECRET)])));
+        redact::set_in_force(Arc::new(Redactor::new(&[Secret::new(SECRET)]).unwrap()));
 
         // A debug event of any crate, JSON-formatted (so the secret arrives
         // JSON-escaped), through the writer the subscriber uses.

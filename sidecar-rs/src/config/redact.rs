@@ -51,7 +51,10 @@ impl fmt::Debug for Redactor {
 }
 
 impl Redactor {
-    pub fn new(secrets: &[Secret]) -> Self {
+    /// A redactor for `secrets`. Fails only when the automaton for them
+    /// would pass the regex crate's size limit (many very long secrets): the
+    /// config is then refused, never served without redaction.
+    pub fn new(secrets: &[Secret]) -> Result<Self, String> {
         let mut values: Vec<&str> = secrets
             .iter()
             .map(Secret::expose)
@@ -62,18 +65,18 @@ impl Redactor {
         values.sort_by_key(|v| std::cmp::Reverse(v.len()));
         values.dedup();
         if values.is_empty() {
-            return Self::default();
+            return Ok(Self::default());
         }
         let alternatives: Vec<String> = values.iter().map(|v| pattern(v)).collect();
         let matcher = RegexBuilder::new(&alternatives.join("|"))
             .unicode(false)
             .size_limit(64 << 20)
             .build()
-            .expect("escaped literals always compile");
-        Self {
+            .map_err(|e| format!("the secrets are too large to redact ({e})"))?;
+        Ok(Self {
             matcher: Some(matcher),
             secrets: values.len(),
-        }
+        })
     }
 
     pub fn is_empty(&self) -> bool {
@@ -255,7 +258,7 @@ mod tests {
         let secret = crate::config::secrets::SecretRef::File(path)
             .resolve()
             .unwrap();
-        Redactor::new(&[secret])
+        Redactor::new(&[secret]).unwrap()
     }
 
     #[test]
@@ -407,7 +410,7 @@ mod properties {
     }
 
     fn redactor_for(secret: &str) -> Redactor {
-        Redactor::new(&[Secret::new(secret)])
+        Redactor::new(&[Secret::new(secret)]).unwrap()
     }
 
     proptest! {

@@ -118,7 +118,7 @@ impl Registry {
         if let Some(previous) = previous {
             scrubbed.extend(previous.secrets.iter().cloned());
         }
-        let redactor = Arc::new(Redactor::new(&scrubbed));
+        let redactor = Arc::new(Redactor::new(&scrubbed).map_err(ConfigError::syntax)?);
         Ok(Self {
             tools,
             secrets,
@@ -359,7 +359,7 @@ impl Tool {
             .map_err(|e| err("request", format!("cannot build the HTTP client: {e}")))?;
         let origin = request.origin().origin().ascii_serialization();
         let upstream = upstreams.state(&origin, upstream_spec);
-        let redactor = Redactor::new(&request.secrets());
+        let redactor = Redactor::new(&request.secrets()).map_err(|e| err("request", e))?;
         let max_argument_bytes = spec.max_argument_bytes.unwrap_or(256 * 1024);
         let max_json_depth = spec.max_json_depth.unwrap_or(64);
         if max_json_depth == 0 || max_argument_bytes == 0 {

@@ -74,6 +74,12 @@ impl SecretRef {
         if value.is_empty() {
             return Err(format!("{} resolves to an empty value", self.describe()));
         }
+        if value.len() as u64 > MAX_SECRET_BYTES {
+            return Err(format!(
+                "{} is larger than {MAX_SECRET_BYTES} bytes",
+                self.describe()
+            ));
+        }
         Ok(Secret(value.into()))
     }
 
@@ -85,9 +91,10 @@ impl SecretRef {
     }
 }
 
-/// Credentials are small; a secret file larger than this is a mistake
-/// (`${file:/dev/zero}`, a log file), refused rather than read into memory.
-const MAX_SECRET_BYTES: u64 = 64 * 1024;
+/// Credentials are small (an RSA-4096 PEM key is about 3.2 KB); a secret
+/// larger than this is a mistake (`${file:/dev/zero}`, a log file), refused
+/// rather than read into memory and compiled into the redactor.
+const MAX_SECRET_BYTES: u64 = 16 * 1024;
 
 fn read_capped(path: &std::path::Path) -> Result<String, String> {
     use std::io::Read;
