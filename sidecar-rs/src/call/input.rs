@@ -1,6 +1,11 @@
 //! The first stage: the arguments are bounded, parsed and validated before
 //! anything else is spent on the call.
 
+use std::borrow::Cow;
+use std::collections::HashSet;
+
+use bytes::Bytes;
+use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
 
 use crate::config::registry::Tool;
@@ -23,11 +28,98 @@ pub(super) fn check(tool: &Tool, call: &ToolCall) -> Result<Value, CallError> {
         return Err(CallError::ArgumentsTooDeep(tool.max_json_depth));
     }
     let args = parse_arguments(&call.arguments)?;
+    if tool.request.forwards_arguments() {
+        // The caller's bytes go to the upstream as they are (see `body`): an
+        // object key given twice would be validated as its last value and
+        // may be read by the upstream as its first.
+        refuse_duplicate_keys(&call.arguments)?;
+    }
     let violations = tool.input_schema.violations(&args);
     if !violations.is_empty() {
         return Err(CallError::InvalidArguments(violations));
     }
     Ok(args)
+}
+
+/// The request body for a tool whose body is the whole arguments object:
+/// the caller's bytes, untouched (checked by [`check`]: an object, no key
+/// twice), so every number reaches the upstream exactly as written, without
+/// a copy. Empty arguments are `{}`.
+pub(super) fn body(raw: &Bytes) -> Bytes {
+    if raw.iter().all(u8::is_ascii_whitespace) {
+        Bytes::from_static(b"{}")
+    } else {
+        raw.clone()
+    }
+}
+
+/// Fails when any object in `bytes` (already parsed once) has a key twice.
+fn refuse_duplicate_keys(bytes: &[u8]) -> Result<(), CallError> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(());
+    }
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    UniqueKeys
+        .deserialize(&mut de)
+        .map_err(|e| CallError::MalformedArguments(e.to_string()))
+}
+
+/// Walks a JSON document keeping nothing but each object's keys, and fails
+/// on the first key an object repeats. (serde_json keeps the last value of
+/// a repeated key without a word, and has no option to refuse them.)
+struct UniqueKeys;
+
+impl<'de> DeserializeSeed<'de> for UniqueKeys {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for UniqueKeys {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let mut seen = HashSet::new();
+        while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+            if !seen.insert(key.clone()) {
+                return Err(de::Error::custom(format!(
+                    "the key {key:?} appears twice in one object"
+                )));
+            }
+            map.next_value_seed(UniqueKeys)?;
+        }
+        Ok(())
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while seq.next_element_seed(UniqueKeys)?.is_some() {}
+        Ok(())
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_str<E>(self, _: &str) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_unit<E>(self) -> Result<(), E> {
+        Ok(())
+    }
 }
 
 /// A rough token count for an LLM request: about four bytes of prompt per
@@ -80,6 +172,21 @@ mod tests {
             parse_arguments(b"{nope"),
             Err(CallError::MalformedArguments(_))
         ));
+    }
+
+    #[test]
+    fn a_key_given_twice_is_refused_at_any_depth() {
+        for doc in [
+            &br#"{"amount": 1000000, "amount": 1}"#[..],
+            br#"{"a": [{"b": 1, "c": {"d": 1, "d": 2}}]}"#,
+        ] {
+            let e = refuse_duplicate_keys(doc).unwrap_err();
+            assert!(e.to_string().contains("appears twice"), "{e}");
+        }
+        let fine = br#"{"a": {"x": 1}, "b": {"x": 2}, "n": 1e400, "s": "\"x\""}"#;
+        refuse_duplicate_keys(fine).unwrap();
+        // Escaped and plain spellings of one key are the same key.
+        assert!(refuse_duplicate_keys(br#"{"k": 1, "\u006b": 2}"#).is_err());
     }
 
     #[test]

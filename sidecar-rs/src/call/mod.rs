@@ -249,6 +249,9 @@ impl Executor {
             ctx.tokens = input::estimate_tokens(&call.arguments, fields);
         }
         let mut request = tool.request.render(fields)?;
+        if tool.request.forwards_arguments() {
+            request.body = Some(input::body(&call.arguments));
+        }
         trace::propagate(self.tracing, &call.metadata, &mut request.headers);
 
         let outcome = self

@@ -550,6 +550,13 @@ impl RequestTemplate {
         &self.origin
     }
 
+    /// Whether the body is the whole arguments object (`{*}`, the default for
+    /// methods that send a body): the caller's own bytes can then be sent as
+    /// they are, numbers spelt exactly as written.
+    pub fn forwards_arguments(&self) -> bool {
+        matches!(self.body, Some(BodyNode::AllArgs))
+    }
+
     /// Builds the request for one call.
     pub fn render(&self, args: &Args) -> Result<RenderedRequest, CallError> {
         let path = self.path.render(args, encode_segment)?.ok_or_else(|| {
