@@ -4,7 +4,6 @@
 use std::borrow::Cow;
 use std::collections::HashSet;
 
-use bytes::Bytes;
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
 
@@ -29,7 +28,8 @@ pub(super) fn check(tool: &Tool, call: &ToolCall) -> Result<Value, CallError> {
     }
     let args = parse_arguments(&call.arguments)?;
     if tool.request.forwards_arguments() {
-        // The caller's bytes go to the upstream as they are (see `body`): an
+        // The caller's bytes go to the upstream as they are (see
+        // `RequestTemplate::render_call`): an
         // object key given twice would be validated as its last value and
         // may be read by the upstream as its first.
         refuse_duplicate_keys(&call.arguments)?;
@@ -39,18 +39,6 @@ pub(super) fn check(tool: &Tool, call: &ToolCall) -> Result<Value, CallError> {
         return Err(CallError::InvalidArguments(violations));
     }
     Ok(args)
-}
-
-/// The request body for a tool whose body is the whole arguments object:
-/// the caller's bytes, untouched (checked by [`check`]: an object, no key
-/// twice), so every number reaches the upstream exactly as written, without
-/// a copy. Empty arguments are `{}`.
-pub(super) fn body(raw: &Bytes) -> Bytes {
-    if raw.iter().all(u8::is_ascii_whitespace) {
-        Bytes::from_static(b"{}")
-    } else {
-        raw.clone()
-    }
 }
 
 /// Fails when any object in `bytes` (already parsed once) has a key twice.

@@ -248,10 +248,7 @@ impl Executor {
         if tool.rate_limits.counts_tokens() {
             ctx.tokens = input::estimate_tokens(&call.arguments, fields);
         }
-        let mut request = tool.request.render(fields)?;
-        if tool.request.forwards_arguments() {
-            request.body = Some(input::body(&call.arguments));
-        }
+        let mut request = tool.request.render_call(fields, Some(&call.arguments))?;
         trace::propagate(self.tracing, &call.metadata, &mut request.headers);
 
         let outcome = self

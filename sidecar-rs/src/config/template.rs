@@ -557,8 +557,22 @@ impl RequestTemplate {
         matches!(self.body, Some(BodyNode::AllArgs))
     }
 
-    /// Builds the request for one call.
+    /// Builds the request from the parsed arguments alone (a body is encoded
+    /// from them); see [`RequestTemplate::render_call`].
     pub fn render(&self, args: &Args) -> Result<RenderedRequest, CallError> {
+        self.render_call(args, None)
+    }
+
+    /// Builds the request for one call whose arguments arrived as `raw`: a
+    /// whole-arguments body is then those bytes, untouched (the caller
+    /// checked them: an object, no key twice), so every number reaches the
+    /// upstream exactly as written, without re-encoding or a copy. Empty
+    /// arguments are `{}`.
+    pub fn render_call(
+        &self,
+        args: &Args,
+        raw: Option<&bytes::Bytes>,
+    ) -> Result<RenderedRequest, CallError> {
         let path = self.path.render(args, encode_segment)?.ok_or_else(|| {
             let missing = self
                 .path
@@ -600,19 +614,24 @@ impl RequestTemplate {
                 headers.insert(name.clone(), value);
             }
         }
-        let body = match &self.body {
-            None => None,
-            Some(node) => {
+        let body = match (&self.body, raw) {
+            (None, _) => None,
+            (Some(BodyNode::AllArgs), Some(raw)) if !raw.iter().all(u8::is_ascii_whitespace) => {
+                Some(raw.clone())
+            }
+            (Some(node), _) => {
                 let value = node.render(args)?.unwrap_or(Value::Null);
                 let bytes = serde_json::to_vec(&value)
                     .map_err(|e| CallError::Internal(format!("cannot encode body: {e}")))?;
-                headers.insert(
-                    http::header::CONTENT_TYPE,
-                    HeaderValue::from_static("application/json"),
-                );
                 Some(bytes::Bytes::from(bytes))
             }
         };
+        if body.is_some() {
+            headers.insert(
+                http::header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+        }
         Ok(RenderedRequest {
             method: self.method.clone(),
             url,
