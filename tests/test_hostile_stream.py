@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import signal
 import struct
 import time
 import urllib.parse
@@ -281,3 +282,47 @@ async def test_a_grpc_client_that_cancels_its_stream_releases_everything(
     )
     assert gauge(sidecar, "sidecar_streams_abandoned_total") == 1
     await asyncio.to_thread(assert_still_serves, sidecar)
+
+
+def test_a_client_still_writing_at_drain_gets_every_last_result(
+    slow: Upstream, start_sidecar: Start
+) -> None:
+    """Defect 4: the drain timeout's CANCELLED results reach a client that keeps writing.
+
+    A client does not read the instant bytes arrive, and it keeps writing while it has
+    streams open (window updates, PINGs). If the sidecar closes the connection outright
+    once its last frame is written, that client's next write fails (EPIPE; a reset on
+    TCP), and a client that fails the connection on a write error (grpcio does) loses the
+    results still unread in its socket. The sidecar must close lingering: shut its write
+    side and read until the client has closed.
+    """
+    n = 5
+    sidecar = start_sidecar(config(slow), "--drain-timeout", "1s")
+    h2c = H2Client(sidecar.unix_target)
+    stream = h2c.open()
+    h2c.send_frame(stream, pb.DispatchFrame(calls=[call(f"d{i}", "slow") for i in range(n)]))
+    assert slow.wait_for(lambda: slow.requests["/slow"] == n, 15)
+
+    assert sidecar.proc is not None
+    sidecar.proc.send_signal(signal.SIGTERM)
+    # Read (and answer the graceful shutdown's PING) until the drain timeout passes...
+    assert h2c.wait_for(lambda: "drain timeout passed" in sidecar.log_text(), 10)
+    assert h2c.goaway is not None
+    assert h2c.write_error is None
+    # ...then hold back reading for a second (well inside the linger limit), writing.
+    held_until = time.monotonic() + 1.0
+    while time.monotonic() < held_until and h2c.write_error is None:
+        h2c.ping()
+        time.sleep(0.05)
+    assert h2c.write_error is None, f"the sidecar closed under a writing client: {h2c.write_error}"
+
+    state = h2c.streams[stream]
+    assert h2c.wait_for(lambda: state.ended, 5), state
+    assert sorted((r.call_id, r.status) for r in state.results()) == [
+        (f"d{i}", pb.STATUS_CANCELLED) for i in range(n)
+    ]
+    assert state.grpc_status == 0
+    # Once the client has read the end and closed, the sidecar exits at once.
+    assert h2c.wait_for(lambda: h2c.closed, 5)
+    h2c.close()
+    assert sidecar.proc.wait(10) == 0

@@ -20,6 +20,7 @@ import h2.connection
 import h2.events
 import h2.exceptions
 import h2.settings
+import hyperframe.frame
 
 from brain._proto.dispatch.v1 import dispatch_pb2 as pb
 
@@ -65,6 +66,24 @@ class StreamState:
         return [r for m in self.messages() for r in pb.ResultFrame.FromString(m).results]
 
 
+class _Connection(h2.connection.H2Connection):
+    """h2's client, except that a GOAWAY does not close it.
+
+    ``h2`` moves its state machine to CLOSED on any GOAWAY and then refuses every later
+    frame. RFC 9113 §6.8 says otherwise: streams up to the GOAWAY's last stream id go on
+    to completion, so a graceful shutdown's GOAWAY is followed by those streams' results
+    (and by answers to our PINGs), which a test must be able to read.
+    """
+
+    def _receive_goaway_frame(
+        self, frame: hyperframe.frame.GoAwayFrame
+    ) -> tuple[list[hyperframe.frame.Frame], list[h2.events.Event]]:
+        state = self.state_machine.state
+        frames, events = super()._receive_goaway_frame(frame)
+        self.state_machine.state = state
+        return frames, events
+
+
 class H2Client:
     """One HTTP/2 connection to the sidecar's unix socket (or a TCP port)."""
 
@@ -85,7 +104,7 @@ class H2Client:
             host, port = target.rsplit(":", 1)
             self.sock = socket.create_connection((host, int(port)), timeout=timeout)
         self.authority = authority
-        self.conn = h2.connection.H2Connection(
+        self.conn = _Connection(
             h2.config.H2Configuration(client_side=True, header_encoding="utf-8")
         )
         self.conn.initiate_connection()
