@@ -17,10 +17,17 @@ use sidecar::upstream::origins::Upstreams;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// Stack of each runtime thread. Parsing and validating recurse once per
+/// nesting level (up to `max_json_depth`, at most 127 on the sonic-rs road);
+/// a release build needs well under 256 KiB for that, an unoptimised one
+/// (what the tests run) about 4 MiB. Only the pages touched become resident.
+const WORKER_STACK: usize = 8 << 20;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .thread_stack_size(WORKER_STACK)
         .build()
     {
         Ok(rt) => rt,

@@ -10,6 +10,7 @@ use super::{micros, Executor};
 use crate::config::registry::Tool;
 use crate::error::CallError;
 use crate::json;
+use crate::json::document;
 use crate::upstream::cache::FetchStats;
 use crate::upstream::client::UpstreamResponse;
 
@@ -49,6 +50,20 @@ fn check(tool: &Tool, status: u16, body: Bytes) -> Result<(u16, Bytes), CallErro
             reason: format!("nests deeper than {} levels", tool.max_json_depth),
             status,
         });
+    }
+    if !is_blank && tool.max_json_depth <= document::SERDE_DEPTH_LIMIT {
+        // The hot path: one sonic-rs parse, validated in place. A document
+        // it cannot judge, or finds invalid, takes the exact path below,
+        // which words the error exactly as it always has.
+        if let Some(parsed) = document::parse(&body) {
+            let valid = tool
+                .output_schema
+                .as_ref()
+                .is_none_or(|schema| schema.is_valid_fast(&parsed));
+            if valid {
+                return Ok((status, body));
+            }
+        }
     }
     let (value, body) = if is_blank {
         (Value::Null, Bytes::from_static(b"null"))

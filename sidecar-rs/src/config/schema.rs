@@ -4,6 +4,7 @@
 
 use serde_json::Value;
 
+use crate::json::sonic::Sonic;
 use crate::pb::Violation;
 
 /// At most this many violations are reported for one document; a response
@@ -11,8 +12,13 @@ use crate::pb::Violation;
 const MAX_VIOLATIONS: usize = 32;
 
 /// A compiled schema plus its source text (served by ListTools).
+///
+/// Compiled twice with the same options: once for `serde_json` documents
+/// (arguments, and the exact path that words violations) and once for
+/// sonic-rs documents (the response hot path, see [`crate::json::document`]).
 pub struct Schema {
     validator: jsonschema::Validator,
+    fast: jsonschema::Validator<Sonic>,
     text: String,
 }
 
@@ -33,10 +39,22 @@ impl Schema {
             .should_validate_formats(true)
             .build(schema)
             .map_err(|e| format!("cannot compile schema: {e}"))?;
+        let fast = jsonschema::options_for::<Sonic>()
+            .with_draft(jsonschema::Draft::Draft202012)
+            .should_validate_formats(true)
+            .build(schema)
+            .map_err(|e| format!("cannot compile schema: {e}"))?;
         Ok(Self {
             validator,
+            fast,
             text: schema.to_string(),
         })
+    }
+
+    /// Whether a document parsed by [`crate::json::document::parse`] is
+    /// valid; the same answer [`Schema::violations`] gives on its text.
+    pub fn is_valid_fast(&self, instance: &sonic_rs::Value) -> bool {
+        self.fast.is_valid(instance)
     }
 
     /// The schema as compact JSON text.

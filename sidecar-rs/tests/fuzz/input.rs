@@ -3,7 +3,9 @@
 //! `serde_json`, `Schema::compile`/`violations`, `json::check_pointers`,
 //! `json::select`), in the order `call::input` and `call::response` apply them.
 //!
-//! Properties: the depth scan agrees with the parsed document's depth (the
+//! Properties: the response hot path (`json::document`, sonic-rs) and the
+//! exact path (serde_json) agree on every document either accepts: same
+//! tree, same validity, same `select` output; the depth scan agrees with the parsed document's depth (the
 //! oracle), so nothing deeper than the limit reaches the parser and nothing
 //! within it is refused; violations are at most 32 and each points into the
 //! document; `select` returns exactly the pointed values; no panic.
@@ -243,6 +245,7 @@ fn document() -> impl Strategy<Value = Vec<u8>> {
             s.into_bytes()
         }),
         1 => prop::collection::vec(any::<u8>(), 0..64),
+        1 => repeated_keys(),
     ]
 }
 
@@ -287,9 +290,16 @@ fn check(case: &Case) -> Result<(), TestCaseError> {
     for bytes in &case.documents {
         let too_deep = json::exceeds_depth(bytes, case.max_depth);
         let parsed = serde_json::from_slice::<Value>(bytes);
+        let fast = (case.max_depth <= json::document::SERDE_DEPTH_LIMIT && !too_deep)
+            .then(|| json::document::parse(bytes))
+            .flatten();
         let value = match parsed {
             Ok(value) => value,
             Err(e) => {
+                prop_assert!(
+                    fast.is_none(),
+                    "the fast path accepts what serde_json refuses ({e})"
+                );
                 // The scan passed it, so the parser must not be the one to
                 // find it too deep (that would mean the scan undercounts).
                 if !too_deep && case.max_depth < SERDE_RECURSION_LIMIT {
@@ -311,6 +321,9 @@ fn check(case: &Case) -> Result<(), TestCaseError> {
         );
         if too_deep {
             continue; // the sidecar stops here
+        }
+        if let Some(fast) = &fast {
+            same_on_both_paths(fast, &value, schema.as_ref(), &case.select)?;
         }
         if let Some(schema) = &schema {
             let violations = schema.violations(&value);
@@ -338,6 +351,55 @@ fn check(case: &Case) -> Result<(), TestCaseError> {
     Ok(())
 }
 
+/// The differential property of the response hot path: a document sonic-rs
+/// parsed is the document serde_json parsed, valid on one road exactly when
+/// valid on the other, and selected from to the same bytes.
+pub fn same_on_both_paths(
+    fast: &sonic_rs::Value,
+    exact: &Value,
+    schema: Option<&Schema>,
+    select: &[String],
+) -> Result<(), TestCaseError> {
+    prop_assert_eq!(&json::sonic::to_serde(fast), exact, "the two parses differ");
+    if let Some(schema) = schema {
+        let violations = schema.violations(exact);
+        prop_assert_eq!(
+            schema.is_valid_fast(fast),
+            violations.is_empty(),
+            "the fast path disagrees on validity; exact violations: {:?}",
+            violations
+        );
+    }
+    if json::check_pointers(select).is_ok() {
+        prop_assert_eq!(
+            serde_json::to_vec(&json::document::select(fast, select)).expect("encodes"),
+            serde_json::to_vec(&json::select(exact, select)).expect("encodes"),
+            "select differs"
+        );
+    }
+    Ok(())
+}
+
+/// Objects that repeat a key, which serde_json reads as their last value.
+fn repeated_keys() -> impl Strategy<Value = Vec<u8>> {
+    (
+        select(KEYS),
+        json_value(KEYS),
+        json_value(KEYS),
+        any::<bool>(),
+    )
+        .prop_map(|(key, first, last, nested)| {
+            let key = serde_json::to_string(key).expect("a key encodes");
+            let object = format!("{{{key}: {first}, \"x\": 1, {key}: {last}}}");
+            let text = if nested {
+                format!("{{\"a\": [{object}]}}")
+            } else {
+                object
+            };
+            text.into_bytes()
+        })
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Seed {
@@ -349,6 +411,18 @@ struct Seed {
 
 #[test]
 fn arguments_and_responses() {
+    // The sidecar's own stack for the same work (`main.rs`: unoptimised
+    // sonic-rs needs megabytes for a document nested 127 deep).
+    let run = std::thread::Builder::new()
+        .stack_size(8 << 20)
+        .spawn(arguments_and_responses_on_this_thread)
+        .expect("a thread starts");
+    if let Err(panic) = run.join() {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+fn arguments_and_responses_on_this_thread() {
     let seeds: Vec<(String, Case)> = corpus::load("input")
         .into_iter()
         .map(|(name, text)| {

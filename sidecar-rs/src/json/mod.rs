@@ -2,6 +2,13 @@
 //! nesting depth (a linear scan, so hostile documents never reach a
 //! recursive parser deeper than allowed), canonical keys for caching, and
 //! `select` (JSON Pointers picking the parts of a result an agent wants).
+//!
+//! Responses take a faster road when they can: [`document`] parses them
+//! with sonic-rs and [`sonic`] lets the validator read that tree; whatever
+//! that road cannot judge exactly goes the serde_json way below.
+
+pub mod document;
+pub mod sonic;
 
 use serde_json::{Map, Value};
 
