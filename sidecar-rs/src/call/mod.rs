@@ -146,15 +146,27 @@ impl Executor {
         // The tool is pinned for the whole call: a reload swaps the registry,
         // but a call finishes under the config it started with.
         let tool = self.registry.load().get(&call.tool).cloned();
-        let span = tracing::info_span!(
-            "tool_call",
-            tool = %call.tool,
-            call_id = %call.call_id,
-            agent_id = %call.agent_id,
-        );
-        if self.tracing {
+        // A span per call costs a formatted set of fields; at `info` nothing
+        // logs inside a healthy call (its outcome is one `debug` line with
+        // the same fields), so the span exists only when it is exported or
+        // when `debug` logging is on.
+        let span = if self.tracing {
+            let span = tracing::info_span!(
+                "tool_call",
+                tool = %call.tool,
+                call_id = %call.call_id,
+                agent_id = %call.agent_id,
+            );
             let _ = span.set_parent(telemetry::extract(&call.metadata));
-        }
+            span
+        } else {
+            tracing::debug_span!(
+                "tool_call",
+                tool = %call.tool,
+                call_id = %call.call_id,
+                agent_id = %call.agent_id,
+            )
+        };
         let work = AssertUnwindSafe(self.run(
             &call,
             tool.clone(),
