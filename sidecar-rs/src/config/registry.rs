@@ -10,7 +10,7 @@ use std::time::Duration;
 use tokio::sync::Semaphore;
 
 use crate::config::redact::Redactor;
-use crate::config::schema::{self, Schema};
+use crate::config::schema::{self, Schema, SchemaDocuments, SchemaOptions};
 use crate::config::secrets::Secret;
 use crate::config::spec::{self, ConfigFile, Method, RateLimitSpec, ToolSpec, UpstreamSpec};
 use crate::config::template::RequestTemplate;
@@ -93,6 +93,16 @@ impl Registry {
         previous: Option<&Registry>,
     ) -> Result<Self, ConfigError> {
         check_upstreams(&file)?;
+        // Compiled once per load, shared by every tool's schemas; dropped
+        // once they are compiled (validators keep what they reference).
+        let documents = if file.schemas.is_empty() {
+            None
+        } else {
+            Some(
+                SchemaDocuments::new(&file.schemas, file.schema_draft)
+                    .map_err(|(uri, message)| ConfigError::Schemas { uri, message })?,
+            )
+        };
         let mut tools = HashMap::with_capacity(file.tools.len());
         let mut secrets = Vec::new();
         for spec in file.tools {
@@ -102,7 +112,7 @@ impl Registry {
                 .get(&origin)
                 .unwrap_or(&file.default_upstream);
             let previous = previous.and_then(|r| r.get(&spec.name)).map(Arc::as_ref);
-            let tool = Tool::compile(spec, upstreams, upstream_spec, previous)?;
+            let tool = Tool::compile(spec, upstreams, upstream_spec, previous, documents.as_ref())?;
             if tools.contains_key(&tool.name) {
                 return Err(ConfigError::tool(
                     &tool.name,
@@ -232,6 +242,7 @@ impl Tool {
         upstreams: &Upstreams,
         upstream_spec: &UpstreamSpec,
         previous: Option<&Tool>,
+        documents: Option<&SchemaDocuments>,
     ) -> Result<Self, ConfigError> {
         let name = spec.name.clone();
         let err = |field: &str, msg: String| ConfigError::tool(&name, field, msg);
@@ -254,12 +265,17 @@ impl Tool {
                     .into(),
             ));
         }
-        let input_schema =
-            Schema::compile(&spec.input_schema).map_err(|m| err("input_schema", m))?;
+        let schema_options = SchemaOptions {
+            default_draft: spec.schema_draft.unwrap_or_default(),
+            formats: spec.formats.unwrap_or_default(),
+            documents,
+        };
+        let input_schema = Schema::compile_with(&spec.input_schema, &schema_options)
+            .map_err(|m| err("input_schema", m))?;
         let output_schema = spec
             .output_schema
             .as_ref()
-            .map(Schema::compile)
+            .map(|s| Schema::compile_with(s, &schema_options))
             .transpose()
             .map_err(|m| err("output_schema", m))?;
         let request = RequestTemplate::compile(&spec.request).map_err(|(f, m)| err(&f, m))?;
