@@ -576,6 +576,83 @@ tools:
     }
 
     #[test]
+    fn schema_drafts_documents_and_formats_compile_per_tool() {
+        let yaml = format!(
+            r#"
+defaults: {{schema_draft: 7, formats: annotate}}
+schemas:
+  "https://schemas.example.com/geo.json":
+    definitions:
+      lat: {{type: number, minimum: -90, maximum: 90}}
+      big: {{type: integer, minimum: -18446744073709551615}}
+{}    output_schema:
+      items: [{{$ref: "https://schemas.example.com/geo.json#/definitions/lat"}}]
+    formats: assert
+"#,
+            &GOOD[1..]
+        );
+        let r = load(&yaml).unwrap();
+        let tool = r.get("weather").unwrap();
+        let out = tool.output_schema.as_ref().unwrap();
+        assert!(out.violations(&serde_json::json!([45])).is_empty());
+        assert!(!out.violations(&serde_json::json!([91])).is_empty());
+        // As written, for ListTools: the $ref, not what it points to.
+        assert!(r.describe()[0]
+            .output_schema
+            .contains("geo.json#/definitions/lat"));
+    }
+
+    #[test]
+    fn schema_errors_name_tool_field_or_document() {
+        let with_output = |schema: &str| {
+            format!(
+                "{GOOD}    output_schema: {schema}
+"
+            )
+        };
+        let cases = [
+            (
+                with_output("{$schema: 'http://example.com/draft-99'}"),
+                "tool \"weather\": output_schema: $schema: \"http://example.com/draft-99\"",
+            ),
+            (
+                with_output("{$ref: 'https://schemas.example.com/none.json'}"),
+                "tool \"weather\": output_schema: cannot resolve a $ref",
+            ),
+            (
+                with_output("{$schema: 'http://json-schema.org/draft-04/schema#', type: strung}"),
+                "tool \"weather\": output_schema: not a valid JSON Schema",
+            ),
+            (
+                GOOD.replace("rate_limits:", "schema_draft: 5\n    rate_limits:"),
+                "tool \"weather\": schema_draft: invalid value",
+            ),
+            (
+                GOOD.replace("rate_limits:", "formats: check\n    rate_limits:"),
+                "tool \"weather\": formats: unknown variant",
+            ),
+            (
+                format!("schemas:\n  'https://x.example/a.json': {{type: strung}}\n{GOOD}"),
+                "schemas.\"https://x.example/a.json\": not a valid JSON Schema",
+            ),
+            (
+                format!("schemas:\n  'a.json': {{}}\n{GOOD}"),
+                "schemas.\"a.json\": must be an absolute URI",
+            ),
+            (
+                format!(
+                    "schemas:\n  'https://x.example/a.json': {{$ref: 'https://x.example/b.json'}}\n{GOOD}"
+                ),
+                "schemas: ",
+            ),
+        ];
+        for (yaml, expected) in cases {
+            let e = load(&yaml).unwrap_err();
+            assert!(e.contains(expected), "expected {expected:?} in {e}");
+        }
+    }
+
+    #[test]
     fn upstream_policies_are_checked_and_named() {
         let origin = "http://127.0.0.1:9";
         let with = |policy: &str| format!("upstreams:\n  \"{origin}\": {policy}\n{GOOD}");

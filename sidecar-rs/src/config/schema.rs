@@ -221,8 +221,8 @@ impl SchemaDocuments {
         let mut builder = Registry::new().retriever(NoFetching);
         for (uri, document) in documents {
             let fail = |m: String| (uri.clone(), m);
-            let parsed = url::Url::parse(uri)
-                .map_err(|e| fail(format!("must be an absolute URI ({e})")))?;
+            let parsed =
+                url::Url::parse(uri).map_err(|e| fail(format!("must be an absolute URI ({e})")))?;
             if parsed.fragment().is_some_and(|f| !f.is_empty()) {
                 return Err(fail("must not have a fragment".into()));
             }
@@ -368,19 +368,27 @@ mod tests {
     #[test]
     fn the_default_draft_applies_only_without_dollar_schema() {
         let tuple = json!({"items": [{"type": "integer"}]});
-        assert!(Schema::compile(&tuple).is_err(), "2020-12 items is a schema");
+        assert!(
+            Schema::compile(&tuple).is_err(),
+            "2020-12 items is a schema"
+        );
         let s = Schema::compile_with(&tuple, &with(SchemaDraft::Draft7, Formats::Assert)).unwrap();
         assert!(!s.violations(&json!(["x"])).is_empty());
         // An explicit $schema wins over the default.
         let mut explicit = tuple.clone();
         explicit["$schema"] = json!("https://json-schema.org/draft/2020-12/schema");
-        assert!(Schema::compile_with(&explicit, &with(SchemaDraft::Draft7, Formats::Assert)).is_err());
+        assert!(
+            Schema::compile_with(&explicit, &with(SchemaDraft::Draft7, Formats::Assert)).is_err()
+        );
     }
 
     #[test]
     fn an_unknown_dollar_schema_is_refused_by_name() {
         let e = Schema::compile(&json!({"$schema": "http://example.com/mine"})).unwrap_err();
-        assert!(e.contains("$schema") && e.contains("http://example.com/mine"), "{e}");
+        assert!(
+            e.contains("$schema") && e.contains("http://example.com/mine"),
+            "{e}"
+        );
         let e = Schema::compile(&json!({"$schema": 7})).unwrap_err();
         assert!(e.contains("must be a string"), "{e}");
     }
@@ -415,7 +423,10 @@ mod tests {
         let s = Schema::compile_with(&schema, &options).unwrap();
         assert!(s.violations(&json!(45)).is_empty());
         assert!(!s.violations(&json!(91)).is_empty());
-        assert!(s.text().contains("geo.json#/$defs/lat"), "served as written");
+        assert!(
+            s.text().contains("geo.json#/$defs/lat"),
+            "served as written"
+        );
 
         let missing = json!({"$ref": "https://schemas.example.com/other.json"});
         let e = Schema::compile_with(&missing, &options).unwrap_err();
@@ -446,12 +457,22 @@ mod tests {
 
     #[test]
     fn big_integers_are_compared_exactly() {
-        let s = Schema::compile(&serde_json::from_str(r#"{"minimum": -18446744073709551615}"#).unwrap()).unwrap();
+        let s = Schema::compile(
+            &serde_json::from_str(r#"{"minimum": -18446744073709551615}"#).unwrap(),
+        )
+        .unwrap();
         let n = |t: &str| serde_json::from_str::<Value>(t).unwrap();
         assert!(s.violations(&n("-18446744073709551615")).is_empty());
         assert!(!s.violations(&n("-18446744073709551616")).is_empty());
-        let s = Schema::compile(&n(r#"{"maximum": 98249283749234923498293171823948729348710298301928331}"#)).unwrap();
-        assert!(!s.violations(&n("98249283749234923498293171823948729348710298301928332")).is_empty());
-        assert!(s.violations(&n("98249283749234923498293171823948729348710298301928331")).is_empty());
+        let s = Schema::compile(&n(
+            r#"{"maximum": 98249283749234923498293171823948729348710298301928331}"#,
+        ))
+        .unwrap();
+        assert!(!s
+            .violations(&n("98249283749234923498293171823948729348710298301928332"))
+            .is_empty());
+        assert!(s
+            .violations(&n("98249283749234923498293171823948729348710298301928331"))
+            .is_empty());
     }
 }

@@ -513,7 +513,9 @@ impl SchemaDraft {
     }
 
     fn from_name(name: &str) -> Option<Self> {
-        let name = name.trim_start_matches("draft").trim_start_matches(['-', '0']);
+        let name = name
+            .trim_start_matches("draft")
+            .trim_start_matches(['-', '0']);
         [
             SchemaDraft::Draft4,
             SchemaDraft::Draft6,
@@ -648,9 +650,7 @@ impl<'de> serde::de::Visitor<'de> for JsonVisitor {
         while let Some(key) = map.next_key::<String>()? {
             let JsonDocument(value) = map.next_value()?;
             if out.insert(key.clone(), value).is_some() {
-                return Err(serde::de::Error::custom(format!(
-                    "duplicate key {key:?}"
-                )));
+                return Err(serde::de::Error::custom(format!("duplicate key {key:?}")));
             }
         }
         Ok(serde_json::Value::Object(out))
@@ -914,6 +914,62 @@ tools:
         .unwrap_err()
         .to_string();
         assert!(err.contains("tool \"t\": timeout"), "{err}");
+    }
+
+    #[test]
+    fn integers_beyond_64_bits_and_repeated_keys_in_tools() {
+        let cfg = parse(
+            r#"
+tools:
+  - name: t
+    input_schema: {type: object, properties: {n: {minimum: -18446744073709551615, maximum: 340282366920938463463374607431768211455}}}
+    request: {url: "http://x/"}
+"#,
+        )
+        .unwrap();
+        let text = cfg.tools[0].input_schema.to_string();
+        assert!(text.contains("-18446744073709551615"), "{text}");
+        assert!(
+            text.contains("340282366920938463463374607431768211455"),
+            "{text}"
+        );
+        let err = parse(
+            "tools:\n  - name: t\n    input_schema: {type: object}\n    request: {url: 'http://x/'}\n    timeout: 1s\n    timeout: 2s\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("duplicate"), "{err}");
+    }
+
+    #[test]
+    fn schema_draft_and_formats_default_per_file_and_tool() {
+        let cfg = parse(
+            r#"
+defaults: {schema_draft: 7, formats: annotate}
+tools:
+  - name: a
+    input_schema: {type: object}
+    request: {url: "http://x/"}
+  - name: b
+    input_schema: {type: object}
+    request: {url: "http://x/"}
+    schema_draft: "2019-09"
+    formats: assert
+  - name: c
+    input_schema: {type: object}
+    request: {url: "http://x/"}
+    schema_draft: draft-04
+"#,
+        )
+        .unwrap();
+        assert_eq!(cfg.tools[0].schema_draft, Some(SchemaDraft::Draft7));
+        assert_eq!(cfg.tools[0].formats, Some(Formats::Annotate));
+        assert_eq!(cfg.tools[1].schema_draft, Some(SchemaDraft::Draft201909));
+        assert_eq!(cfg.tools[1].formats, Some(Formats::Assert));
+        assert_eq!(cfg.tools[2].schema_draft, Some(SchemaDraft::Draft4));
+        assert_eq!(cfg.schema_draft, SchemaDraft::Draft7);
+        let plain = parse("tools: []").unwrap();
+        assert_eq!(plain.schema_draft, SchemaDraft::Draft202012);
     }
 
     #[test]
