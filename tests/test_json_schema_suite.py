@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -217,9 +218,7 @@ def counts(draft: Draft) -> dict[str, tuple[int, int]]:
 
 
 def describe(case: Case) -> str:
-    return (
-        f"{case.file} / {case.group} / {case.description}: valid={case.valid}, got {case.got}"
-    )
+    return f"{case.file} / {case.group} / {case.description}: valid={case.valid}, got {case.got}"
 
 
 @pytest.fixture(scope="module")
@@ -229,9 +228,7 @@ def suite_upstream() -> Iterator[Upstream]:
     server.stop()
 
 
-async def run_draft(
-    name: str, upstream: Upstream, start: Callable[[str], SidecarProcess]
-) -> Draft:
+async def run_draft(name: str, upstream: Upstream, start: Callable[[str], SidecarProcess]) -> Draft:
     draft = collect(name)
     serve(upstream, draft.cases)
     sidecar = start(draft.config(upstream.url))
@@ -258,21 +255,22 @@ def main() -> None:
     """Prints the per-draft table (and every optional failure)."""
     upstream = Upstream().start()
     rows = []
+    started: list[SidecarProcess] = []
+
+    def start(config: str) -> SidecarProcess:
+        workdir = Path(tempfile.mkdtemp(prefix="suite-"))
+        started.append(SidecarProcess(workdir, config).start(timeout=120))
+        return started[-1]
+
     try:
         for name in DRAFTS:
-            with tempfile.TemporaryDirectory() as tmp:
-                started: list[SidecarProcess] = []
-
-                def start(config: str, tmp: str = tmp) -> SidecarProcess:
-                    proc = SidecarProcess(Path(tmp), config).start(timeout=120)
-                    started.append(proc)
-                    return proc
-
-                try:
-                    draft = asyncio.run(run_draft(name, upstream, start))
-                finally:
-                    for proc in started:
-                        proc.kill()
+            try:
+                draft = asyncio.run(run_draft(name, upstream, start))
+            finally:
+                for proc in started:
+                    proc.kill()
+                    shutil.rmtree(proc.workdir, ignore_errors=True)
+                started.clear()
             c = counts(draft)
             rows.append((name, c))
             for case in draft.cases:

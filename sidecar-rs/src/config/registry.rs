@@ -416,6 +416,11 @@ impl Tool {
             name: self.name.clone(),
             description: scrub(&self.description),
             input_schema: scrub(self.input_schema.text()),
+            input_schema_inlined: self
+                .input_schema
+                .inlined_text()
+                .map(scrub)
+                .unwrap_or_default(),
             output_schema: self
                 .output_schema
                 .as_ref()

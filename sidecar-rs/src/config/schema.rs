@@ -33,6 +33,8 @@ const MAX_VIOLATIONS: usize = 32;
 pub struct Schema {
     validator: jsonschema::Validator,
     text: String,
+    /// The text with its `$ref`s inlined; `None` when it has none.
+    inlined: Option<String>,
 }
 
 impl std::fmt::Debug for Schema {
@@ -66,15 +68,32 @@ impl Schema {
             .configure(jsonschema::options(), schema)?
             .build(schema)
             .map_err(|e| describe_build_error(schema, options, &e))?;
+        let inlined = if has_ref(schema) {
+            let inlined = options
+                .configure(jsonschema::options(), schema)?
+                .dereference(schema)
+                .map_err(|e| format!("cannot inline its $refs: {e}"))?;
+            Some(inlined.to_string())
+        } else {
+            None
+        };
         Ok(Self {
             validator,
             text: schema.to_string(),
+            inlined,
         })
     }
 
     /// The schema as compact JSON text, as written (no `$ref` resolved).
     pub fn text(&self) -> &str {
         &self.text
+    }
+
+    /// The schema with every `$ref` replaced by its target (a recursive one
+    /// stays), for consumers that cannot resolve `$ref`; `None` when the
+    /// schema has no `$ref`.
+    pub fn inlined_text(&self) -> Option<&str> {
+        self.inlined.as_deref()
     }
 
     /// Every violation of `instance` (up to a cap), or empty when valid.
@@ -155,6 +174,16 @@ impl<'a> SchemaOptions<'a> {
             )),
             draft => Ok(Some(draft)),
         }
+    }
+}
+
+/// Whether `schema` holds a `$ref` anywhere (in a keyword position or not:
+/// a false positive only costs an inlining that changes nothing).
+fn has_ref(schema: &Value) -> bool {
+    match schema {
+        Value::Object(map) => map.contains_key("$ref") || map.values().any(has_ref),
+        Value::Array(items) => items.iter().any(has_ref),
+        _ => false,
     }
 }
 
