@@ -227,11 +227,8 @@ class ToolInfo:
 
 
 def _schema(text: str) -> dict[str, Any]:
-    """A schema's JSON text, parsed. orjson refuses integers beyond 64 bits, which
-    schemas may hold (``minimum: -18446744073709551615``): those parse with json,
-    exactly (Python integers have no limit)."""
-    try:
-        schema: dict[str, Any] = orjson.loads(text)
-    except orjson.JSONDecodeError:
-        schema = json.loads(text)
+    """A schema's JSON text, parsed with the standard library rather than orjson: orjson
+    reads an integer beyond 64 bits (``minimum: -18446744073709551615``) as a float, and
+    ListTools is rare enough that speed does not matter here."""
+    schema: dict[str, Any] = json.loads(text)
     return schema
