@@ -270,8 +270,13 @@ impl Tool {
             formats: spec.formats.unwrap_or_default(),
             documents,
         };
-        let input_schema = Schema::compile_with(&spec.input_schema, &schema_options)
+        let mut input_schema = Schema::compile_with(&spec.input_schema, &schema_options)
             .map_err(|m| err("input_schema", m))?;
+        if let Err(reason) = input_schema.inline_refs(&spec.input_schema, &schema_options) {
+            // The schema is valid and validates; only the convenience copy
+            // for LLMs that cannot follow `$ref` is missing.
+            tracing::warn!(tool = %name, %reason, "input_schema served without an inlined copy");
+        }
         let output_schema = spec
             .output_schema
             .as_ref()

@@ -68,20 +68,32 @@ impl Schema {
             .configure(jsonschema::options(), schema)?
             .build(schema)
             .map_err(|e| describe_build_error(schema, options, &e))?;
-        let inlined = if has_ref(schema) {
-            let inlined = options
-                .configure(jsonschema::options(), schema)?
-                .dereference(schema)
-                .map_err(|e| format!("cannot inline its $refs: {e}"))?;
-            Some(inlined.to_string())
-        } else {
-            None
-        };
         Ok(Self {
             validator,
             text: schema.to_string(),
-            inlined,
+            inlined: None,
         })
+    }
+
+    /// Prepares [`Schema::inlined_text`] from `schema` (the one compiled,
+    /// under the same options). Separate from compiling because only what an
+    /// LLM sees needs it, and because the crate's inliner does not follow
+    /// every base-URI change the validator does: a failure here leaves the
+    /// schema valid, served as written only.
+    pub fn inline_refs(
+        &mut self,
+        schema: &Value,
+        options: &SchemaOptions<'_>,
+    ) -> Result<(), String> {
+        if !has_ref(schema) {
+            return Ok(());
+        }
+        let inlined = options
+            .configure(jsonschema::options(), schema)?
+            .dereference(schema)
+            .map_err(|e| format!("cannot inline its $refs: {e}"))?;
+        self.inlined = Some(inlined.to_string());
+        Ok(())
     }
 
     /// The schema as compact JSON text, as written (no `$ref` resolved).
@@ -449,7 +461,8 @@ mod tests {
             ..Default::default()
         };
         let schema = json!({"$ref": "https://schemas.example.com/geo.json#/$defs/lat"});
-        let s = Schema::compile_with(&schema, &options).unwrap();
+        let mut s = Schema::compile_with(&schema, &options).unwrap();
+        s.inline_refs(&schema, &options).unwrap();
         assert!(s.violations(&json!(45)).is_empty());
         assert!(!s.violations(&json!(91)).is_empty());
         assert!(
