@@ -634,6 +634,11 @@ schemas:
                 "tool \"weather\": output_schema: not a valid JSON Schema",
             ),
             (
+                // Not a finite 64-bit float: YAML reads it as a string.
+                with_output("{maximum: 1e400}"),
+                "tool \"weather\": output_schema: not a valid JSON Schema",
+            ),
+            (
                 GOOD.replace("rate_limits:", "schema_draft: 5\n    rate_limits:"),
                 "tool \"weather\": schema_draft: invalid value",
             ),
