@@ -478,6 +478,41 @@ mod tests {
     }
 
     #[test]
+    fn odd_uses_of_registered_uris_are_errors_or_work_never_panics() {
+        let docs = BTreeMap::from([(
+            "https://schemas.example.com/geo.json".to_owned(),
+            json!({"$defs": {"lat": {"type": "number"}}}),
+        )]);
+        let documents = SchemaDocuments::new(&docs, SchemaDraft::Draft202012).unwrap();
+        let options = SchemaOptions {
+            documents: Some(&documents),
+            ..Default::default()
+        };
+        // A tool schema claiming a registered document's URI as its own.
+        let same_id = json!({"$id": "https://schemas.example.com/geo.json", "type": "object"});
+        let _ = Schema::compile_with(&same_id, &options);
+        // A registered document that is not a meta-schema, named as $schema.
+        let not_meta = json!({"$schema": "https://schemas.example.com/geo.json", "type": "object"});
+        let _ = Schema::compile_with(&not_meta, &options);
+        // A self-referencing document, and one that refers in a circle.
+        let circle = BTreeMap::from([
+            ("urn:a".to_owned(), json!({"$ref": "urn:b"})),
+            ("urn:b".to_owned(), json!({"$ref": "urn:a"})),
+        ]);
+        if let Ok(documents) = SchemaDocuments::new(&circle, SchemaDraft::Draft202012) {
+            let options = SchemaOptions {
+                documents: Some(&documents),
+                ..Default::default()
+            };
+            let mut s = match Schema::compile_with(&json!({"$ref": "urn:a"}), &options) {
+                Ok(s) => s,
+                Err(_) => return,
+            };
+            let _ = s.inline_refs(&json!({"$ref": "urn:a"}), &options);
+        }
+    }
+
+    #[test]
     fn registered_documents_are_checked_against_their_draft() {
         let bad = BTreeMap::from([(
             "https://schemas.example.com/bad.json".to_owned(),
