@@ -246,6 +246,13 @@ impl Tool {
     ) -> Result<Self, ConfigError> {
         let name = spec.name.clone();
         let err = |field: &str, msg: String| ConfigError::tool(&name, field, msg);
+        let not_an_object = || {
+            err(
+                "input_schema",
+                "must be an object schema (\"type\": \"object\"): arguments are a JSON object"
+                    .into(),
+            )
+        };
 
         if name.is_empty()
             || name.len() > 64
@@ -258,24 +265,42 @@ impl Tool {
                 "must be 1-64 characters of [A-Za-z0-9_.-] (LLM function-name rules)".into(),
             ));
         }
-        if spec.input_schema.get("type").and_then(|t| t.as_str()) != Some("object") {
-            return Err(err(
-                "input_schema",
-                "must be an object schema (\"type\": \"object\"): arguments are a JSON object"
-                    .into(),
-            ));
-        }
         let schema_options = SchemaOptions {
             default_draft: spec.schema_draft.unwrap_or_default(),
             formats: spec.formats.unwrap_or_default(),
             documents,
         };
+        // A root `$ref` (`input_schema: {$ref: ".../args.json"}`) is checked
+        // for what it points to.
+        let root_ref =
+            spec.input_schema.get("$ref").is_some() && spec.input_schema.get("type").is_none();
+        if !root_ref && spec.input_schema.get("type").and_then(|t| t.as_str()) != Some("object") {
+            return Err(not_an_object());
+        }
         let mut input_schema = Schema::compile_with(&spec.input_schema, &schema_options)
             .map_err(|m| err("input_schema", m))?;
         if let Err(reason) = input_schema.inline_refs(&spec.input_schema, &schema_options) {
             // The schema is valid and validates; only the convenience copy
             // for LLMs that cannot follow `$ref` is missing.
             tracing::warn!(tool = %name, %reason, "input_schema served without an inlined copy");
+        }
+        let inlined: Option<serde_json::Value> = input_schema
+            .inlined_text()
+            .and_then(|t| serde_json::from_str(t).ok());
+        // What the argument checks below read: the schema with its root
+        // `$ref` followed, when it has one.
+        let declared = match (root_ref, &inlined) {
+            (false, _) => &spec.input_schema,
+            (true, Some(inlined)) => inlined,
+            (true, None) => {
+                return Err(err(
+                    "input_schema",
+                    "a root $ref must lead to an object schema the sidecar can inline".into(),
+                ))
+            }
+        };
+        if root_ref && declared.get("type").and_then(|t| t.as_str()) != Some("object") {
+            return Err(not_an_object());
         }
         let output_schema = spec
             .output_schema
@@ -288,7 +313,7 @@ impl Tool {
         // Every placeholder must be a declared argument, and path segments
         // must be required ones: a typo here would otherwise surface as a
         // confusing error on every call.
-        let (props, required) = schema::declared_properties(&spec.input_schema);
+        let (props, required) = schema::declared_properties(declared);
         let (path_args, all_args) = request.placeholders();
         for (field, arg) in all_args {
             if arg != "*" && !props.contains(&arg) {
@@ -610,6 +635,35 @@ schemas:
         assert!(r.describe()[0]
             .output_schema
             .contains("geo.json#/definitions/lat"));
+        assert!(
+            r.describe()[0].input_schema_inlined.is_empty(),
+            "no $ref there"
+        );
+
+        // The arguments' schema itself from a shared document.
+        let shared = yaml
+            .replace(
+                "      lat: {type: number, minimum: -90, maximum: 90}",
+                "      lat: {type: number, minimum: -90, maximum: 90}\n      args: {type: object, \
+                 properties: {city: {type: string}, units: {enum: [c, f]}}, required: [city]}",
+            )
+            .replace(
+                "    input_schema:\n      type: object\n      properties: {city: {type: string}, units: {enum: [c, f]}}\n      required: [city]\n",
+                "    input_schema: {$ref: 'https://schemas.example.com/geo.json#/definitions/args'}\n",
+            );
+        assert!(shared.contains("#/definitions/args'}"), "{shared}");
+        let r = load(&shared).unwrap();
+        let input = &r.get("weather").unwrap().input_schema;
+        assert!(input
+            .violations(&serde_json::json!({"city": "Oslo"}))
+            .is_empty());
+        assert!(!input
+            .violations(&serde_json::json!({"units": "c"}))
+            .is_empty());
+        let e = load(&shared.replace("required: [city]}", "required: []}")).unwrap_err();
+        assert!(e.contains("request.url"), "{e}");
+        let e = load(&shared.replace("args: {type: object,", "args: {type: array,")).unwrap_err();
+        assert!(e.contains("input_schema: must be an object schema"), "{e}");
     }
 
     #[test]
