@@ -213,7 +213,8 @@ class SidecarProcess:
         )
         self._reader = threading.Thread(target=self._read_logs, args=(self.proc,), daemon=True)
         self._reader.start()
-        if not self._ready.wait(timeout):
+        # The log reader also wakes this when the process exits (a refused config).
+        if not self._ready.wait(timeout) or self.proc.poll() is not None:
             self.kill()
             raise RuntimeError("sidecar did not become ready:\n" + "\n".join(self.raw_logs))
         return self
@@ -223,6 +224,8 @@ class SidecarProcess:
         with proc.stderr:
             for line in proc.stderr:
                 self._on_log_line(line)
+        proc.wait()
+        self._ready.set()
 
     def _on_log_line(self, line: str) -> None:
         self.raw_logs.append(line.rstrip())

@@ -48,3 +48,24 @@ def test_unknown_future_status_is_unspecified() -> None:
 def test_local_result() -> None:
     r = ToolResult.local("9", Status.TIMEOUT, "late", retry_after_ms=3)
     assert (r.call_id, r.status, r.error, r.retry_after_ms) == ("9", Status.TIMEOUT, "late", 3)
+
+
+def test_tool_info_keeps_big_integers_and_prefers_the_inlined_schema() -> None:
+    from brain import ToolInfo
+    from brain._client import _encode_arguments
+
+    written = '{"type":"object","properties":{"n":{"$ref":"urn:n"}}}'
+    inlined = '{"type":"object","properties":{"n":{"minimum":-18446744073709551615}}}'
+    info = ToolInfo.from_pb(
+        pb.ToolInfo(name="t", input_schema=written, input_schema_inlined=inlined)
+    )
+    assert info.input_schema["properties"]["n"] == {"$ref": "urn:n"}
+    assert info.parameters["properties"]["n"]["minimum"] == -18446744073709551615
+    plain = ToolInfo.from_pb(pb.ToolInfo(name="p", input_schema='{"type":"object"}'))
+    assert plain.input_schema_inlined is None
+    assert plain.parameters == {"type": "object"}
+    # An LLM request carrying such a schema still encodes, every digit kept.
+    body = _encode_arguments({"tools": [info.parameters]})
+    assert b"-18446744073709551615" in body
+    with pytest.raises(TypeError):
+        _encode_arguments({"x": object()})

@@ -31,6 +31,11 @@ pub enum ConfigError {
     /// path, e.g. `upstreams."https://api.example.com".max_concurrency`.
     #[error("{path}: {message}")]
     Upstream { path: String, message: String },
+    /// A document under `schemas:`, named by its URI (empty when the
+    /// registry as a whole failed, e.g. a document refers to one not
+    /// registered).
+    #[error("schemas{}: {message}", if uri.is_empty() { String::new() } else { format!(".{uri:?}") })]
+    Schemas { uri: String, message: String },
 }
 
 impl ConfigError {

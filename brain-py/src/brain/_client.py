@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import json
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -472,4 +473,13 @@ def _encode_arguments(arguments: Mapping[str, Any] | bytes | None) -> bytes:
         return _EMPTY_ARGS
     if isinstance(arguments, bytes | bytearray | memoryview):
         return bytes(arguments)
-    return orjson.dumps(arguments)
+    try:
+        return orjson.dumps(arguments)
+    except orjson.JSONEncodeError:
+        # orjson stops at 64-bit integers; the standard library writes any (a tool
+        # schema's `minimum: -18446744073709551615` inside an LLM request, say).
+        try:
+            return json.dumps(arguments, separators=(",", ":"), ensure_ascii=False).encode()
+        except (TypeError, ValueError):
+            pass
+        raise

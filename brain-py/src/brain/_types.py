@@ -8,6 +8,7 @@ The JSON result stays ``bytes`` until :meth:`ToolResult.json` is called.
 from __future__ import annotations
 
 import enum
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -195,14 +196,23 @@ class ToolInfo:
     output_schema: dict[str, Any] | None
     timeout_ms: int
     rate_limits: tuple[RateLimitInfo, ...]
+    #: ``input_schema`` with its ``$ref``s inlined, for function-calling APIs that
+    #: cannot resolve ``$ref``; None when it has none.
+    input_schema_inlined: dict[str, Any] | None = None
+
+    @property
+    def parameters(self) -> dict[str, Any]:
+        """The arguments' schema for an LLM's function definition: inlined when the
+        schema has ``$ref``s, as written otherwise."""
+        return self.input_schema_inlined or self.input_schema
 
     @classmethod
     def from_pb(cls, t: pb.ToolInfo) -> ToolInfo:
         return cls(
             name=t.name,
             description=t.description,
-            input_schema=orjson.loads(t.input_schema),
-            output_schema=orjson.loads(t.output_schema) if t.output_schema else None,
+            input_schema=_schema(t.input_schema),
+            output_schema=_schema(t.output_schema) if t.output_schema else None,
             timeout_ms=t.timeout_ms,
             rate_limits=tuple(
                 RateLimitInfo(
@@ -210,4 +220,15 @@ class ToolInfo:
                 )
                 for r in t.rate_limits
             ),
+            input_schema_inlined=(
+                _schema(t.input_schema_inlined) if t.input_schema_inlined else None
+            ),
         )
+
+
+def _schema(text: str) -> dict[str, Any]:
+    """A schema's JSON text, parsed with the standard library rather than orjson: orjson
+    reads an integer beyond 64 bits (``minimum: -18446744073709551615``) as a float, and
+    ListTools is rare enough that speed does not matter here."""
+    schema: dict[str, Any] = json.loads(text)
+    return schema

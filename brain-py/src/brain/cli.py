@@ -206,7 +206,7 @@ async def _tools(target: str) -> int:
         for tool in await client.list_tools():
             limits = ", ".join(f"{r.rate}/{r.period_ms}ms per {r.scope}" for r in tool.rate_limits)
             print(f"{tool.name:<16} {tool.description.split('.')[0][:70]}")
-            args = ", ".join(tool.input_schema.get("properties", {}))
+            args = ", ".join(tool.parameters.get("properties", {}))
             print(f"{'':<16} args: {args}" + (f"; limits: {limits}" if limits else ""))
     return 0
 

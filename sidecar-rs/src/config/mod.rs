@@ -4,7 +4,7 @@
 //! |---|---|
 //! | [`spec`] | `tools.yaml` as serde data, one documented field at a time |
 //! | [`registry`] | every tool compiled into what a call needs; built once per load |
-//! | [`schema`] | JSON Schema compile (once) and validation with JSON Pointer violations |
+//! | [`schema`] | JSON Schema compile (once: the draft by `$schema`, `schemas:` documents for `$ref`, formats asserted or annotated) and validation with JSON Pointer violations |
 //! | [`template`] | request templates: arguments fill path segments, query, headers and body, never the host |
 //! | [`secrets`] | `${env:..}` / `${file:..}` references and their resolution |
 //! | [`redact`] | scrubbing secret values (and their encodings) from everything that leaves |

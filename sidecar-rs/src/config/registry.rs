@@ -10,7 +10,7 @@ use std::time::Duration;
 use tokio::sync::Semaphore;
 
 use crate::config::redact::Redactor;
-use crate::config::schema::{self, Schema};
+use crate::config::schema::{self, Schema, SchemaDocuments, SchemaOptions};
 use crate::config::secrets::Secret;
 use crate::config::spec::{self, ConfigFile, Method, RateLimitSpec, ToolSpec, UpstreamSpec};
 use crate::config::template::RequestTemplate;
@@ -93,6 +93,16 @@ impl Registry {
         previous: Option<&Registry>,
     ) -> Result<Self, ConfigError> {
         check_upstreams(&file)?;
+        // Compiled once per load, shared by every tool's schemas; dropped
+        // once they are compiled (validators keep what they reference).
+        let documents = if file.schemas.is_empty() {
+            None
+        } else {
+            Some(
+                SchemaDocuments::new(&file.schemas, file.schema_draft)
+                    .map_err(|(uri, message)| ConfigError::Schemas { uri, message })?,
+            )
+        };
         let mut tools = HashMap::with_capacity(file.tools.len());
         let mut secrets = Vec::new();
         for spec in file.tools {
@@ -102,7 +112,7 @@ impl Registry {
                 .get(&origin)
                 .unwrap_or(&file.default_upstream);
             let previous = previous.and_then(|r| r.get(&spec.name)).map(Arc::as_ref);
-            let tool = Tool::compile(spec, upstreams, upstream_spec, previous)?;
+            let tool = Tool::compile(spec, upstreams, upstream_spec, previous, documents.as_ref())?;
             if tools.contains_key(&tool.name) {
                 return Err(ConfigError::tool(
                     &tool.name,
@@ -232,9 +242,17 @@ impl Tool {
         upstreams: &Upstreams,
         upstream_spec: &UpstreamSpec,
         previous: Option<&Tool>,
+        documents: Option<&SchemaDocuments>,
     ) -> Result<Self, ConfigError> {
         let name = spec.name.clone();
         let err = |field: &str, msg: String| ConfigError::tool(&name, field, msg);
+        let not_an_object = || {
+            err(
+                "input_schema",
+                "must be an object schema (\"type\": \"object\"): arguments are a JSON object"
+                    .into(),
+            )
+        };
 
         if name.is_empty()
             || name.len() > 64
@@ -247,19 +265,47 @@ impl Tool {
                 "must be 1-64 characters of [A-Za-z0-9_.-] (LLM function-name rules)".into(),
             ));
         }
-        if spec.input_schema.get("type").and_then(|t| t.as_str()) != Some("object") {
-            return Err(err(
-                "input_schema",
-                "must be an object schema (\"type\": \"object\"): arguments are a JSON object"
-                    .into(),
-            ));
+        let schema_options = SchemaOptions {
+            default_draft: spec.schema_draft.unwrap_or_default(),
+            formats: spec.formats.unwrap_or_default(),
+            documents,
+        };
+        // A root `$ref` (`input_schema: {$ref: ".../args.json"}`) is checked
+        // for what it points to.
+        let root_ref =
+            spec.input_schema.get("$ref").is_some() && spec.input_schema.get("type").is_none();
+        if !root_ref && spec.input_schema.get("type").and_then(|t| t.as_str()) != Some("object") {
+            return Err(not_an_object());
         }
-        let input_schema =
-            Schema::compile(&spec.input_schema).map_err(|m| err("input_schema", m))?;
+        let mut input_schema = Schema::compile_with(&spec.input_schema, &schema_options)
+            .map_err(|m| err("input_schema", m))?;
+        if let Err(reason) = input_schema.inline_refs(&spec.input_schema, &schema_options) {
+            // The schema is valid and validates; only the convenience copy
+            // for LLMs that cannot follow `$ref` is missing.
+            tracing::warn!(tool = %name, %reason, "input_schema served without an inlined copy");
+        }
+        let inlined: Option<serde_json::Value> = input_schema
+            .inlined_text()
+            .and_then(|t| serde_json::from_str(t).ok());
+        // What the argument checks below read: the schema with its root
+        // `$ref` followed, when it has one.
+        let declared = match (root_ref, &inlined) {
+            (false, _) => &spec.input_schema,
+            (true, Some(inlined)) => inlined,
+            (true, None) => {
+                return Err(err(
+                    "input_schema",
+                    "a root $ref must lead to an object schema the sidecar can inline".into(),
+                ))
+            }
+        };
+        if root_ref && declared.get("type").and_then(|t| t.as_str()) != Some("object") {
+            return Err(not_an_object());
+        }
         let output_schema = spec
             .output_schema
             .as_ref()
-            .map(Schema::compile)
+            .map(|s| Schema::compile_with(s, &schema_options))
             .transpose()
             .map_err(|m| err("output_schema", m))?;
         let request = RequestTemplate::compile(&spec.request).map_err(|(f, m)| err(&f, m))?;
@@ -267,7 +313,7 @@ impl Tool {
         // Every placeholder must be a declared argument, and path segments
         // must be required ones: a typo here would otherwise surface as a
         // confusing error on every call.
-        let (props, required) = schema::declared_properties(&spec.input_schema);
+        let (props, required) = schema::declared_properties(declared);
         let (path_args, all_args) = request.placeholders();
         for (field, arg) in all_args {
             if arg != "*" && !props.contains(&arg) {
@@ -400,6 +446,11 @@ impl Tool {
             name: self.name.clone(),
             description: scrub(&self.description),
             input_schema: scrub(self.input_schema.text()),
+            input_schema_inlined: self
+                .input_schema
+                .inlined_text()
+                .map(scrub)
+                .unwrap_or_default(),
             output_schema: self
                 .output_schema
                 .as_ref()
@@ -556,6 +607,117 @@ tools:
             let e = load(&yaml).unwrap_err();
             assert!(e.contains("tool \""), "{e}");
             assert!(e.contains(field), "expected {field:?} in {e}");
+        }
+    }
+
+    #[test]
+    fn schema_drafts_documents_and_formats_compile_per_tool() {
+        let yaml = format!(
+            r#"
+defaults: {{schema_draft: 7, formats: annotate}}
+schemas:
+  "https://schemas.example.com/geo.json":
+    definitions:
+      lat: {{type: number, minimum: -90, maximum: 90}}
+      big: {{type: integer, minimum: -18446744073709551615}}
+{}    output_schema:
+      items: [{{$ref: "https://schemas.example.com/geo.json#/definitions/lat"}}]
+    formats: assert
+"#,
+            &GOOD[1..]
+        );
+        let r = load(&yaml).unwrap();
+        let tool = r.get("weather").unwrap();
+        let out = tool.output_schema.as_ref().unwrap();
+        assert!(out.violations(&serde_json::json!([45])).is_empty());
+        assert!(!out.violations(&serde_json::json!([91])).is_empty());
+        // As written, for ListTools: the $ref, not what it points to.
+        assert!(r.describe()[0]
+            .output_schema
+            .contains("geo.json#/definitions/lat"));
+        assert!(
+            r.describe()[0].input_schema_inlined.is_empty(),
+            "no $ref there"
+        );
+
+        // The arguments' schema itself from a shared document.
+        let shared = yaml
+            .replace(
+                "      lat: {type: number, minimum: -90, maximum: 90}",
+                "      lat: {type: number, minimum: -90, maximum: 90}\n      args: {type: object, \
+                 properties: {city: {type: string}, units: {enum: [c, f]}}, required: [city]}",
+            )
+            .replace(
+                "    input_schema:\n      type: object\n      properties: {city: {type: string}, units: {enum: [c, f]}}\n      required: [city]\n",
+                "    input_schema: {$ref: 'https://schemas.example.com/geo.json#/definitions/args'}\n",
+            );
+        assert!(shared.contains("#/definitions/args'}"), "{shared}");
+        let r = load(&shared).unwrap();
+        let input = &r.get("weather").unwrap().input_schema;
+        assert!(input
+            .violations(&serde_json::json!({"city": "Oslo"}))
+            .is_empty());
+        assert!(!input
+            .violations(&serde_json::json!({"units": "c"}))
+            .is_empty());
+        let e = load(&shared.replace("required: [city]}", "required: []}")).unwrap_err();
+        assert!(e.contains("request.url"), "{e}");
+        let e = load(&shared.replace("args: {type: object,", "args: {type: array,")).unwrap_err();
+        assert!(e.contains("input_schema: must be an object schema"), "{e}");
+    }
+
+    #[test]
+    fn schema_errors_name_tool_field_or_document() {
+        let with_output = |schema: &str| {
+            format!(
+                "{GOOD}    output_schema: {schema}
+"
+            )
+        };
+        let cases = [
+            (
+                with_output("{$schema: 'http://example.com/draft-99'}"),
+                "tool \"weather\": output_schema: $schema: \"http://example.com/draft-99\"",
+            ),
+            (
+                with_output("{$ref: 'https://schemas.example.com/none.json'}"),
+                "tool \"weather\": output_schema: cannot resolve a $ref",
+            ),
+            (
+                with_output("{$schema: 'http://json-schema.org/draft-04/schema#', type: strung}"),
+                "tool \"weather\": output_schema: not a valid JSON Schema",
+            ),
+            (
+                // Not a finite 64-bit float: YAML reads it as a string.
+                with_output("{maximum: 1e400}"),
+                "tool \"weather\": output_schema: not a valid JSON Schema",
+            ),
+            (
+                GOOD.replace("rate_limits:", "schema_draft: 5\n    rate_limits:"),
+                "tool \"weather\": schema_draft: invalid value",
+            ),
+            (
+                GOOD.replace("rate_limits:", "formats: check\n    rate_limits:"),
+                "tool \"weather\": formats: unknown variant",
+            ),
+            (
+                format!("schemas:\n  'https://x.example/a.json': {{type: strung}}\n{GOOD}"),
+                "schemas.\"https://x.example/a.json\": not a valid JSON Schema",
+            ),
+            (
+                format!("schemas:\n  'a.json': {{}}\n{GOOD}"),
+                "schemas.\"a.json\": must be an absolute URI",
+            ),
+            (
+                format!(
+                    "schemas:\n  'https://x.example/a.json': {{$ref: 'https://x.example/b.json'}}\n{GOOD}"
+                ),
+                "schemas: ",
+            ),
+        ];
+        for (yaml, expected) in cases {
+            let e = load(&yaml).unwrap_err();
+            assert!(e.contains(expected), "expected {expected:?} in {e}");
         }
     }
 

@@ -26,14 +26,25 @@ struct RawFile {
     /// concurrency limit, retry budget. Origins not listed get the defaults.
     #[serde(default)]
     upstreams: BTreeMap<String, UpstreamSpec>,
-    /// Kept as raw YAML so each tool can be deserialized with its name in hand.
-    tools: Vec<serde_yaml_ng::Value>,
+    /// JSON Schema documents tools may `$ref`, by URI (`https://...`,
+    /// `urn:...`): shared definitions written once. Nothing is ever fetched,
+    /// so a `$ref` to a document not registered here is a config error.
+    #[serde(default)]
+    schemas: BTreeMap<String, JsonDocument>,
+    /// Kept as raw documents so each tool can be deserialized with its name
+    /// in hand. JSON values, not YAML ones: integers beyond 64 bits (a
+    /// schema's `minimum: -18446744073709551615`) must survive.
+    tools: Vec<JsonDocument>,
 }
 
 /// A parsed file: defaults applied, every tool well-formed.
 #[derive(Debug)]
 pub struct ConfigFile {
     pub tools: Vec<ToolSpec>,
+    /// The `schemas:` section, by URI.
+    pub schemas: BTreeMap<String, serde_json::Value>,
+    /// The draft of a `schemas:` document without `$schema`.
+    pub schema_draft: SchemaDraft,
     pub upstreams: BTreeMap<String, UpstreamSpec>,
     pub default_upstream: UpstreamSpec,
 }
@@ -65,6 +76,13 @@ pub struct Defaults {
     /// Policy for upstream origins not listed under `upstreams`.
     #[serde(default)]
     pub upstream: UpstreamSpec,
+    /// The JSON Schema draft of a schema (a tool's or a `schemas:`
+    /// document) that does not name one in `$schema`.
+    #[serde(default)]
+    pub schema_draft: SchemaDraft,
+    /// Whether `format` is checked, for tools that do not say.
+    #[serde(default)]
+    pub formats: Formats,
 }
 
 impl Default for Defaults {
@@ -76,6 +94,8 @@ impl Default for Defaults {
             max_json_depth: default_max_json_depth(),
             retry: RetrySpec::default(),
             upstream: UpstreamSpec::default(),
+            schema_draft: SchemaDraft::default(),
+            formats: Formats::default(),
         }
     }
 }
@@ -390,7 +410,8 @@ pub struct ToolSpec {
     /// What the tool does, written for an LLM choosing among tools.
     #[serde(default)]
     pub description: String,
-    /// JSON Schema (draft 2020-12) for the arguments. Must describe an object.
+    /// JSON Schema for the arguments. Must describe an object. Its draft is
+    /// its `$schema`, else `schema_draft`.
     pub input_schema: serde_json::Value,
     /// JSON Schema the upstream's response must satisfy; responses that do not
     /// are reported as INVALID_RESPONSE instead of reaching the agent.
@@ -440,6 +461,200 @@ pub struct ToolSpec {
     /// Private address ranges this tool may reach.
     #[serde(default)]
     pub egress: EgressSpec,
+    /// Overrides `defaults.schema_draft` for this tool's schemas.
+    #[serde(default)]
+    pub schema_draft: Option<SchemaDraft>,
+    /// Overrides `defaults.formats` for this tool's schemas.
+    #[serde(default)]
+    pub formats: Option<Formats>,
+}
+
+/// A JSON Schema draft, as `schema_draft` names it: `4`, `6`, `7`,
+/// `2019-09` or `2020-12` (the default).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum SchemaDraft {
+    Draft4,
+    Draft6,
+    Draft7,
+    Draft201909,
+    #[default]
+    Draft202012,
+}
+
+impl SchemaDraft {
+    /// The meta-schema URIs a `$schema` may name, for error messages.
+    pub const KNOWN_URIS: [&'static str; 5] = [
+        "http://json-schema.org/draft-04/schema#",
+        "http://json-schema.org/draft-06/schema#",
+        "http://json-schema.org/draft-07/schema#",
+        "https://json-schema.org/draft/2019-09/schema",
+        "https://json-schema.org/draft/2020-12/schema",
+    ];
+
+    pub fn as_draft(self) -> jsonschema::Draft {
+        match self {
+            SchemaDraft::Draft4 => jsonschema::Draft::Draft4,
+            SchemaDraft::Draft6 => jsonschema::Draft::Draft6,
+            SchemaDraft::Draft7 => jsonschema::Draft::Draft7,
+            SchemaDraft::Draft201909 => jsonschema::Draft::Draft201909,
+            SchemaDraft::Draft202012 => jsonschema::Draft::Draft202012,
+        }
+    }
+
+    /// The name `schema_draft` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            SchemaDraft::Draft4 => "4",
+            SchemaDraft::Draft6 => "6",
+            SchemaDraft::Draft7 => "7",
+            SchemaDraft::Draft201909 => "2019-09",
+            SchemaDraft::Draft202012 => "2020-12",
+        }
+    }
+
+    fn from_name(name: &str) -> Option<Self> {
+        let name = name
+            .trim_start_matches("draft")
+            .trim_start_matches(['-', '0']);
+        [
+            SchemaDraft::Draft4,
+            SchemaDraft::Draft6,
+            SchemaDraft::Draft7,
+            SchemaDraft::Draft201909,
+            SchemaDraft::Draft202012,
+        ]
+        .into_iter()
+        .find(|d| d.name() == name)
+    }
+}
+
+// Written as a number (`7`) or a string (`"2019-09"`, `draft-07`): a derived
+// enum would take only one of them.
+impl<'de> Deserialize<'de> for SchemaDraft {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Name;
+        impl serde::de::Visitor<'_> for Name {
+            type Value = SchemaDraft;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON Schema draft: 4, 6, 7, 2019-09 or 2020-12")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<SchemaDraft, E> {
+                SchemaDraft::from_name(v)
+                    .ok_or_else(|| E::invalid_value(serde::de::Unexpected::Str(v), &self))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<SchemaDraft, E> {
+                SchemaDraft::from_name(&v.to_string())
+                    .ok_or_else(|| E::invalid_value(serde::de::Unexpected::Unsigned(v), &self))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<SchemaDraft, E> {
+                SchemaDraft::from_name(&v.to_string())
+                    .ok_or_else(|| E::invalid_value(serde::de::Unexpected::Signed(v), &self))
+            }
+        }
+        deserializer.deserialize_any(Name)
+    }
+}
+
+/// What `format` does in a tool's schemas.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Formats {
+    /// Every format the validator knows is checked (dates, e-mail and
+    /// IDN addresses, hostnames, IPs, URIs, UUIDs, ...), whatever the draft:
+    /// a tool that says `format: date` usually relies on getting a date.
+    /// Unknown format names are ignored, as the specification asks.
+    #[default]
+    Assert,
+    /// The specification's default: `format` is an annotation and checks
+    /// nothing, unless the schema's meta-schema asks for the
+    /// format-assertion vocabulary.
+    Annotate,
+}
+
+/// A JSON document read from YAML: a `serde_json::Value` whose integers keep
+/// up to 128 bits (YAML's own value type stops at 64, and `serde_json`'s
+/// visitor would silently let a repeated key win). Floats are YAML's 64-bit
+/// ones: a decimal beyond that precision is rounded, as YAML defines.
+#[derive(Debug, Clone)]
+struct JsonDocument(serde_json::Value);
+
+impl<'de> Deserialize<'de> for JsonDocument {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(JsonVisitor).map(JsonDocument)
+    }
+}
+
+struct JsonVisitor;
+
+impl<'de> serde::de::Visitor<'de> for JsonVisitor {
+    type Value = serde_json::Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<serde_json::Value, E> {
+        Ok(v.into())
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<serde_json::Value, E> {
+        Ok(v.into())
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<serde_json::Value, E> {
+        Ok(v.into())
+    }
+    fn visit_i128<E: serde::de::Error>(self, v: i128) -> Result<serde_json::Value, E> {
+        // Exact: serde_json is built with arbitrary_precision.
+        serde_json::Number::from_i128(v)
+            .map(serde_json::Value::Number)
+            .ok_or_else(|| E::custom(format!("{v} is out of range")))
+    }
+    fn visit_u128<E: serde::de::Error>(self, v: u128) -> Result<serde_json::Value, E> {
+        serde_json::Number::from_u128(v)
+            .map(serde_json::Value::Number)
+            .ok_or_else(|| E::custom(format!("{v} is out of range")))
+    }
+    fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<serde_json::Value, E> {
+        serde_json::Number::from_f64(v)
+            .map(serde_json::Value::Number)
+            .ok_or_else(|| E::custom(format!("{v} is not a JSON number")))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<serde_json::Value, E> {
+        Ok(v.into())
+    }
+    fn visit_string<E>(self, v: String) -> Result<serde_json::Value, E> {
+        Ok(v.into())
+    }
+    fn visit_unit<E>(self) -> Result<serde_json::Value, E> {
+        Ok(serde_json::Value::Null)
+    }
+    fn visit_none<E>(self) -> Result<serde_json::Value, E> {
+        Ok(serde_json::Value::Null)
+    }
+    fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<serde_json::Value, D::Error> {
+        d.deserialize_any(self)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(
+        self,
+        mut seq: A,
+    ) -> Result<serde_json::Value, A::Error> {
+        let mut out = Vec::new();
+        while let Some(JsonDocument(v)) = seq.next_element()? {
+            out.push(v);
+        }
+        Ok(serde_json::Value::Array(out))
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(
+        self,
+        mut map: A,
+    ) -> Result<serde_json::Value, A::Error> {
+        let mut out = serde_json::Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            let JsonDocument(value) = map.next_value()?;
+            if out.insert(key.clone(), value).is_some() {
+                return Err(serde::de::Error::custom(format!("duplicate key {key:?}")));
+            }
+        }
+        Ok(serde_json::Value::Object(out))
+    }
 }
 
 /// The HTTP request template. `{name}` placeholders refer to top-level
@@ -635,7 +850,7 @@ pub fn parse(text: &str) -> Result<ConfigFile, ConfigError> {
     let raw: RawFile =
         serde_yaml_ng::from_str(text).map_err(|e| ConfigError::syntax(e.to_string()))?;
     let mut tools = Vec::with_capacity(raw.tools.len());
-    for (index, value) in raw.tools.into_iter().enumerate() {
+    for (index, JsonDocument(value)) in raw.tools.into_iter().enumerate() {
         let name = value
             .get("name")
             .and_then(|n| n.as_str())
@@ -651,10 +866,14 @@ pub fn parse(text: &str) -> Result<ConfigFile, ConfigError> {
         spec.max_argument_bytes.get_or_insert(d.max_argument_bytes);
         spec.max_json_depth.get_or_insert(d.max_json_depth);
         spec.retry.get_or_insert_with(|| d.retry.clone());
+        spec.schema_draft.get_or_insert(d.schema_draft);
+        spec.formats.get_or_insert(d.formats);
         tools.push(spec);
     }
     Ok(ConfigFile {
         tools,
+        schemas: raw.schemas.into_iter().map(|(k, v)| (k, v.0)).collect(),
+        schema_draft: raw.defaults.schema_draft,
         upstreams: raw.upstreams,
         default_upstream: raw.defaults.upstream,
     })
@@ -695,6 +914,62 @@ tools:
         .unwrap_err()
         .to_string();
         assert!(err.contains("tool \"t\": timeout"), "{err}");
+    }
+
+    #[test]
+    fn integers_beyond_64_bits_and_repeated_keys_in_tools() {
+        let cfg = parse(
+            r#"
+tools:
+  - name: t
+    input_schema: {type: object, properties: {n: {minimum: -18446744073709551615, maximum: 340282366920938463463374607431768211455}}}
+    request: {url: "http://x/"}
+"#,
+        )
+        .unwrap();
+        let text = cfg.tools[0].input_schema.to_string();
+        assert!(text.contains("-18446744073709551615"), "{text}");
+        assert!(
+            text.contains("340282366920938463463374607431768211455"),
+            "{text}"
+        );
+        let err = parse(
+            "tools:\n  - name: t\n    input_schema: {type: object}\n    request: {url: 'http://x/'}\n    timeout: 1s\n    timeout: 2s\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("duplicate"), "{err}");
+    }
+
+    #[test]
+    fn schema_draft_and_formats_default_per_file_and_tool() {
+        let cfg = parse(
+            r#"
+defaults: {schema_draft: 7, formats: annotate}
+tools:
+  - name: a
+    input_schema: {type: object}
+    request: {url: "http://x/"}
+  - name: b
+    input_schema: {type: object}
+    request: {url: "http://x/"}
+    schema_draft: "2019-09"
+    formats: assert
+  - name: c
+    input_schema: {type: object}
+    request: {url: "http://x/"}
+    schema_draft: draft-04
+"#,
+        )
+        .unwrap();
+        assert_eq!(cfg.tools[0].schema_draft, Some(SchemaDraft::Draft7));
+        assert_eq!(cfg.tools[0].formats, Some(Formats::Annotate));
+        assert_eq!(cfg.tools[1].schema_draft, Some(SchemaDraft::Draft201909));
+        assert_eq!(cfg.tools[1].formats, Some(Formats::Assert));
+        assert_eq!(cfg.tools[2].schema_draft, Some(SchemaDraft::Draft4));
+        assert_eq!(cfg.schema_draft, SchemaDraft::Draft7);
+        let plain = parse("tools: []").unwrap();
+        assert_eq!(plain.schema_draft, SchemaDraft::Draft202012);
     }
 
     #[test]

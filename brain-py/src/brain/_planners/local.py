@@ -63,7 +63,8 @@ class LocalOptions:
 def _tools_text(state: PlanningState) -> str:
     lines = []
     for tool in state.tools:
-        schema = orjson.dumps(tool.input_schema).decode()
+        # json, not orjson: a schema may hold integers beyond 64 bits.
+        schema = json.dumps(tool.parameters, separators=(",", ":"), ensure_ascii=False)
         lines.append(f"- {tool.name}: {' '.join(tool.description.split())}\n  arguments: {schema}")
     return "\n".join(lines) or "(none)"
 

@@ -62,14 +62,15 @@ class OpenAIOptions:
 
 
 def openai_tools(tools: Sequence[ToolInfo]) -> list[dict[str, Any]]:
-    """The ``tools`` parameter: one function per tool, parameters = its input schema."""
+    """The ``tools`` parameter: one function per tool, parameters = its input schema
+    (``$ref``s inlined: most providers cannot resolve them)."""
     return [
         {
             "type": "function",
             "function": {
                 "name": t.name,
                 "description": t.description,
-                "parameters": t.input_schema,
+                "parameters": t.parameters,
             },
         }
         for t in tools

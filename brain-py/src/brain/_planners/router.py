@@ -194,7 +194,7 @@ def tool_texts(tool: ToolInfo) -> list[str]:
     sentences = re.split(r"(?<=[.!?])\s+", " ".join(tool.description.split()))
     texts += [s for s in sentences if len(s) > 12 and ":" not in s[:-1]]
     texts += [s.split(":")[0] for s in sentences if ":" in s[:-1]]
-    for name, prop in tool.input_schema.get("properties", {}).items():
+    for name, prop in tool.parameters.get("properties", {}).items():
         if isinstance(prop, dict) and isinstance(prop.get("description"), str):
             texts.append(f"{name}: {prop['description']}")
     return [t for t in dict.fromkeys(texts) if t.strip()]
@@ -301,7 +301,7 @@ class RouterPlanner:
         required); one filled from the task text as a whole counts half, since any text
         fills it.
         """
-        schema = tool.input_schema
+        schema = tool.parameters
         props: dict[str, Any] = schema.get("properties", {})
         required = set(schema.get("required", []))
         folded = fold(task)

@@ -162,17 +162,19 @@ class RateLimit(_message.Message):
     def __init__(self, scope: _Optional[str] = ..., rate: _Optional[int] = ..., period_ms: _Optional[int] = ..., burst: _Optional[int] = ..., on_limit: _Optional[str] = ..., key: _Optional[str] = ..., unit: _Optional[str] = ..., enforce: _Optional[bool] = ...) -> None: ...
 
 class ToolInfo(_message.Message):
-    __slots__ = ("name", "description", "input_schema", "output_schema", "timeout_ms", "rate_limits")
+    __slots__ = ("name", "description", "input_schema", "output_schema", "timeout_ms", "rate_limits", "input_schema_inlined")
     NAME_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
     INPUT_SCHEMA_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_SCHEMA_FIELD_NUMBER: _ClassVar[int]
     TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
     RATE_LIMITS_FIELD_NUMBER: _ClassVar[int]
+    INPUT_SCHEMA_INLINED_FIELD_NUMBER: _ClassVar[int]
     name: str
     description: str
     input_schema: str
     output_schema: str
     timeout_ms: int
     rate_limits: _containers.RepeatedCompositeFieldContainer[RateLimit]
-    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., input_schema: _Optional[str] = ..., output_schema: _Optional[str] = ..., timeout_ms: _Optional[int] = ..., rate_limits: _Optional[_Iterable[_Union[RateLimit, _Mapping]]] = ...) -> None: ...
+    input_schema_inlined: str
+    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., input_schema: _Optional[str] = ..., output_schema: _Optional[str] = ..., timeout_ms: _Optional[int] = ..., rate_limits: _Optional[_Iterable[_Union[RateLimit, _Mapping]]] = ..., input_schema_inlined: _Optional[str] = ...) -> None: ...
