@@ -202,6 +202,9 @@ def _share(config: dict[str, Any], i: int, n: int) -> dict[str, Any]:
     for key in ("agents", "calls", "warmup_calls", "concurrency"):
         if key in config:
             part[key] = split(int(config[key]), n)[i]
+    if "concurrency" in part:
+        # A process with calls to make needs a worker to make them.
+        part["concurrency"] = max(1, part["concurrency"])
     return part
 
 
