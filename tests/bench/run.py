@@ -41,6 +41,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--sidecar-bin", type=Path, default=REPO / "sidecar-rs/target/release/sidecar"
     )
+    parser.add_argument(
+        "--no-pin",
+        action="store_true",
+        help="run python-tuned xN's processes unpinned (default: one per core, taskset -c)",
+    )
     return parser.parse_args(argv)
 
 
@@ -68,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
             sidecar_bin=args.sidecar_bin.resolve(),
             results_dir=args.results,
             repo=REPO,
+            pin=not args.no_pin,
         )
         for key in keys:
             print(f"==> {key}{' (quick)' if args.quick else ''}", flush=True)

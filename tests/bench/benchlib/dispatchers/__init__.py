@@ -28,15 +28,16 @@ def multi_label(processes: int) -> str:
     return f"python-tuned x{processes}"
 
 
-def stacks(processes: int) -> dict[str, dict[str, Any]]:
+def stacks(processes: int, *, pin: bool = True) -> dict[str, dict[str, Any]]:
     """What scenarios 1, 3 and 8 compare, by label: the three dispatchers, and (when there
     is more than one core) python-tuned as one process per core, the agents split between
-    them, each process pinned to its core with ``taskset -c`` (:mod:`benchlib.runner`)."""
+    them, each process pinned to its core with ``taskset -c`` unless ``pin`` is false
+    (:mod:`benchlib.runner`)."""
     out: dict[str, dict[str, Any]] = {d: {"dispatcher": d} for d in DISPATCHERS}
     if processes > 1:
         out[multi_label(processes)] = {
             "dispatcher": "python-tuned",
             "processes": processes,
-            "pin": True,
+            "pin": pin,
         }
     return out

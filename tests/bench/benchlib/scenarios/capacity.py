@@ -325,7 +325,7 @@ def _brief(search: Search) -> dict[str, Any] | None:
 
 def run(ctx: Context) -> ScenarioResult:
     n = len(cores())
-    labels = stacks(n)
+    labels = stacks(n, pin=ctx.pin)
     searches = _search_all(ctx, labels)
     rows = [
         summarize(label, int(labels[label].get("processes", 1)), s.done)
@@ -360,8 +360,9 @@ def run(ctx: Context) -> ScenarioResult:
         "resolution_pct: the widest bracket's half-width",
         "a target is met only if the ratio holds at both ends of the error bars, missed only "
         "if it fails at both; otherwise the run cannot tell",
-        f"python-tuned x{n}: {n} python-tuned processes, one per core, each pinned to its core "
-        "with `taskset -c` and given 1/N of the agents; the other stacks are not pinned",
+        f"python-tuned x{n}: {n} python-tuned processes, one per core, "
+        + ("each pinned to its core with `taskset -c`" if ctx.pin else "not pinned (--no-pin)")
+        + ", each given 1/N of the agents; the other stacks are not pinned",
         "CPU is per 1,000 calls at each search's highest step that held the SLO (median), by "
         "process: brain (agents + dispatcher; summed over processes), sidecar, upstream "
         "(nginx); the brain's share includes the agents' own loop, the same for every stack",
@@ -387,5 +388,6 @@ def run(ctx: Context) -> ScenarioResult:
             "slo_p99_ms": SLO_P99_MS,
             "tolerance": TOLERANCE,
             "cores": n,
+            "pinned": ctx.pin,
         },
     )

@@ -48,7 +48,7 @@ def run(ctx: Context) -> ScenarioResult:
     # QUICK (CI smoke): the catalog only; scenarios 1 and 4 run the search document.
     documents = DOCUMENT_TOOLS[-1:] if ctx.quick else DOCUMENT_TOOLS
     for tool in documents:
-        for label, stack in stacks(len(cores())).items():
+        for label, stack in stacks(len(cores()), pin=ctx.pin).items():
             if ctx.quick and label == "python-naive":
                 continue  # QUICK: its path is the others' (scenario 1 runs it)
             calls = QUICK_CALLS if ctx.quick else CALLS

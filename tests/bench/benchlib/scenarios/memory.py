@@ -35,7 +35,7 @@ def _per_call(m: Measurement, role: str, in_flight: int) -> tuple[float | None, 
 def run(ctx: Context) -> ScenarioResult:
     agents = QUICK_AGENTS if ctx.quick else AGENTS
     rows: list[dict[str, Any]] = []
-    for label, stack in stacks(len(cores())).items():
+    for label, stack in stacks(len(cores()), pin=ctx.pin).items():
         config = {
             **stack,
             "mode": "memory",
