@@ -227,7 +227,10 @@ class _Searches:
             if agents is not None:
                 return agents
             self.done.append(self.current)
-            self.current = self._new(self.current) if len(self.done) < self.repeats else None
+            # A search in which not even one agent held the SLO is not repeated: the next
+            # would walk the same way down to the same answer.
+            again = len(self.done) < self.repeats and self.current.estimate() is not None
+            self.current = self._new(self.current) if again else None
         return None
 
     def record(self, row: dict[str, Any]) -> None:
