@@ -4,8 +4,11 @@
 
 Starts nginx (the upstream), then runs each scenario (:mod:`benchlib.scenarios`); every
 scenario prints its table and writes ``results/<key>.json`` and PNG charts; the run ends
-with ``results/summary.json`` and ``results/summary.md`` and checks that all of it is well
-formed. ``--quick`` is the CI smoke mode: small and short, and never judged on speed.
+with the headline (``results/0_headline.json`` and ``headline.png``: capacity under the
+SLO per stack with error bars, CPU and memory per call, a projection to more cores; it
+needs scenario 1, and takes scenarios 3 and 8 when they ran), ``results/summary.json`` and
+``results/summary.md``, and checks that all of it is well formed. ``--quick`` is the CI
+smoke mode: small and short, and never judged on speed.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from benchlib import charts, report
+from benchlib import charts, headline, report
 from benchlib.documents import stale_fixtures
 from benchlib.nginx import Nginx
 from benchlib.runner import REPO
@@ -37,6 +40,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--results", type=Path, default=Path(__file__).resolve().parent / "results")
     parser.add_argument(
         "--sidecar-bin", type=Path, default=REPO / "sidecar-rs/target/release/sidecar"
+    )
+    parser.add_argument(
+        "--no-pin",
+        action="store_true",
+        help="run python-tuned xN's processes unpinned (default: one per core, taskset -c)",
     )
     return parser.parse_args(argv)
 
@@ -65,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
             sidecar_bin=args.sidecar_bin.resolve(),
             results_dir=args.results,
             repo=REPO,
+            pin=not args.no_pin,
         )
         for key in keys:
             print(f"==> {key}{' (quick)' if args.quick else ''}", flush=True)
@@ -80,6 +89,12 @@ def main(argv: list[str] | None = None) -> int:
             results.append(result)
             print(report.markdown_section(result), flush=True)
             print(f"    ({time.monotonic() - t0:.0f} s)\n", flush=True)
+    top = headline.build(results, quick=args.quick)
+    if top is not None:
+        top.charts = charts.draw(top, args.results)
+        report.write_result(top, args.results)
+        results.insert(0, top)
+        print(report.markdown_section(top), flush=True)
     meta = {
         "quick": args.quick,
         "machine": report.machine(),

@@ -17,11 +17,22 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from benchlib import charts, report
-from benchlib.documents import SEARCH_SELECT, stale_fixtures
+import jsonschema  # type: ignore[import-untyped]
+import jsonschema_rs
+import orjson
+from benchlib import charts, headline, report
+from benchlib.documents import (
+    CATALOG_FILE,
+    CATALOG_SCHEMA,
+    FIXTURES,
+    SEARCH_SELECT,
+    catalog_document,
+    stale_fixtures,
+)
 from benchlib.nginx import Nginx
 from benchlib.runner import REPO
 from benchlib.scenarios import Context, ScenarioResult, Target
+from benchlib.scenarios.capacity import TOLERANCE, Search, compare, summarize
 from benchlib.validate import check_results
 
 pytestmark = pytest.mark.skipif(
@@ -48,6 +59,76 @@ def test_fixtures_match_their_generator() -> None:
     assert stale_fixtures() == []
 
 
+def test_the_catalog_document_has_the_shape_it_promises() -> None:
+    document, body = catalog_document()
+    assert (FIXTURES / CATALOG_FILE).read_bytes() == body
+    assert orjson.loads(body) == document
+    jsonschema.Draft202012Validator(CATALOG_SCHEMA).validate(document)
+    assert jsonschema_rs.validator_for(CATALOG_SCHEMA).is_valid(document)
+    # Unicode raw and escaped (surrogate pairs), escapes, $ref: what it is there for.
+    for fragment in ("春".encode(), b"\\ud83c", b'\\"', b"\\n", b"\\u0007"):
+        assert fragment in body, fragment
+    assert '"$ref": "#/$defs/category"' in (FIXTURES / "catalog_schema.json").read_text()
+
+
+def test_the_capacity_search_brackets_to_its_tolerance() -> None:
+    # A stack that holds the SLO up to 1,500 agents: the search's own logic, no speed.
+    search = Search(start=8, factor=2.0, max_steps=40, bisect=True)
+    while (agents := search.next_agents()) is not None:
+        search.record({"agents": agents, "holds_slo": agents <= 1500, "calls_per_s": agents / 0.8})
+    estimate = search.estimate()
+    assert estimate is not None
+    assert estimate["lo_agents"] <= 1500 < estimate["hi_agents"]
+    assert estimate["resolution"] <= TOLERANCE
+    assert estimate["low"] <= 1500 / 0.8 <= estimate["high"]
+
+
+def test_a_ratio_is_judged_on_its_error_bars() -> None:
+    ours = {"calls_per_s": 2000.0, "calls_per_s_low": 1900.0, "calls_per_s_high": 2100.0}
+    close = {"calls_per_s": 1000.0, "calls_per_s_low": 950.0, "calls_per_s_high": 1050.0}
+    far = {"calls_per_s": 500.0, "calls_per_s_low": 480.0, "calls_per_s_high": 520.0}
+    assert compare(ours, close, 2.0, judged=True)[0] is None  # 1.81x..2.21x: cannot tell
+    assert compare(ours, far, 2.0, judged=True)[0] is True
+    assert compare(far, ours, 2.0, judged=True)[0] is False
+    assert compare(ours, far, 2.0, judged=False)[0] is None
+
+
+def test_the_projection_follows_its_formula() -> None:
+    # One Python process: capped by the brain (1 / 100 µs); else by the cores.
+    one = headline.project(16, python=1, brain_s=1e-4, sidecar_s=4e-4, efficiency=1.0)
+    assert one == pytest.approx(10_000)
+    four = headline.project(4, python=1, brain_s=1e-4, sidecar_s=4e-4, efficiency=0.5)
+    assert four == pytest.approx(0.5 * 4 / 5e-4)
+
+
+def test_python_tuned_as_one_process_per_core_splits_the_calls(nginx: Nginx) -> None:
+    ctx = Context(
+        quick=True,
+        nginx=nginx,
+        sidecar_bin=Path("/nonexistent"),
+        results_dir=Path("/nonexistent"),
+        repo=REPO,
+        log=lambda _: None,
+    )
+    m = ctx.run(
+        {
+            "dispatcher": "python-tuned",
+            "processes": 2,
+            "pin": True,
+            "mode": "burst",
+            "tool": "catalog",
+            "concurrency": 4,
+            "warmup_calls": 4,
+            "calls": 21,
+        },
+        timeout=60,
+    )
+    assert m.processes == 2
+    assert m.statuses == {"OK": 21}, m.statuses
+    assert m.latency["p99_ms"] > 0
+    assert m.peak_rss["brain"] > m.ready_rss["brain"] > 0
+
+
 def test_a_tiny_run_produces_well_formed_outputs(nginx: Nginx, tmp_path: Path) -> None:
     ctx = Context(
         quick=True,
@@ -59,13 +140,13 @@ def test_a_tiny_run_produces_well_formed_outputs(nginx: Nginx, tmp_path: Path) -
     )
     dispatchers = ["python-naive", "python-tuned"] + (["tandem"] if _sidecar_bin() else [])
     rows = []
-    for dispatcher in dispatchers:
+    for dispatcher, tool in [(d, "search") for d in dispatchers] + [(dispatchers[-1], "catalog")]:
         m = ctx.run(
             {
                 "dispatcher": dispatcher,
                 "mode": "burst",
-                "tool": "search",
-                "select": list(SEARCH_SELECT),
+                "tool": tool,
+                "select": list(SEARCH_SELECT) if tool == "search" else [],
                 "concurrency": 4,
                 "warmup_calls": 4,
                 "calls": 20,
@@ -91,10 +172,42 @@ def test_a_tiny_run_produces_well_formed_outputs(nginx: Nginx, tmp_path: Path) -
     )
     result.charts = charts.draw(result, tmp_path)
     report.write_result(result, tmp_path)
+    top = headline.build([_capacity_result(), result], quick=True)
+    assert top is not None
+    top.charts = charts.draw(top, tmp_path)
+    assert top.charts == ["headline.png"]
+    report.write_result(top, tmp_path)
     report.write_summary(
-        [result], {"quick": True, "machine": report.machine(), "finished_at": "now"}, tmp_path
+        [top, result], {"quick": True, "machine": report.machine(), "finished_at": "now"}, tmp_path
     )
-    assert check_results(tmp_path, ["4_python_cost"]) == []
+    assert check_results(tmp_path, ["0_headline", "4_python_cost"]) == []
+
+
+def _capacity_result() -> ScenarioResult:
+    """Scenario 1's result from searches fed made-up steps (the headline's input shape)."""
+    rows = []
+    for label, processes, limit in (("tandem", 1, 900), ("python-tuned x2", 2, 1200)):
+        search = Search(start=8, factor=2.0, max_steps=40, bisect=True)
+        while (agents := search.next_agents()) is not None:
+            search.record(
+                {
+                    "agents": agents,
+                    "holds_slo": agents <= limit,
+                    "calls_per_s": agents / 0.8,
+                    "p99_ms": 20.0,
+                    "other_cores": 0.0,
+                    "cpu_s_per_1k": {"brain": 0.2, "sidecar": 0.5, "upstream": 0.02},
+                    "peak_rss_mib": {"brain": 60.0},
+                }
+            )
+        rows.append(summarize(label, processes, [search]))
+    return ScenarioResult(
+        key="1_capacity",
+        title="capacity",
+        columns=["dispatcher"],
+        rows=rows,
+        detail={"cores": 2},
+    )
 
 
 def test_the_output_check_catches_malformed_results(tmp_path: Path) -> None:

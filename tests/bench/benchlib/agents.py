@@ -6,6 +6,10 @@ orchestrator reads CPU counters at those moments), then ``result``. It then wait
 stdin to close, so the orchestrator can read its peak RSS before it exits. Every mode is
 bounded by ``deadline_s``.
 
+Several agent processes can share one measurement (``python-tuned xN``): each then waits
+for a ``go`` line on stdin after ``ready`` (``wait_go``), so their windows start together,
+and reports every latency (``raw_latencies``) for the orchestrator to merge.
+
 Modes:
 
 * ``think``: ``agents`` agents, each: think ``think_ms``, make one call, repeat (start
@@ -148,6 +152,8 @@ async def main(cfg: dict[str, Any]) -> None:
         await dispatcher.start()
         try:
             emit("ready")
+            if cfg.get("wait_go"):
+                await asyncio.to_thread(sys.stdin.readline)
             window = await MODES[cfg["mode"]](dispatcher, cfg, rec)
         finally:
             await dispatcher.aclose()
@@ -158,6 +164,7 @@ async def main(cfg: dict[str, Any]) -> None:
         statuses=dict(rec.statuses),
         latency=summarize_ms(rec.latencies),
         counters=dispatcher.counters(),
+        **({"latencies_s": rec.latencies} if cfg.get("raw_latencies") else {}),
     )
     # Stay alive (and keep the peak RSS readable) until the orchestrator closes stdin.
     await asyncio.to_thread(sys.stdin.read)

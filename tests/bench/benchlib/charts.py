@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,14 @@ from matplotlib.axes import Axes
 from .scenarios import ScenarioResult
 
 COLORS = {"tandem": "#2a7de1", "python-naive": "#d9534f", "python-tuned": "#f0ad4e"}
+#: python-tuned xN (any N).
+MULTI_COLOR = "#8a5a00"
+
+
+def _color(label: str) -> str:
+    if label.startswith("python-tuned x"):
+        return MULTI_COLOR
+    return COLORS.get(label, "#5cb85c")
 
 
 def _save(fig: Any, path: Path) -> str:
@@ -25,7 +34,7 @@ def _save(fig: Any, path: Path) -> str:
 
 
 def _bars(ax: Axes, labels: list[str], values: list[float], ylabel: str, title: str) -> None:
-    colors = [COLORS.get(label, "#5cb85c") for label in labels]
+    colors = [_color(label) for label in labels]
     ax.bar(range(len(values)), [v or 0 for v in values], color=colors)
     ax.set_xticks(range(len(labels)), labels, rotation=20, ha="right")
     ax.set_ylabel(ylabel)
@@ -35,14 +44,25 @@ def _bars(ax: Axes, labels: list[str], values: list[float], ylabel: str, title: 
 
 
 def capacity(result: ScenarioResult, out: Path) -> list[str]:
+    """Every step of every search: p99 and calls/s against agents (a point per step)."""
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
     slo = result.detail["slo_p99_ms"]
     for name, steps in result.detail["ramps"].items():
-        ordered = sorted(steps, key=lambda s: s["agents"])
-        agents = [s["agents"] for s in ordered]
-        color = COLORS.get(name)
-        left.plot(agents, [s["p99_ms"] for s in ordered], "o-", label=name, color=color)
-        right.plot(agents, [s["calls_per_s"] for s in ordered], "o-", label=name, color=color)
+        color = _color(name)
+        agents = [s["agents"] for s in steps]
+        p99 = [s["p99_ms"] for s in steps]
+        markers = ["o" if s["holds_slo"] else "x" for s in steps]
+        for marker in ("o", "x"):
+            pick = [i for i, m in enumerate(markers) if m == marker]
+            left.scatter(
+                [agents[i] for i in pick],
+                [p99[i] for i in pick],
+                marker=marker,
+                color=color,
+                s=18,
+                label=name if marker == "o" else None,
+            )
+        right.scatter(agents, [s["calls_per_s"] for s in steps], color=color, s=14, label=name)
     left.axhline(slo, color="grey", linestyle="--", label=f"SLO {slo:g} ms")
     for ax in (left, right):
         ax.set_xscale("log", base=2)
@@ -50,10 +70,35 @@ def capacity(result: ScenarioResult, out: Path) -> list[str]:
         ax.legend(fontsize=8)
     left.set_yscale("log")
     left.set_ylabel("tool-call p99 (ms)")
-    left.set_title("p99 latency as agents grow")
+    left.set_title("p99 at every search step (x: over the SLO)")
     right.set_ylabel("calls/s")
-    right.set_title("throughput as agents grow")
+    right.set_title("throughput at every search step")
     return [_save(fig, out / "1_capacity.png")]
+
+
+def headline(result: ScenarioResult, out: Path) -> list[str]:
+    """Calls/s under the SLO per stack, error bars from the repeated searches."""
+    rows = [r for r in result.rows if r.get("calls_per_s") is not None]
+    fig, ax = plt.subplots(figsize=(7.5, 4.4))
+    labels = [r["dispatcher"] for r in rows]
+    values = [float(r["calls_per_s"]) for r in rows]
+    low = [max(0.0, v - float(r["calls_per_s_low"])) for v, r in zip(values, rows, strict=True)]
+    # No failure seen (the search hit its ceiling): no upper bar.
+    high = [
+        max(0.0, float(r["calls_per_s_high"]) - v) if math.isfinite(r["calls_per_s_high"]) else 0.0
+        for v, r in zip(values, rows, strict=True)
+    ]
+    ax.bar(range(len(rows)), values, color=[_color(label) for label in labels])
+    ax.errorbar(range(len(rows)), values, yerr=[low, high], fmt="none", ecolor="black", capsize=6)
+    ax.set_xticks(range(len(rows)), labels, rotation=15, ha="right")
+    ax.set_ylabel("calls/s under the SLO")
+    cores, slo = result.detail.get("measured_cores"), result.detail.get("slo_p99_ms")
+    ax.set_title(f"Capacity under p99 <= {slo:g} ms, 100 KB validated calls, {cores} cores")
+    for i, (v, r) in enumerate(zip(values, rows, strict=True)):
+        # ">=": the search met its ceiling without one failure, so no upper bound.
+        bound = "" if math.isfinite(r["calls_per_s_high"]) else ">= "
+        ax.annotate(f"{bound}{v:,.0f}", (i, v + high[i]), ha="center", va="bottom", fontsize=8)
+    return [_save(fig, out / "headline.png")]
 
 
 def transport(result: ScenarioResult, out: Path) -> list[str]:
@@ -126,6 +171,7 @@ def batching(result: ScenarioResult, out: Path) -> list[str]:
 
 
 CHARTS: dict[str, Callable[[ScenarioResult, Path], list[str]]] = {
+    "0_headline": headline,
     "1_capacity": capacity,
     "2_transport": transport,
     "3_memory": memory,

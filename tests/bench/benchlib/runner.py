@@ -2,7 +2,10 @@
 
 Roles whose CPU and memory are reported separately:
 
-* ``brain``: the agent process (agents + dispatcher; for tandem, the ``SidecarClient``);
+* ``brain``: the agent process (agents + dispatcher; for tandem, the ``SidecarClient``),
+  or the sum over the agent processes of a ``processes: N`` measurement (``python-tuned
+  xN``: one process per core, the agents split between them, each pinned to its core
+  with ``taskset -c`` when ``pin`` is set);
 * ``sidecar``: the sidecar (tandem only), started fresh for each measurement so that its
   peak RSS belongs to this measurement;
 * ``upstream``: nginx, master and workers.
@@ -26,6 +29,7 @@ from typing import Any
 
 from . import procstat
 from .nginx import Nginx
+from .stats import summarize_ms
 from .tools import sidecar_config
 
 BENCH_DIR = Path(__file__).resolve().parents[1]
@@ -57,6 +61,10 @@ class Measurement:
     other_cpu_s: float = 0.0
     #: Mode-specific facts (memory mode: calls in flight, seconds until all were).
     extra: dict[str, float] = field(default_factory=dict)
+    #: RSS by role when every process was ready, before any call (the idle baseline).
+    ready_rss: dict[str, int] = field(default_factory=dict)
+    #: Agent processes that shared the measurement (``python-tuned xN``: N).
+    processes: int = 1
 
     @property
     def ok(self) -> int:
@@ -91,10 +99,15 @@ class Measurement:
 class AgentProcess:
     """``python -m benchlib.agents`` with its JSON-lines events read on a thread."""
 
-    def __init__(self, config: dict[str, Any]) -> None:
+    def __init__(self, config: dict[str, Any], *, cpu: int | None = None) -> None:
         env = {**os.environ, "PYTHONPATH": str(BENCH_DIR)}
+        command = [sys.executable, "-m", "benchlib.agents", json.dumps(config)]
+        if cpu is not None:
+            # `taskset -c CPU` execs the agent process on that core alone (the pid stays
+            # the Python process's); it is util-linux, present wherever nginx runs.
+            command = ["taskset", "-c", str(cpu), *command]
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "benchlib.agents", json.dumps(config)],
+            command,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
@@ -172,8 +185,32 @@ def sidecar_for(nginx: Nginx, binary: Path) -> Iterator[SidecarProcess]:
                 sidecar.kill()
 
 
-def _cpu(roles: dict[str, int]) -> dict[str, float]:
-    return {role: procstat.tree_cpu_seconds([pid]) for role, pid in roles.items()}
+def _cpu(roles: dict[str, list[int]]) -> dict[str, float]:
+    return {role: procstat.tree_cpu_seconds(pids) for role, pids in roles.items()}
+
+
+def split(total: int, parts: int) -> list[int]:
+    """``total`` in ``parts`` near-equal whole shares (the first ones larger)."""
+    return [total // parts + (1 if i < total % parts else 0) for i in range(parts)]
+
+
+def _share(config: dict[str, Any], i: int, n: int) -> dict[str, Any]:
+    """Process ``i`` of ``n``'s part of ``config``: its agents, calls and concurrency."""
+    if n == 1:
+        return config
+    part = dict(config, wait_go=True, raw_latencies=True)
+    for key in ("agents", "calls", "warmup_calls", "concurrency"):
+        if key in config:
+            part[key] = split(int(config[key]), n)[i]
+    if "concurrency" in part:
+        # A process with calls to make needs a worker to make them.
+        part["concurrency"] = max(1, part["concurrency"])
+    return part
+
+
+def cores() -> list[int]:
+    """The CPUs this process may run on (what ``taskset`` pins to)."""
+    return sorted(os.sched_getaffinity(0))
 
 
 def measure(
@@ -183,8 +220,13 @@ def measure(
     sidecar: SidecarProcess | None,
     timeout: float,
 ) -> Measurement:
-    """Run the agent process once with ``config`` (see :mod:`benchlib.agents`)."""
+    """Run the agent process(es) once with ``config`` (see :mod:`benchlib.agents`).
+
+    ``config["processes"]`` (default 1) agent processes share the load; with
+    ``config["pin"]`` process ``i`` runs on core ``i`` (mod the cores there are).
+    """
     dispatcher = config["dispatcher"]
+    n = int(config.get("processes", 1))
     config = {
         "loop": LOOPS.get(dispatcher, "uvloop"),
         "upstream": nginx.base_url,
@@ -193,47 +235,87 @@ def measure(
         **config,
     }
     deadline = time.monotonic() + timeout + 15
-    agents = AgentProcess(config)
+    pins = cores()
+    group: list[AgentProcess] = []
     try:
-        roles = {"brain": agents.pid, "upstream": nginx.pid}
+        for i in range(n):
+            cpu = pins[i % len(pins)] if config.get("pin") else None
+            group.append(AgentProcess(_share(config, i, n), cpu=cpu))
+        roles = {"upstream": [nginx.pid], "brain": [a.pid for a in group]}
         if sidecar is not None:
             assert sidecar.proc is not None
-            roles["sidecar"] = sidecar.proc.pid
-        agents.wait_for("ready", 60)
-        agents.wait_for("window-start", max(1.0, deadline - time.monotonic()))
+            roles["sidecar"] = [sidecar.proc.pid]
+        for agents in group:
+            agents.wait_for("ready", 60)
+        ready_rss = _rss(roles)
+        if n > 1:
+            for agents in group:
+                agents.send_line("go")
+        for agents in group:
+            agents.wait_for("window-start", max(1.0, deadline - time.monotonic()))
         before = _cpu(roles)
         busy_before = procstat.machine_busy_seconds() - procstat.cpu_seconds(os.getpid())
+        total_agents = int(config.get("agents", 0))
         hold = (
             _Hold(
                 nginx,
-                config["agents"],
+                total_agents,
                 config.get("hold_s", 2.0),
                 config.get("hold_deadline_s", 60.0),
             )
             if config["mode"] == "memory"
             else None
         )
-        end, peak_sum = _sample_until_event(agents, roles, deadline, hold)
+        ends, peak_sum = _sample_until_event(group, roles, deadline, hold)
         after = _cpu(roles)
         busy = procstat.machine_busy_seconds() - procstat.cpu_seconds(os.getpid()) - busy_before
-        result = agents.wait_for("result", max(1.0, deadline - time.monotonic()))
-        peak = {role: procstat.peak_rss_bytes(pid) for role, pid in roles.items()}
-        peak.pop("upstream", None)
+        results = [
+            agents.wait_for("result", max(1.0, deadline - time.monotonic())) for agents in group
+        ]
+        peak = {
+            role: sum(procstat.peak_rss_bytes(pid) for pid in pids)
+            for role, pids in roles.items()
+            if role != "upstream"
+        }
     finally:
-        agents.close()
+        for agents in group:
+            agents.close()
+    statuses: dict[str, int] = {}
+    counters: dict[str, float] = {}
+    for result in results:
+        for k, v in result["statuses"].items():
+            statuses[str(k)] = statuses.get(str(k), 0) + int(v)
+        for k, v in result["counters"].items():
+            counters[str(k)] = counters.get(str(k), 0.0) + float(v)
+    if n == 1:
+        latency = {str(k): float(v) for k, v in results[0]["latency"].items()}
+    else:
+        latency = summarize_ms([x for r in results for x in r["latencies_s"]])
+    end = {"in_flight": sum(int(e.get("in_flight", 0)) for e in ends)}
     return Measurement(
         dispatcher=dispatcher,
-        calls=int(result["calls"]),
-        window_s=float(result["window_s"]),
-        statuses={str(k): int(v) for k, v in result["statuses"].items()},
-        latency={str(k): float(v) for k, v in result["latency"].items()},
+        calls=sum(int(r["calls"]) for r in results),
+        # The windows start together (``go``); the longest one covers them all.
+        window_s=max(float(r["window_s"]) for r in results),
+        statuses=statuses,
+        latency=latency,
         cpu_s={role: after[role] - before[role] for role in roles},
         peak_rss=peak,
-        counters={str(k): float(v) for k, v in result["counters"].items()},
+        counters=counters,
         peak_rss_sum=peak_sum,
         other_cpu_s=max(0.0, busy - sum(after[r] - before[r] for r in roles)),
         extra=(hold.facts(end) if hold else {}),
+        ready_rss=ready_rss,
+        processes=n,
     )
+
+
+def _rss(roles: dict[str, list[int]]) -> dict[str, int]:
+    return {
+        role: sum(procstat.rss_bytes(pid) for pid in pids)
+        for role, pids in roles.items()
+        if role != "upstream"
+    }
 
 
 class _Hold:
@@ -270,22 +352,31 @@ class _Hold:
 
 
 def _sample_until_event(
-    agents: AgentProcess, roles: dict[str, int], deadline: float, hold: _Hold | None
-) -> tuple[dict[str, Any], int]:
-    """Wait for ``window-end`` while sampling the RSS of brain + sidecar every 50 ms."""
-    pids = [pid for role, pid in roles.items() if role != "upstream"]
+    group: list[AgentProcess], roles: dict[str, list[int]], deadline: float, hold: _Hold | None
+) -> tuple[list[dict[str, Any]], int]:
+    """Wait for every process's ``window-end`` while sampling the RSS of brain(s) + sidecar
+    every 50 ms."""
+    pids = [pid for role, role_pids in roles.items() if role != "upstream" for pid in role_pids]
     peak = 0
+    ends: dict[int, dict[str, Any]] = {}
     while True:
-        event = agents.poll_event()
-        if event is not None:
-            if event.get("event") != "window-end":
-                raise RuntimeError(f"agent process: expected 'window-end', got {event}")
-            return event, peak
+        for i, agents in enumerate(group):
+            if i in ends:
+                continue
+            event = agents.poll_event()
+            if event is not None:
+                if event.get("event") != "window-end":
+                    raise RuntimeError(f"agent process: expected 'window-end', got {event}")
+                ends[i] = event
+        if len(ends) == len(group):
+            return [ends[i] for i in range(len(group))], peak
         if hold is not None and not hold.sent and hold.should_stop():
             hold.sent = True
-            agents.send_line("stop")
-        if agents.proc.poll() is not None:
-            raise RuntimeError(f"agent process exited ({agents.proc.returncode}) mid-window")
+            for agents in group:
+                agents.send_line("stop")
+        for agents in group:
+            if agents.proc.poll() is not None:
+                raise RuntimeError(f"agent process exited ({agents.proc.returncode}) mid-window")
         if time.monotonic() > deadline:
             raise TimeoutError("agent process: no 'window-end' before the deadline")
         peak = max(peak, sum(procstat.rss_bytes(pid) for pid in pids))

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .documents import (
+    CATALOG_FILE,
+    CATALOG_SCHEMA,
     SEARCH_FILE,
     SEARCH_INPUT_SCHEMA,
     SEARCH_SCHEMA,
@@ -56,8 +58,15 @@ SLOW_SEARCH = ToolSpec(
     "slow_search", "/slow/" + SEARCH_FILE, SEARCH_INPUT_SCHEMA, SEARCH_SCHEMA, {"q": "query"}
 )
 PING = ToolSpec("ping", "/" + TINY_FILE, TINY_INPUT_SCHEMA, TINY_SCHEMA, {"n": "n"})
+#: The second ~100 KB document (unicode, escapes, a ``$ref`` schema): issue 11.
+CATALOG = ToolSpec(
+    "catalog", "/" + CATALOG_FILE, SEARCH_INPUT_SCHEMA, CATALOG_SCHEMA, {"q": "query"}
+)
 
-TOOLS: tuple[ToolSpec, ...] = (SEARCH, SLOW_SEARCH, PING)
+TOOLS: tuple[ToolSpec, ...] = (SEARCH, SLOW_SEARCH, PING, CATALOG)
+
+#: The ~100 KB documents every per-call CPU measurement runs on, by tool.
+DOCUMENT_TOOLS = ("search", "catalog")
 BY_NAME: dict[str, ToolSpec] = {t.name: t for t in TOOLS}
 
 

@@ -11,7 +11,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from . import batching, capacity, fleet_limit, floor, memory, python_cost, transport
+from . import (
+    batching,
+    capacity,
+    cpu_per_call,
+    fleet_limit,
+    floor,
+    memory,
+    python_cost,
+    transport,
+)
 from .base import Context, ScenarioResult, Target
 
 __all__ = ["SCENARIOS", "Context", "ScenarioResult", "Target"]
@@ -25,4 +34,5 @@ SCENARIOS: dict[str, Callable[[Context], ScenarioResult]] = {
     "5_floor": floor.run,
     "6_batching": batching.run,
     "7_fleet_limit": fleet_limit.run,  # issue 6: fleet vs pod limit on the hot path
+    "8_cpu_per_call": cpu_per_call.run,  # issues 11, 12: both ~100 KB documents
 }

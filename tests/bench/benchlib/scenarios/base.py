@@ -47,6 +47,8 @@ class Context:
     results_dir: Path
     repo: Path
     log: Callable[[str], None] = lambda line: print(line, flush=True)
+    #: Pin each process of python-tuned xN to its own core (``taskset -c``).
+    pin: bool = True
 
     def run(self, config: dict[str, Any], *, timeout: float) -> Measurement:
         """One measurement; tandem dispatchers get a fresh sidecar of their own."""

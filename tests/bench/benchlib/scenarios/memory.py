@@ -3,28 +3,41 @@
 ``AGENTS`` agents each start one ``slow_search`` call at the same moment; nginx trickles
 the ~100 KB answers at 2 KB/s, so every call stays in flight. Once nginx is answering all
 of them, the calls are held ``HOLD_S`` more and then cancelled. Reported: the highest
-sampled RSS of brain + sidecar together, and each process's own peak (VmHWM).
+sampled RSS of brain + sidecar together, each process's own peak (VmHWM), and bytes per
+in-flight call for each process: its peak over the calls in flight, and the marginal
+cost (peak minus its RSS when ready, before any call, over the calls in flight).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from ..dispatchers import DISPATCHERS
+from ..dispatchers import stacks
+from ..runner import Measurement, cores
 from .base import Context, ScenarioResult, Target, mib
 
 AGENTS = 10_000
 QUICK_AGENTS = 500
 HOLD_S = 2.0
 TARGET_MIB = 800.0
+#: Issue 11: the sidecar's peak RSS <= this times python-tuned's, same calls in flight.
+TARGET_SIDECAR_VS_TUNED = 0.5
+
+
+def _per_call(m: Measurement, role: str, in_flight: int) -> tuple[float | None, float | None]:
+    """(peak bytes, marginal bytes) per in-flight call of ``role``; None without it."""
+    if role not in m.peak_rss or in_flight <= 0:
+        return None, None
+    peak = m.peak_rss[role]
+    return peak / in_flight, (peak - m.ready_rss.get(role, 0)) / in_flight
 
 
 def run(ctx: Context) -> ScenarioResult:
     agents = QUICK_AGENTS if ctx.quick else AGENTS
     rows: list[dict[str, Any]] = []
-    for dispatcher in DISPATCHERS:
+    for label, stack in stacks(len(cores()), pin=ctx.pin).items():
         config = {
-            "dispatcher": dispatcher,
+            **stack,
             "mode": "memory",
             "tool": "slow_search",
             "agents": agents,
@@ -32,11 +45,14 @@ def run(ctx: Context) -> ScenarioResult:
             "hold_deadline_s": 60.0 if ctx.quick else 120.0,
         }
         m = ctx.run(config, timeout=180)
+        in_flight = int(m.extra.get("in_flight_at_stop", 0))
+        brain_peak, brain_marginal = _per_call(m, "brain", in_flight)
+        sidecar_peak, sidecar_marginal = _per_call(m, "sidecar", in_flight)
         rows.append(
             {
-                "dispatcher": dispatcher,
+                "dispatcher": label,
                 "agents": agents,
-                "in_flight": int(m.extra.get("in_flight_at_stop", 0)),
+                "in_flight": in_flight,
                 "upstream_saw": int(m.extra.get("upstream_max_in_flight", 0)),
                 "seconds_to_all_in_flight": m.extra.get("seconds_to_all_in_flight"),
                 "brain_sidecar_rss_mib": mib(m.peak_rss_sum),
@@ -44,11 +60,16 @@ def run(ctx: Context) -> ScenarioResult:
                 "sidecar_peak_rss_mib": mib(m.peak_rss["sidecar"])
                 if "sidecar" in m.peak_rss
                 else None,
+                "bytes_per_call": (m.peak_rss_sum / in_flight) if in_flight else None,
+                "brain_bytes_per_call": brain_peak,
+                "brain_marginal_bytes_per_call": brain_marginal,
+                "sidecar_bytes_per_call": sidecar_peak,
+                "sidecar_marginal_bytes_per_call": sidecar_marginal,
                 "failed_before_stop": m.calls,
             }
         )
         ctx.log(
-            f"    {dispatcher:<13} {mib(m.peak_rss_sum):8.0f} MiB, "
+            f"    {label:<17} {mib(m.peak_rss_sum):8.0f} MiB, "
             f"{rows[-1]['in_flight']} calls in flight"
         )
     tandem = rows[0]
@@ -58,6 +79,26 @@ def run(ctx: Context) -> ScenarioResult:
         goal=f"<= {TARGET_MIB:g} MB (10,000 agents)",
         measured=f"{tandem['brain_sidecar_rss_mib']:.0f} MiB",
         met=(tandem["brain_sidecar_rss_mib"] <= TARGET_MIB and full) if agents == AGENTS else None,
+        why="" if agents == AGENTS else "QUICK run: fewer agents than the target names",
+    )
+    tuned = next(r for r in rows if r["dispatcher"] == "python-tuned")
+    sidecar_ratio = (
+        tandem["sidecar_peak_rss_mib"] / tuned["brain_peak_rss_mib"]
+        if tandem["sidecar_peak_rss_mib"] is not None and tuned["brain_peak_rss_mib"]
+        else None
+    )
+    sidecar_target = Target(
+        name="sidecar peak RSS vs python-tuned's, same calls in flight",
+        goal=f"<= {TARGET_SIDECAR_VS_TUNED:g}x",
+        measured=(
+            f"{sidecar_ratio:.2f}x ({tandem['sidecar_peak_rss_mib']:.0f} vs "
+            f"{tuned['brain_peak_rss_mib']:.0f} MiB)"
+            if sidecar_ratio is not None
+            else "no sidecar row"
+        ),
+        met=(sidecar_ratio <= TARGET_SIDECAR_VS_TUNED and full)
+        if agents == AGENTS and sidecar_ratio is not None
+        else None,
         why="" if agents == AGENTS else "QUICK run: fewer agents than the target names",
     )
     return ScenarioResult(
@@ -72,14 +113,24 @@ def run(ctx: Context) -> ScenarioResult:
             "brain_sidecar_rss_mib",
             "brain_peak_rss_mib",
             "sidecar_peak_rss_mib",
+            "bytes_per_call",
+            "brain_bytes_per_call",
+            "brain_marginal_bytes_per_call",
+            "sidecar_bytes_per_call",
+            "sidecar_marginal_bytes_per_call",
             "failed_before_stop",
         ],
         rows=rows,
-        targets=[target],
+        targets=[target, sidecar_target],
         notes=[
             "brain_sidecar_rss_mib: highest sampled (every 50 ms) sum of brain + sidecar RSS "
             "while the calls were in flight; the Python dispatchers have no sidecar",
             "upstream_saw: requests nginx was answering at once (stub_status)",
             "failed_before_stop: calls that ended before being cancelled (should be 0)",
+            "bytes_per_call: brain_sidecar_rss over the calls in flight; <role>_bytes_per_call: "
+            "that process's peak RSS (VmHWM) over the calls in flight; "
+            "<role>_marginal_bytes_per_call: the same less its RSS when ready (idle)",
+            "python-tuned xN: N processes, one per core (pinned), the calls split between "
+            "them; its brain columns are the sums over the processes",
         ],
     )

@@ -23,6 +23,7 @@ CASES: tuple[tuple[str, str, str, tuple[str, ...]], ...] = (
     ("unary Invoke, tiny", "tandem-unary", "ping", ()),
     ("coalesced, 100 KB whole", "tandem", "search", ()),
     ("coalesced, 100 KB select 3", "tandem", "search", SEARCH_SELECT),
+    ("coalesced, 100 KB catalog whole", "tandem", "catalog", ()),
 )
 
 
@@ -91,6 +92,8 @@ def run(ctx: Context) -> ScenarioResult:
         ],
         notes=[
             f"{CONCURRENCY} agents calling back to back; brain = the whole agent process",
+            "100 KB: the search document; catalog: the second document (unicode, escapes, "
+            "a $ref schema), so the per-result cost does not rest on one document",
             "client_us_per_call = brain_us_per_call minus the null row (the agent tasks' "
             "own await/wake-up cost, which any dispatcher pays)",
         ],
