@@ -46,77 +46,89 @@ fn fixture(name: &str) -> Vec<u8> {
 }
 
 fn parse_validate(c: &mut Criterion) {
-    let document = fixture("search_100k.json");
-    let schema_json: Value =
-        serde_json::from_slice(&fixture("search_schema.json")).expect("schema is JSON");
-    let schema = Schema::compile(&schema_json).expect("schema compiles");
-    let parsed: Value = serde_json::from_slice(&document).expect("document is JSON");
-    assert!(
-        schema.violations(&parsed).is_empty(),
-        "the fixture must pass its schema"
-    );
+    // Two documents of different shapes, so no result depends on one:
+    // search results (ASCII, flat), and a catalog (mostly non-ASCII text,
+    // escapes, a `$ref` schema with a recursive category tree).
+    for name in ["search", "catalog"] {
+        let document = fixture(&format!("{name}_100k.json"));
+        let schema_json: Value = serde_json::from_slice(&fixture(&format!("{name}_schema.json")))
+            .expect("schema is JSON");
+        let schema = Schema::compile(&schema_json).expect("schema compiles");
+        let parsed: Value = serde_json::from_slice(&document).expect("document is JSON");
+        assert!(
+            schema.violations(&parsed).is_empty(),
+            "the {name} fixture must pass its schema"
+        );
 
-    let mut group = c.benchmark_group("parse_validate");
-    group.throughput(Throughput::Bytes(document.len() as u64));
-    // The floor: what check_response does to every 2xx body.
-    group.bench_function("search_100k", |b| {
-        b.iter(|| {
-            let body = black_box(document.as_slice());
-            assert!(!exceeds_depth(body, MAX_DEPTH));
-            let value: Value = serde_json::from_slice(body).expect("parses");
-            let violations = schema.violations(&value);
-            black_box((value, violations))
-        })
-    });
-    // The road a valid response takes now (`call::response`): the depth
-    // scan, one sonic-rs parse, validation on that tree.
-    group.bench_function("search_100k_fast", |b| {
-        b.iter(|| {
-            let body = black_box(document.as_slice());
-            assert!(!exceeds_depth(body, MAX_DEPTH));
-            let parsed = sidecar::json::document::parse(body).expect("takes the fast path");
-            let valid = schema.is_valid_fast(&parsed);
-            black_box((parsed, valid))
-        })
-    });
-    // Its parts, to see where the floor's time goes.
-    group.bench_function("depth_scan", |b| {
-        b.iter(|| exceeds_depth(black_box(document.as_slice()), MAX_DEPTH))
-    });
-    group.bench_function("parse", |b| {
-        b.iter(|| serde_json::from_slice::<Value>(black_box(document.as_slice())).expect("parses"))
-    });
-    group.bench_function("validate", |b| {
-        b.iter(|| schema.violations(black_box(&parsed)))
-    });
-    group.finish();
-
-    techniques(c, &document);
+        let mut group = c.benchmark_group("parse_validate");
+        group.throughput(Throughput::Bytes(document.len() as u64));
+        // The exact path: what every 2xx body paid before the fast path, and
+        // what an invalid one still pays.
+        group.bench_function(format!("{name}_100k"), |b| {
+            b.iter(|| {
+                let body = black_box(document.as_slice());
+                assert!(!exceeds_depth(body, MAX_DEPTH));
+                let value: Value = serde_json::from_slice(body).expect("parses");
+                let violations = schema.violations(&value);
+                black_box((value, violations))
+            })
+        });
+        // The road a valid response takes now (`call::response`): the depth
+        // scan, one sonic-rs parse, validation on that tree.
+        group.bench_function(format!("{name}_100k_fast"), |b| {
+            b.iter(|| {
+                let body = black_box(document.as_slice());
+                assert!(!exceeds_depth(body, MAX_DEPTH));
+                let parsed = sidecar::json::document::parse(body).expect("takes the fast path");
+                let valid = schema.is_valid_fast(&parsed);
+                assert!(valid);
+                black_box(parsed)
+            })
+        });
+        if name == "search" {
+            // Its parts, to see where the exact path's time goes.
+            group.bench_function("depth_scan", |b| {
+                b.iter(|| exceeds_depth(black_box(document.as_slice()), MAX_DEPTH))
+            });
+            group.bench_function("parse", |b| {
+                b.iter(|| {
+                    serde_json::from_slice::<Value>(black_box(document.as_slice())).expect("parses")
+                })
+            });
+            group.bench_function("validate", |b| {
+                b.iter(|| schema.violations(black_box(&parsed)))
+            });
+        }
+        group.finish();
+        techniques(c, name, &document);
+    }
 }
 
 /// Parsing the same document by every technique in reach, under the
 /// sidecar's allocator: the floor's headline is a multiple of the fastest.
-fn techniques(c: &mut Criterion, document: &[u8]) {
+fn techniques(c: &mut Criterion, name: &str, document: &[u8]) {
     let mut group = c.benchmark_group("parse_technique");
     group.throughput(Throughput::Bytes(document.len() as u64));
-    group.bench_function("serde_json_value", |b| {
+    group.bench_function(format!("{name}_serde_json_value"), |b| {
         b.iter(|| serde_json::from_slice::<Value>(black_box(document)).expect("parses"))
     });
-    group.bench_function("serde_json_ignored_any", |b| {
+    group.bench_function(format!("{name}_serde_json_ignored_any"), |b| {
         b.iter(|| {
             serde_json::from_slice::<serde::de::IgnoredAny>(black_box(document)).expect("parses")
         })
     });
     let mut buffers = simd_json::Buffers::new(document.len());
     let mut scratch = document.to_vec();
-    group.bench_function("simd_json_tape", |b| {
+    group.bench_function(format!("{name}_simd_json_tape"), |b| {
         b.iter(|| {
+            // The tape parser works in place: a copy per call, as the
+            // sidecar would need (the received body is shared and immutable).
             scratch.copy_from_slice(document);
             let tape = simd_json::to_tape_with_buffers(&mut scratch, &mut buffers).expect("parses");
             black_box(tape.0.len())
         })
     });
-    group.bench_function("sonic_rs_value", |b| {
+    group.bench_function(format!("{name}_sonic_rs_value"), |b| {
         b.iter(|| sonic_rs::from_slice::<sonic_rs::Value>(black_box(document)).expect("parses"))
     });
     group.finish();
