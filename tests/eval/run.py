@@ -61,13 +61,18 @@ from harness import SidecarProcess  # noqa: E402
 
 PLANNERS = ("router", "local", "openai")
 
+#: Tool calls one step may propose: the two-city tasks need two; a small model that
+#: repeats a call is held to a few.
+MAX_CALLS = 3
+
 #: The openai planner as configured for a small model behind llama.cpp: JSON steps whose
 #: schema llama.cpp enforces, a tool call first, an answer after one step of tools.
 LLAMA_OPTIONS = OpenAIOptions(
     tool_format="json_schema",
     first_step_calls_tool=True,
     max_tool_steps=1,
-    max_tokens=160,
+    # Room for MAX_CALLS calls with long string arguments (a 135M model fills them).
+    max_tokens=320,
     answer_max_chars=240,
     timeout_s=600,
     schema_extensions={"x-guidance": {"whitespace_flexible": False}},
@@ -172,7 +177,12 @@ async def run_tasks(
         async with gate:
             started = time.perf_counter()
             run = server.brain.runs.submit(
-                RunSpec(task=task.task, max_steps=4, max_tool_calls_per_step=4, deadline_s=deadline)
+                RunSpec(
+                    task=task.task,
+                    max_steps=4,
+                    max_tool_calls_per_step=MAX_CALLS,
+                    deadline_s=deadline,
+                )
             )
             await run.wait(deadline + 30)
             outcome = score(task, run, time.perf_counter() - started)
@@ -219,6 +229,7 @@ async def eval_planner(
     name: str, tasks: list[EvalTask], demo_url: str, workdir: Path, args: argparse.Namespace
 ) -> dict[str, Any]:
     key = "sk-eval-" + secrets.token_urlsafe(18)
+    workdir.mkdir(parents=True, exist_ok=True)
     llama: LlamaCppServer | None = None
     sidecar: SidecarProcess | None = None
     started = time.monotonic()
