@@ -229,7 +229,6 @@ async def eval_planner(
     name: str, tasks: list[EvalTask], demo_url: str, workdir: Path, args: argparse.Namespace
 ) -> dict[str, Any]:
     key = "sk-eval-" + secrets.token_urlsafe(18)
-    workdir.mkdir(parents=True, exist_ok=True)
     llama: LlamaCppServer | None = None
     sidecar: SidecarProcess | None = None
     started = time.monotonic()
@@ -361,7 +360,6 @@ def select(args: argparse.Namespace) -> list[EvalTask]:
 
 async def amain(args: argparse.Namespace) -> list[dict[str, Any]]:
     tasks = select(args)
-    args.results.mkdir(parents=True, exist_ok=True)
     results = []
     with demo_tool_service() as demo_url:
         for name in args.planner or PLANNERS:
@@ -377,6 +375,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.sidecar_bin is None:
         release = REPO / "sidecar-rs/target/release/sidecar"
         args.sidecar_bin = release if release.exists() else None  # None: the harness's default
+    (args.results / "work").mkdir(parents=True, exist_ok=True)
     results = asyncio.run(amain(args))
     meta = {
         "tasks": len(select(args)),
