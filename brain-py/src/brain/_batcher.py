@@ -3,15 +3,22 @@
 How an item travels::
 
     submit(item) ──► queue ──► collector task ──► executor thread ──► model(batch)
-       ▲            (bounded)   (until max_batch_size,                   │
-       │                         max_wait_ms after the first item,       │
-       │                         or the earliest item deadline)          │
+       ▲            (bounded)   (model idle: at once;                    │
+       │                         else what gathered while it was busy,   │
+       │                         up to max_batch_size)                   │
        └──────── future ◄──── outputs[i] for items[i] ◄──────────────────┘
 
+* **Collect while busy, never tax the lone request.** An item that finds the batcher idle
+  (no batch running, nothing queued) runs at once, alone or with whatever arrived in the
+  same event-loop turn: a single agent pays no batching delay. Items that arrive while a
+  batch runs gather in the queue and form the next batch as soon as the model is free:
+  the busier the model, the bigger the batches. This is the scheduling of continuous
+  micro-batching (vLLM's ``AsyncMicrobatchTokenizer``, Triton's dynamic batcher with no
+  queue delay); ``max_wait_ms`` only lets a batch formed behind a busy model linger for
+  company, measured from its first item's arrival (which usually lies in the past).
 * **One model call at a time, off the event loop.** The model runs on one dedicated
   executor thread, so the loop keeps serving agents while it computes, and a GPU sees one
-  batch at a time. Items submitted meanwhile gather into the next batch: the busier the
-  model, the bigger the batches.
+  batch at a time.
 * **Callers that have gone are skipped.** A cancelled ``submit`` (or one past its
   ``timeout``) cancels its future; the collector leaves such items out, so they never
   reach the model, and it never sets a result on a future that is already done.
@@ -51,7 +58,8 @@ class BatcherOptions:
 
     #: Most items in one model call.
     max_batch_size: int = 32
-    #: Longest an item waits for others after the first item of a batch arrived.
+    #: Longest the first item of a batch that gathered behind a busy model waits for
+    #: company, counted from its arrival. An item that finds the batcher idle never waits.
     max_wait_ms: float = 5.0
     #: Most items waiting; more are refused with :class:`BatcherOverloaded`.
     max_queue: int = 10_000
@@ -74,13 +82,17 @@ class BatcherOptions:
 
 
 class _Item(Generic[In, Out]):
-    __slots__ = ("deadline", "enqueued", "future", "value")
+    __slots__ = ("deadline", "enqueued", "future", "idle", "value")
 
-    def __init__(self, value: In, future: asyncio.Future[Out], deadline: float | None) -> None:
+    def __init__(
+        self, value: In, future: asyncio.Future[Out], deadline: float | None, *, idle: bool
+    ) -> None:
         self.value = value
         self.future = future
         self.deadline = deadline
         self.enqueued = time.monotonic()
+        #: It found the batcher idle: its batch starts at once (the idle fast path).
+        self.idle = idle
 
 
 class DynamicBatcher(Generic[In, Out]):
@@ -117,6 +129,10 @@ class DynamicBatcher(Generic[In, Out]):
         # from two threads at once.
         self._executor: ThreadPoolExecutor | None = None
         self._closed = False
+        # A batch is on the executor thread (set by the collector around ``_run``).
+        self._busy = False
+        #: Batches started at once because their first item found the batcher idle.
+        self.idle_starts = 0
         #: Batches run so far and their sizes; for tests, demos and averages.
         self.batches = 0
         self.items = 0
@@ -180,7 +196,8 @@ class DynamicBatcher(Generic[In, Out]):
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Out] = loop.create_future()
         deadline = None if timeout is None else time.monotonic() + timeout
-        self._queue.append(_Item(item, future, deadline))
+        idle = not self._busy and not self._queue
+        self._queue.append(_Item(item, future, deadline, idle=idle))
         self._wake.set()
         # Awaiting the future directly: if this task is cancelled (or times out), the
         # future is cancelled too, which is how the collector knows to skip the item.
@@ -196,7 +213,11 @@ class DynamicBatcher(Generic[In, Out]):
             while self._queue:
                 batch = await self._next_batch()
                 if batch:
-                    await self._run(batch)
+                    self._busy = True
+                    try:
+                        await self._run(batch)
+                    finally:
+                        self._busy = False
 
     def _drop_gone(self) -> None:
         """Forget queued items whose caller has gone (cancelled or timed out)."""
@@ -204,11 +225,15 @@ class DynamicBatcher(Generic[In, Out]):
             self._queue = collections.deque(i for i in self._queue if not i.future.done())
 
     async def _next_batch(self) -> list[_Item[In, Out]]:
-        """Wait for a full batch, ``max_wait_ms`` after the first item, or an item deadline."""
+        """The next batch: at once when its first item found the batcher idle, else when
+        full, ``max_wait_ms`` after the first item arrived, or near an item's deadline."""
         o = self.options
         self._drop_gone()
         if not self._queue:
             return []
+        if self._queue[0].idle:
+            self.idle_starts += 1
+            return self._take()
         until = self._queue[0].enqueued + o.max_wait_ms / 1000
         while len(self._queue) < o.max_batch_size and not self._tokens_full():
             margin = o.deadline_margin_ms / 1000

@@ -27,7 +27,7 @@ from ._exceptions import AdmissionRefused, BrainError
 from ._logging import setup_logging
 from ._metrics import BrainMetrics
 from ._planners.factory import PLANNERS, PlannerConfig, build_planner
-from ._planners.openai import OpenAIOptions
+from ._planners.openai import TOOL_FORMATS, OpenAIOptions
 from ._runs.manager import RunManagerOptions
 from ._runs.record import RunEvent, RunSpec
 
@@ -90,6 +90,10 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _optional_int(text: str | None) -> int | None:
+    return int(text) if text else None
+
+
 def _planner_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--planner",
@@ -114,6 +118,27 @@ def _planner_flags(p: argparse.ArgumentParser) -> None:
         "--llm-tool", default=_env("BRAIN_LLM_TOOL", "llm"), help="openai: the sidecar tool"
     )
     p.add_argument("--llm-model", default=_env("BRAIN_LLM_MODEL", "default"), help="openai")
+    p.add_argument(
+        "--llm-tool-format",
+        choices=TOOL_FORMATS,
+        default=_env("BRAIN_LLM_TOOL_FORMAT", "tools"),
+        help="openai: tools (native tool calling) or json_schema (tools in the prompt, the "
+        "reply constrained to a JSON step: for models without tool calling, e.g. small "
+        "models behind llama.cpp) (BRAIN_LLM_TOOL_FORMAT; %(default)s)",
+    )
+    p.add_argument(
+        "--llm-max-tool-steps",
+        type=int,
+        default=_optional_int(os.environ.get("BRAIN_LLM_MAX_TOOL_STEPS")),
+        help="openai: steps that may call tools before the model must answer "
+        "(BRAIN_LLM_MAX_TOOL_STEPS; default: no limit)",
+    )
+    p.add_argument(
+        "--llm-first-step-calls-tool",
+        action=argparse.BooleanOptionalAction,
+        default=_env("BRAIN_LLM_FIRST_STEP_CALLS_TOOL", "") in ("1", "true"),
+        help="openai: the first step must call a tool (BRAIN_LLM_FIRST_STEP_CALLS_TOOL)",
+    )
 
 
 def _planner_config(args: argparse.Namespace) -> PlannerConfig:
@@ -122,7 +147,13 @@ def _planner_config(args: argparse.Namespace) -> PlannerConfig:
         model_dir=args.model_dir,
         embedding_model_dir=args.embedding_model_dir,
         device=args.device,
-        openai=OpenAIOptions(model=args.llm_model, llm_tool=args.llm_tool),
+        openai=OpenAIOptions(
+            model=args.llm_model,
+            llm_tool=args.llm_tool,
+            tool_format=args.llm_tool_format,
+            max_tool_steps=args.llm_max_tool_steps,
+            first_step_calls_tool=args.llm_first_step_calls_tool,
+        ),
     )
 
 

@@ -5,6 +5,7 @@
 | ``base.py`` | the :class:`Planner` protocol and what it sees and proposes (``PlanningState``, |
 | | ``Step``, ``ToolCallRequest``, ``Observation``) |
 | ``openai.py`` | ``OpenAIPlanner``: chat completions through the sidecar's ``llm`` tool |
+| ``json_steps.py`` | steps as one schema-constrained JSON object (models without tool calls) |
 | ``local.py`` | ``LocalPlanner``: a local causal LM, every run's prompt batched together |
 | ``router.py`` | ``RouterPlanner``: sentence embeddings pick the tool, its schema fills it |
 | ``factory.py`` | ``build_planner``: the planner a command line (``--planner``) asks for |

@@ -1,0 +1,395 @@
+"""``make eval``: how well each planner plans, on the fixed task set of ``tasks.py``.
+
+For each planner asked for (``--planner``, default: router, local, openai) this starts the
+real stack on loopback: the demo tool service, the sidecar with the demo ``tools.yaml``
+and the brain (its HTTP server code, in this process) with the planner built by name
+through the brain's own configuration (:class:`brain._planners.factory.PlannerConfig`,
+what ``brain serve --planner`` builds). ``openai`` talks to a real llama.cpp server
+(``xllamacpp``, the bundled SmolLM2-135M-Instruct) through the sidecar's ``llm`` tool; the
+key is made up per run and held only by the sidecar and the llama.cpp process. A planner
+that cannot be built here (``local`` without a model) is reported as unavailable, with why.
+
+Every task runs as one agent run; up to ``--concurrency`` at once. A task *succeeds* when
+the run finished with an answer, every expected tool call was proposed (right tool, right
+arguments), and the answer contains an expected value. Reported per planner: success rate,
+tool-call and answer accuracy, steps and tool calls per task, run latency (p50/p95), and
+per category. Results go to ``results/eval.json`` and ``results/eval.md`` (``--results``).
+
+    python tests/eval/run.py --planner router --planner openai [--limit 10] [--only w01,m01]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import secrets
+import statistics
+import subprocess
+import sys
+import time
+from collections import Counter, defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+EVAL_DIR = Path(__file__).resolve().parent
+TESTS_DIR = EVAL_DIR.parent
+REPO = TESTS_DIR.parent
+for path in (EVAL_DIR, TESTS_DIR):
+    if str(path) not in sys.path:
+        sys.path.insert(0, str(path))
+
+import yaml  # noqa: E402
+from tasks import TASKS, EvalTask, fold  # noqa: E402
+
+from brain._exceptions import BrainError  # noqa: E402
+from brain._metrics import BrainMetrics  # noqa: E402
+from brain._planners.factory import PlannerConfig, build_planner  # noqa: E402
+from brain._planners.openai import OpenAIOptions  # noqa: E402
+from brain._runs.record import Run, RunSpec  # noqa: E402
+from demo_tools.config import local_tools_yaml  # noqa: E402
+from llamacpp_server import LlamaCppServer  # noqa: E402
+
+from brain_harness import BrainServer  # noqa: E402
+from harness import SidecarProcess  # noqa: E402
+
+PLANNERS = ("router", "local", "openai")
+
+#: Tool calls one step may propose: the two-city tasks need two; a small model that
+#: repeats a call is held to a few.
+MAX_CALLS = 3
+
+#: The openai planner as configured for a small model behind llama.cpp: JSON steps whose
+#: schema llama.cpp enforces, a tool call first, an answer after one step of tools.
+LLAMA_OPTIONS = OpenAIOptions(
+    tool_format="json_schema",
+    first_step_calls_tool=True,
+    max_tool_steps=1,
+    # Room for MAX_CALLS calls with long string arguments (a 135M model fills them).
+    max_tokens=320,
+    answer_max_chars=240,
+    timeout_s=600,
+    schema_extensions={"x-guidance": {"whitespace_flexible": False}},
+)
+
+
+@dataclass(slots=True)
+class Outcome:
+    """One task's run, scored."""
+
+    id: str
+    category: str
+    task: str
+    state: str
+    steps: int
+    tool_calls: int
+    latency_s: float
+    calls_ok: bool
+    answer_ok: bool
+    answer: str
+    error: str
+    proposed: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def success(self) -> bool:
+        return self.state == "succeeded" and self.calls_ok and self.answer_ok
+
+
+def score(task: EvalTask, run: Run, latency: float) -> Outcome:
+    events = [e.as_dict() for e in run.events]
+    proposed = [
+        {"name": c["name"], "arguments": c.get("arguments")}
+        for e in events
+        if e["type"] == "plan"
+        for c in e["data"].get("tool_calls", [])
+    ]
+    calls_ok = all(
+        any(want.matches(c["name"], c["arguments"]) for c in proposed) for want in task.calls
+    )
+    answer = run.answer or ""
+    answer_ok = any(fold(value) in fold(answer) for value in task.answer())
+    return Outcome(
+        id=task.id,
+        category=task.category,
+        task=task.task,
+        state=run.state.value,
+        steps=run.steps,
+        tool_calls=run.tool_calls,
+        latency_s=latency,
+        calls_ok=calls_ok,
+        answer_ok=answer_ok,
+        answer=answer[:500],
+        error=(run.error or "")[:500],
+        proposed=proposed,
+    )
+
+
+@contextmanager
+def demo_tool_service() -> Iterator[str]:
+    proc = subprocess.Popen(
+        [sys.executable, "-u", "-m", "demo_tools", "--port", "0"], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        if not line.startswith("demo-tools listening on "):
+            raise RuntimeError(f"the demo tool service did not start: {line!r}")
+        yield line.split()[-1]
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+
+def tools_yaml(demo_url: str, llm_url: str | None) -> str:
+    config = yaml.safe_load(resources.files("demo_tools").joinpath("tools.yaml").read_text())
+    if llm_url is not None:
+        config["tools"].append(
+            {
+                "name": "llm",
+                "description": "Chat completions for the brain's planner.",
+                "input_schema": {"type": "object", "required": ["messages"]},
+                "request": {
+                    "method": "POST",
+                    "url": f"{llm_url}/v1/chat/completions",
+                    "headers": {"Authorization": "Bearer ${env:LLM_API_KEY}"},
+                },
+                "timeout": "600s",
+            }
+        )
+    return local_tools_yaml(config, replace={"http://127.0.0.1:8081": demo_url})
+
+
+async def run_tasks(
+    server: BrainServer, tasks: list[EvalTask], *, concurrency: int, deadline: float
+) -> list[Outcome]:
+    gate = asyncio.Semaphore(concurrency)
+    done = Counter[str]()
+
+    async def one(task: EvalTask) -> Outcome:
+        async with gate:
+            started = time.perf_counter()
+            run = server.brain.runs.submit(
+                RunSpec(
+                    task=task.task,
+                    max_steps=4,
+                    max_tool_calls_per_step=MAX_CALLS,
+                    deadline_s=deadline,
+                )
+            )
+            await run.wait(deadline + 30)
+            outcome = score(task, run, time.perf_counter() - started)
+        done["ok" if outcome.success else "fail"] += 1
+        finished = sum(done.values())
+        print(f"\r  {finished}/{len(tasks)} done, {done['ok']} succeeded", end="", flush=True)
+        return outcome
+
+    outcomes = await asyncio.gather(*(one(t) for t in tasks))
+    print()
+    return list(outcomes)
+
+
+def summarize(outcomes: list[Outcome]) -> dict[str, Any]:
+    n = len(outcomes)
+    latencies = sorted(o.latency_s for o in outcomes)
+
+    def pct(p: float) -> float:
+        return latencies[min(n - 1, int(p * n))] if n else 0.0
+
+    by_category: dict[str, list[Outcome]] = defaultdict(list)
+    for o in outcomes:
+        by_category[o.category].append(o)
+    return {
+        "tasks": n,
+        "success_rate": sum(o.success for o in outcomes) / n if n else 0.0,
+        "tool_call_accuracy": sum(o.calls_ok for o in outcomes) / n if n else 0.0,
+        "answer_accuracy": sum(o.answer_ok for o in outcomes) / n if n else 0.0,
+        "finished_with_answer": sum(o.state == "succeeded" for o in outcomes) / n if n else 0.0,
+        "mean_steps": statistics.fmean(o.steps for o in outcomes) if n else 0.0,
+        "mean_tool_calls": statistics.fmean(o.tool_calls for o in outcomes) if n else 0.0,
+        "latency_p50_s": pct(0.5),
+        "latency_p95_s": pct(0.95),
+        "latency_mean_s": statistics.fmean(latencies) if n else 0.0,
+        "states": dict(Counter(o.state for o in outcomes)),
+        "by_category": {
+            cat: {"tasks": len(os_), "success_rate": sum(o.success for o in os_) / len(os_)}
+            for cat, os_ in sorted(by_category.items())
+        },
+    }
+
+
+async def eval_planner(
+    name: str, tasks: list[EvalTask], demo_url: str, workdir: Path, args: argparse.Namespace
+) -> dict[str, Any]:
+    key = "sk-eval-" + secrets.token_urlsafe(18)
+    llama: LlamaCppServer | None = None
+    sidecar: SidecarProcess | None = None
+    started = time.monotonic()
+    try:
+        if name == "openai":
+            llama = LlamaCppServer(
+                api_key=key,
+                threads=args.llama_threads,
+                parallel=args.concurrency,
+                ctx=4096 * args.concurrency,
+                log_path=workdir / "llama-server.log",
+            ).start()
+        config = PlannerConfig(kind=name, openai=LLAMA_OPTIONS)
+        sidecar_dir = workdir / f"sidecar-{name}"
+        sidecar_dir.mkdir(parents=True, exist_ok=True)
+        sidecar = SidecarProcess(
+            sidecar_dir,
+            tools_yaml(demo_url, llama.url if llama else None),
+            env={"LLM_API_KEY": key} if llama else {},
+            binary=args.sidecar_bin,
+        ).start()
+        metrics = BrainMetrics()
+        try:
+            server = BrainServer(
+                sidecar.unix_target,
+                lambda client: build_planner(config, client, metrics),
+                metrics=metrics,
+                drain_timeout=5,
+                wait_ready=False,
+            )
+        except (ValueError, ImportError, FileNotFoundError, OSError) as exc:
+            return {"planner": name, "available": False, "reason": str(exc)}
+        print(f"==> {name}: {len(tasks)} tasks")
+        await server.__aenter__()
+        try:
+            try:
+                # Loading a model on a busy 2-core machine can take minutes.
+                await server.brain.wait_ready(args.ready_timeout)
+            except BrainError as exc:  # e.g. the planner's model failed to load
+                return {"planner": name, "available": False, "reason": str(exc)}
+            ready_s = time.monotonic() - started
+            outcomes = await run_tasks(
+                server, tasks, concurrency=args.concurrency, deadline=args.deadline
+            )
+        finally:
+            await server.__aexit__()
+        return {
+            "planner": name,
+            "available": True,
+            "setup_s": ready_s,
+            "wall_s": time.monotonic() - started,
+            "summary": summarize(outcomes),
+            "outcomes": [{**asdict(o), "success": o.success} for o in outcomes],
+        }
+    finally:
+        if sidecar is not None:
+            sidecar.kill()
+        if llama is not None:
+            llama.stop()
+
+
+def markdown(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
+    lines = [
+        "# Planning quality (make eval)",
+        "",
+        f"{meta['tasks']} tasks; {meta['machine']}; {meta['date']}.",
+        "",
+        "| planner | success | right calls | right answer | steps/task | calls/task "
+        "| p50 latency | p95 latency |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        if not r["available"]:
+            lines.append(f"| {r['planner']} | unavailable: {r['reason']} | | | | | | |")
+            continue
+        s = r["summary"]
+        lines.append(
+            f"| {r['planner']} | {s['success_rate']:.0%} | {s['tool_call_accuracy']:.0%} "
+            f"| {s['answer_accuracy']:.0%} | {s['mean_steps']:.2f} | {s['mean_tool_calls']:.2f} "
+            f"| {s['latency_p50_s']:.2f} s | {s['latency_p95_s']:.2f} s |"
+        )
+    lines += ["", "Success by category:", ""]
+    available = [r for r in results if r["available"]]
+    if available:
+        cats = sorted({c for r in available for c in r["summary"]["by_category"]})
+        lines.append("| category | " + " | ".join(r["planner"] for r in available) + " |")
+        lines.append("|---|" + "---|" * len(available))
+        for cat in cats:
+            cells = []
+            for r in available:
+                c = r["summary"]["by_category"].get(cat)
+                cells.append(f"{c['success_rate']:.0%} of {c['tasks']}" if c else "")
+            lines.append(f"| {cat} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--planner", action="append", choices=PLANNERS, help="default: all")
+    parser.add_argument("--limit", type=int, help="only the first N tasks")
+    parser.add_argument("--only", help="comma-separated task ids")
+    parser.add_argument("--concurrency", type=int, default=2, help="runs in flight at once")
+    parser.add_argument("--deadline", type=float, default=900.0, help="seconds per run")
+    parser.add_argument(
+        "--ready-timeout", type=float, default=900.0, help="seconds for a planner to load"
+    )
+    parser.add_argument(
+        "--llama-threads",
+        type=int,
+        default=1,
+        help="llama.cpp CPU threads (1: on a shared machine its spinning threads collide)",
+    )
+    parser.add_argument("--results", type=Path, default=EVAL_DIR / "results")
+    parser.add_argument("--sidecar-bin", type=Path, default=None)
+    return parser.parse_args(argv)
+
+
+def select(args: argparse.Namespace) -> list[EvalTask]:
+    tasks = list(TASKS)
+    if args.only:
+        wanted = set(args.only.split(","))
+        tasks = [t for t in tasks if t.id in wanted]
+    if args.limit:
+        tasks = tasks[: args.limit]
+    return tasks
+
+
+async def amain(args: argparse.Namespace) -> list[dict[str, Any]]:
+    tasks = select(args)
+    results = []
+    with demo_tool_service() as demo_url:
+        for name in args.planner or PLANNERS:
+            result = await eval_planner(name, tasks, demo_url, args.results / "work", args)
+            if not result["available"]:
+                print(f"==> {name}: unavailable ({result['reason']})")
+            results.append(result)
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.sidecar_bin is None:
+        release = REPO / "sidecar-rs/target/release/sidecar"
+        args.sidecar_bin = release if release.exists() else None  # None: the harness's default
+    (args.results / "work").mkdir(parents=True, exist_ok=True)
+    results = asyncio.run(amain(args))
+    meta = {
+        "tasks": len(select(args)),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "llama_options": repr(LLAMA_OPTIONS),
+    }
+    report = {"meta": meta, "results": results}
+    (args.results / "eval.json").write_text(json.dumps(report, indent=1, ensure_ascii=False))
+    table = markdown(results, meta)
+    (args.results / "eval.md").write_text(table)
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
