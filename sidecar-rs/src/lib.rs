@@ -21,7 +21,7 @@
 //! | [`config`] | `tools.yaml` ([`config::spec`]) compiled into a [`config::registry::Registry`]: schemas, request templates, secrets and their redaction; hot reload |
 //! | [`policy`] | rate limits (pod: governor and token buckets; fleet: Redis leases), circuit breaker, retry policy and budget, upstream quota signals |
 //! | [`upstream`] | the HTTP client and capped body reader, per-origin state kept across reloads, the egress guard, the response cache and single-flight |
-//! | [`json`] | depth scan, canonical JSON (cache keys), `select` |
+//! | [`json`] | depth scan, canonical JSON (cache keys), `select`; `document` + `sonic`: the response hot path (one sonic-rs parse, validated in place) |
 //! | [`error`] | `ConfigError`, `CallError`, and the one mapping from errors to results |
 //! | [`metrics`] | Prometheus metrics and their `/metrics` endpoint |
 //! | [`telemetry`] | logs, and OTLP spans per call joined to the caller's trace |

@@ -141,7 +141,10 @@ fn the_fast_path_agrees_with_the_exact_path_on_the_whole_suite() {
         disagreements.join("\n")
     );
     // The suite is really there and really ran through the fast path.
-    assert!(schemas >= 1_600, "only {schemas} of the suite's 1,705 schemas compiled");
+    assert!(
+        schemas >= 1_600,
+        "only {schemas} of the suite's 1,705 schemas compiled"
+    );
     assert!(
         fast * 100 >= documents * 99,
         "{fast} of {documents} documents took the fast path"
