@@ -101,7 +101,13 @@ def _planner_flags(p: argparse.ArgumentParser) -> None:
         "--model-dir",
         type=Path,
         default=os.environ.get("BRAIN_MODEL_DIR"),
-        help="local planner: causal LM directory (BRAIN_MODEL_DIR)",
+        help="local planner: causal LM directory (BRAIN_MODEL_DIR; default: the bundled model)",
+    )
+    p.add_argument(
+        "--gguf",
+        type=Path,
+        default=os.environ.get("BRAIN_GGUF"),
+        help="local planner: a GGUF model file, converted once into ~/.cache/tandem (BRAIN_GGUF)",
     )
     p.add_argument(
         "--embedding-model-dir",
@@ -120,6 +126,7 @@ def _planner_config(args: argparse.Namespace) -> PlannerConfig:
     return PlannerConfig(
         kind=args.planner,
         model_dir=args.model_dir,
+        gguf=args.gguf,
         embedding_model_dir=args.embedding_model_dir,
         device=args.device,
         openai=OpenAIOptions(model=args.llm_model, llm_tool=args.llm_tool),

@@ -21,8 +21,10 @@ PLANNERS = ("router", "openai", "local")
 @dataclass(frozen=True, kw_only=True, slots=True)
 class PlannerConfig:
     kind: str = "router"
-    #: ``local``: the causal LM's directory.
+    #: ``local``: a transformers causal LM directory; else ``gguf``; else the bundled model.
     model_dir: Path | None = None
+    #: ``local``: a GGUF file (converted once into the cache); default: the bundled model.
+    gguf: Path | None = None
     #: ``router``: the sentence-embedding model; default: the bundled all-MiniLM-L6-v2.
     embedding_model_dir: Path | None = None
     #: "cuda", "cpu"; default: cuda when available.
@@ -39,9 +41,10 @@ def build_planner(config: PlannerConfig, client: ToolCaller, metrics: BrainMetri
     if config.kind == "openai":
         return OpenAIPlanner(client, options=config.openai)
     if config.kind == "local":
-        if config.model_dir is None:
-            raise ValueError("the local planner needs --model-dir")
         return LocalPlanner(
-            config.model_dir, options=LocalOptions(device=config.device), metrics=metrics.batcher
+            config.model_dir,
+            gguf=config.gguf,
+            options=LocalOptions(device=config.device),
+            metrics=metrics.llm,
         )
     raise ValueError(f"unknown planner {config.kind!r}; choose one of {', '.join(PLANNERS)}")
