@@ -255,22 +255,30 @@ class LocalPlanner:
 
     def prompt_ids(self, state: PlanningState) -> tuple[list[int], int]:
         """The prompt's token ids and how many of them are the shared system prefix."""
-        tok = self._tokenizer
         messages = build_messages(state, self.options.observation_chars, self.options.examples)
-        ids: list[int] = tok.apply_chat_template(
-            messages, tokenize=True, add_generation_prompt=True, return_dict=False
-        )
+        ids = self._render(messages, generation_prompt=True)
         system = messages[0]["content"]
         prefix = self._prefix_lens.get(system)
         if prefix is None:
-            head: list[int] = tok.apply_chat_template(
-                messages[:1], tokenize=True, add_generation_prompt=False, return_dict=False
-            )
+            head = self._render(messages[:1], generation_prompt=False)
             prefix = len(head) if ids[: len(head)] == head else 0
             if len(self._prefix_lens) > 64:
                 self._prefix_lens.clear()
             self._prefix_lens[system] = prefix
         return ids, prefix
+
+    def _render(self, messages: list[dict[str, str]], *, generation_prompt: bool) -> list[int]:
+        """Token ids of ``messages``: the model's chat template, else a plain transcript."""
+        tok = self._tokenizer
+        if getattr(tok, "chat_template", None):
+            ids: list[int] = tok.apply_chat_template(
+                messages, tokenize=True, add_generation_prompt=generation_prompt, return_dict=False
+            )
+            return ids
+        text = "".join(f"### {m['role']}\n{m['content']}\n\n" for m in messages)
+        if generation_prompt:
+            text += "### assistant\n"
+        return list(tok(text)["input_ids"])
 
     def grammar(self, state: PlanningState) -> str:
         from .._engine.grammar import tool_call_grammar
