@@ -88,6 +88,7 @@ def _schemas() -> dict[str, Any]:
     return {t["name"]: t["input_schema"] for t in config["tools"]}
 
 
+@pytest.mark.timeout(1200)  # ~40 model steps on a small shared CPU
 async def test_the_bundled_model_plans_through_the_sidecar(
     demo_tools: str, start_sidecar: Start
 ) -> None:
@@ -197,6 +198,7 @@ STRINGS = [
 ]
 
 
+@pytest.mark.timeout(600)
 async def test_the_converted_tokenizer_matches_llama_cpp() -> None:
     pytest.importorskip("xllamacpp")
     gguf = bundled_gguf()

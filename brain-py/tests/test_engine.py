@@ -83,9 +83,7 @@ async def test_sixteen_callers_share_decode_steps_and_get_their_own_results(
     prompts = [ids(loaded, f"Say hello number {i}.") for i in range(16)]
     results = await asyncio.gather(
         *(
-            engine.generate(
-                GenerationRequest(prompt_ids=p, grammar=literal(w), max_new_tokens=40)
-            )
+            engine.generate(GenerationRequest(prompt_ids=p, grammar=literal(w), max_new_tokens=40))
             for p, w in zip(prompts, words, strict=True)
         )
     )

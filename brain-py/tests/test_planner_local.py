@@ -133,7 +133,8 @@ async def test_random_weights_still_propose_only_schema_valid_calls(
     assert calls, "the first step must call a tool"
     for tool, arguments in calls:
         assert tool == "weather"
-        assert isinstance(arguments, dict) and set(arguments) == {"city"}
+        assert isinstance(arguments, dict)
+        assert set(arguments) == {"city"}
         assert 1 <= len(arguments["city"]) <= 20
     for run in submitted:
         # A babbling model may run out of tokens inside an answer string; never a crash.
@@ -159,7 +160,8 @@ async def test_the_grammar_asks_for_calls_first_and_an_answer_after_results(
     planner: LocalPlanner,
 ) -> None:
     first = planner.grammar(_state())
-    assert "calls" in first.splitlines()[0] and "answer" not in first.splitlines()[0]
+    assert "calls" in first.splitlines()[0]
+    assert "answer" not in first.splitlines()[0]
     after_error = planner.grammar(_state((_turn("upstream_error"),)))
     assert after_error.splitlines()[0] == "start: calls | answer"
     after_ok = planner.grammar(_state((_turn("ok"),)))

