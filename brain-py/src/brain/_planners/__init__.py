@@ -5,7 +5,8 @@
 | ``base.py`` | the :class:`Planner` protocol and what it sees and proposes (``PlanningState``, |
 | | ``Step``, ``ToolCallRequest``, ``Observation``) |
 | ``openai.py`` | ``OpenAIPlanner``: chat completions through the sidecar's ``llm`` tool |
-| ``local.py`` | ``LocalPlanner``: a local causal LM, every run's prompt batched together |
+| ``local.py`` | ``LocalPlanner``: a local causal LM (``brain._engine``), replies constrained |
+| | to the tools' schemas, every run's decoding batched together |
 | ``router.py`` | ``RouterPlanner``: sentence embeddings pick the tool, its schema fills it |
 | ``factory.py`` | ``build_planner``: the planner a command line (``--planner``) asks for |
 
