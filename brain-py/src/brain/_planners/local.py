@@ -154,6 +154,12 @@ def build_messages(
         messages.append({"role": "assistant", "content": _json({"tool_calls": calls})})
         results = "\n".join(_observation_text(o, observation_chars) for o in turn.observations)
         messages.append({"role": "user", "content": f"Tool results:\n{results}"})
+    if state.history:
+        # Restating the question right before the reply helps a small model answer it
+        # rather than echo a number from the results.
+        messages[-1]["content"] += (
+            f"\n\nUsing these results, answer the question in one sentence: {state.task}"
+        )
     return messages
 
 
