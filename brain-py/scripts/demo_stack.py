@@ -254,6 +254,9 @@ def main() -> int:
 
         planner_args = ["--planner", args.planner]
         if args.planner == "local":
+            # Half the cores for the model: the sidecar, the tool service and this demo's
+            # client share them, and OpenMP threads spinning against them cost far more.
+            planner_args += ["--llm-threads", str(max(1, (os.cpu_count() or 2) // 2))]
             if args.model_dir:
                 planner_args += ["--model-dir", str(args.model_dir)]
             if args.gguf:

@@ -99,21 +99,27 @@ async def test_sixteen_callers_share_decode_steps_and_get_their_own_results(
 
 
 async def test_batched_decoding_matches_decoding_alone(engine: Engine, loaded: LoadedModel) -> None:
-    """Rows are padded on the left with their own positions: neighbours change nothing."""
+    """Rows are padded on the left with their own positions: neighbours change nothing,
+    neither while they decode nor when they leave (their rows are reused mid-flight)."""
     prompts = [
         ids(loaded, "The capital of France is"),
         ids(loaded, "Write a long story about a robot who learns to paint in the city of"),
         ids(loaded, "1, 2, 3, 4,"),
     ]
-    alone = [
-        (await engine.generate(GenerationRequest(prompt_ids=p, max_new_tokens=8))).token_ids
-        for p in prompts
-    ]
+    def request(prompt: list[int], tokens: int) -> GenerationRequest:
+        return GenerationRequest(prompt_ids=prompt, max_new_tokens=tokens, ignore_eos=True)
+
+    alone = [(await engine.generate(request(p, 12))).token_ids for p in prompts]
     filler = [ids(loaded, f"Count to {i}:") for i in range(6)]
+    # The fillers stop after 2..7 tokens, one by one, while the three go on.
     together = await asyncio.gather(
         *(
-            engine.generate(GenerationRequest(prompt_ids=p, max_new_tokens=8))
-            for p in [*filler[:3], *prompts, *filler[3:]]
+            engine.generate(request(p, n))
+            for p, n in [
+                *zip(filler[:3], (2, 4, 6), strict=True),
+                *((p, 12) for p in prompts),
+                *zip(filler[3:], (3, 5, 7), strict=True),
+            ]
         )
     )
     assert [r.token_ids for r in together[3:6]] == alone

@@ -117,6 +117,13 @@ def _planner_flags(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--device", default=os.environ.get("BRAIN_DEVICE"), help="cuda or cpu")
     p.add_argument(
+        "--llm-threads",
+        type=int,
+        default=os.environ.get("BRAIN_LLM_THREADS"),
+        help="local planner: torch CPU threads (BRAIN_LLM_THREADS; default one per core; "
+        "fewer when the cores are shared with the sidecar and other busy processes)",
+    )
+    p.add_argument(
         "--llm-tool", default=_env("BRAIN_LLM_TOOL", "llm"), help="openai: the sidecar tool"
     )
     p.add_argument("--llm-model", default=_env("BRAIN_LLM_MODEL", "default"), help="openai")
@@ -127,6 +134,7 @@ def _planner_config(args: argparse.Namespace) -> PlannerConfig:
         kind=args.planner,
         model_dir=args.model_dir,
         gguf=args.gguf,
+        llm_threads=int(args.llm_threads) if args.llm_threads else None,
         embedding_model_dir=args.embedding_model_dir,
         device=args.device,
         openai=OpenAIOptions(model=args.llm_model, llm_tool=args.llm_tool),

@@ -291,7 +291,7 @@ async def run_demo(
     report = DemoReport(tasks=tasks)
     progress: Counter[str] = Counter()
     limit = asyncio.Semaphore(concurrency)
-    timeout = aiohttp.ClientTimeout(total=300)
+    timeout = aiohttp.ClientTimeout(total=max(300.0, deadline_s + 60))
     connector = aiohttp.TCPConnector(limit=concurrency * 2 + 4)
     async with aiohttp.ClientSession(timeout=timeout, connector=connector) as http:
         items0, batches0 = await _batch_stats(http, api)

@@ -265,8 +265,12 @@ class Engine:
                 kv_bytes=self._kv.allocated_bytes,
             )
 
-    def close(self, timeout: float = 30.0) -> None:
-        """Stop the thread; requests still waiting or running fail with EngineClosed."""
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop the thread; requests still waiting or running fail with EngineClosed.
+
+        Waits up to ``timeout`` for a step in progress (it cannot be interrupted); the
+        thread is a daemon, so a step that outlasts it does not keep the process alive.
+        """
         with self._cond:
             self._closed = True
             self._cond.notify()
@@ -448,7 +452,10 @@ class Engine:
 
     @torch.inference_mode()
     def _decode_step(self) -> None:
-        running = list(self._running)
+        # In KV row order: the batch's row i is the forward pass's row i (a leaving
+        # sequence's row is taken by the last one, so list order and row order differ).
+        running = sorted(self._running, key=lambda s: s.row)
+        assert [s.row for s in running] == list(range(self._kv.rows)), "KV rows out of step"
         started = time.perf_counter()
         try:
             cache, mask, positions = self._kv.step_inputs()

@@ -29,6 +29,8 @@ class PlannerConfig:
     embedding_model_dir: Path | None = None
     #: "cuda", "cpu"; default: cuda when available.
     device: str | None = None
+    #: ``local``: torch CPU threads; default: torch's (one per core).
+    llm_threads: int | None = None
     openai: OpenAIOptions = field(default_factory=OpenAIOptions)
 
 
@@ -41,10 +43,14 @@ def build_planner(config: PlannerConfig, client: ToolCaller, metrics: BrainMetri
     if config.kind == "openai":
         return OpenAIPlanner(client, options=config.openai)
     if config.kind == "local":
+        from .._engine.engine import EngineOptions
+
         return LocalPlanner(
             config.model_dir,
             gguf=config.gguf,
-            options=LocalOptions(device=config.device),
+            options=LocalOptions(
+                device=config.device, engine=EngineOptions(cpu_threads=config.llm_threads)
+            ),
             metrics=metrics.llm,
         )
     raise ValueError(f"unknown planner {config.kind!r}; choose one of {', '.join(PLANNERS)}")
