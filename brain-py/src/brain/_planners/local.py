@@ -71,11 +71,11 @@ DEFAULT_EXAMPLES: tuple[tuple[str, tuple[tuple[str, dict[str, Any]], ...]], ...]
 @dataclass(frozen=True, kw_only=True, slots=True)
 class LocalOptions:
     #: Tokens generated per step at most.
-    max_new_tokens: int = 96
+    max_new_tokens: int = 128
     #: Calls in one reply at most (and never more than the run allows).
     max_calls_per_step: int = 4
     #: The answer's length at most, in characters.
-    answer_max_chars: int = 300
+    answer_max_chars: int = 240
     #: After this many steps whose calls all succeeded, only an answer is allowed.
     answer_after_ok_steps: int = 1
     #: Characters of one tool result shown to the model.
