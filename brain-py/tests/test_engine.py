@@ -106,6 +106,7 @@ async def test_batched_decoding_matches_decoding_alone(engine: Engine, loaded: L
         ids(loaded, "Write a long story about a robot who learns to paint in the city of"),
         ids(loaded, "1, 2, 3, 4,"),
     ]
+
     def request(prompt: list[int], tokens: int) -> GenerationRequest:
         return GenerationRequest(prompt_ids=prompt, max_new_tokens=tokens, ignore_eos=True)
 

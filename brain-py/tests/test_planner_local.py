@@ -141,7 +141,7 @@ async def test_random_weights_still_propose_only_schema_valid_calls(
         assert run.state in (RunState.SUCCEEDED, RunState.FAILED), run.state
         if run.state == RunState.FAILED:
             assert run.stop_reason == "planner_error"
-            assert "cut off" in (run.error or "")
+            assert "cut off" in (run.error or "") or "tokens; at most" in (run.error or "")
     assert planner.engine.stats().max_batch_size > 1
 
 

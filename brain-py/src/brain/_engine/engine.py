@@ -189,6 +189,13 @@ class Engine:
         self.metrics = metrics
         self.grammars = GrammarCompiler(loaded.tokenizer, loaded.vocab_size, loaded.eos_token_ids)
         self._eos = frozenset(loaded.eos_token_ids)
+        config = loaded.model.config
+        #: The model's context: positions past it do not exist (an index error, batch-wide).
+        self.context = int(
+            getattr(config, "max_position_embeddings", None)
+            or getattr(config, "n_positions", None)
+            or 1 << 30
+        )
         self._kv = BatchKV(self.options.max_batch)
         self._running: list[_Sequence] = []
         self._waiting: collections.deque[_Sequence] = collections.deque()
@@ -385,10 +392,9 @@ class Engine:
 
         request = seq.request
         ids = list(request.prompt_ids)
-        if len(ids) > self.options.max_prompt_tokens:
-            raise GenerationError(
-                f"the prompt has {len(ids)} tokens; at most {self.options.max_prompt_tokens}"
-            )
+        limit = min(self.options.max_prompt_tokens, self.context - 1)
+        if len(ids) > limit:
+            raise GenerationError(f"the prompt has {len(ids)} tokens; at most {limit}")
         if request.max_new_tokens < 1:
             raise GenerationError("max_new_tokens must be at least 1")
         seq.admitted = time.monotonic()
@@ -528,6 +534,8 @@ class Engine:
             return "stop"
         if len(seq.tokens) >= request.max_new_tokens:
             return "length"
+        if len(request.prompt_ids) + len(seq.tokens) >= self.context:
+            return "length"  # the model's context is full
         return None
 
     def _leave(self, seq: _Sequence) -> None:
