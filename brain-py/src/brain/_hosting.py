@@ -1,7 +1,7 @@
 """``HostedModel``: a local model loaded once, warmed up, and served through one batcher.
 
-The lifecycle the router's sentence embedder (``_embedding.py``) and the local planner's
-causal LM (``_planners/local.py``) share::
+The lifecycle of the router's sentence embedder (``_embedding.py``); the local planner's
+causal LM has an engine of its own (``_engine/``: continuous batching, not whole batches)::
 
     start() ──► _load()       on a worker thread (it takes seconds; the loop keeps serving)
             ──► DynamicBatcher(_forward) started, warm-up items sent through it
@@ -57,7 +57,7 @@ def pick_device(requested: str | None = None) -> str:
 class HostedModel(abc.ABC, Generic[In, Out]):
     """A model behind a :class:`~brain.DynamicBatcher`, loaded and warmed up by :meth:`start`."""
 
-    #: What the model is, for logs ("embedding model", "local planner").
+    #: What the model is, for logs ("embedding model").
     kind = "model"
     #: Where the subclass logs.
     log = logging.getLogger("brain.hosting")

@@ -13,6 +13,13 @@
 | ``brain_batch_model_seconds`` | histogram | ``batcher`` |
 | ``brain_batch_items_total`` | counter | ``batcher`` (``rate()`` of it is items/s) |
 | ``brain_batch_failures_total`` | counter | ``batcher`` |
+| ``brain_llm_tokens_total`` | counter | ``phase`` (``prefill``, ``cached``, ``decode``) |
+| ``brain_llm_decode_batch_size`` | histogram | (sequences in one decode step) |
+| ``brain_llm_step_seconds`` | histogram | ``phase`` (``prefill``, ``decode``) |
+| ``brain_llm_queue_depth`` | gauge | (requests waiting for a slot) |
+| ``brain_llm_running_sequences`` | gauge | (sequences in the decode batch) |
+| ``brain_llm_kv_tokens`` | gauge | (token positions held in the batch's KV cache) |
+| ``brain_llm_requests_total`` | counter | ``outcome`` |
 
 No label carries a run, agent or tool-call id (unbounded cardinality).
 """
@@ -23,7 +30,7 @@ from collections.abc import Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-__all__ = ["BatcherMetrics", "BrainMetrics"]
+__all__ = ["BatcherMetrics", "BrainMetrics", "LLMMetrics"]
 
 _RUN_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 _FAST_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
@@ -87,6 +94,49 @@ class BatcherMetrics:
             self.failures.labels(batcher).inc()
 
 
+class LLMMetrics:
+    """What the local LM engine (``brain._engine``) reports: one engine per process."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.tokens = Counter(
+            "brain_llm_tokens",
+            "Tokens through the local LM: prompt tokens computed (prefill), prompt tokens "
+            "served from the prefix cache (cached), tokens generated (decode); rate() is tokens/s.",
+            ["phase"],
+            registry=registry,
+        )
+        self.decode_batch_size = Histogram(
+            "brain_llm_decode_batch_size",
+            "Sequences in one batched decode step.",
+            buckets=_SIZE_BUCKETS,
+            registry=registry,
+        )
+        self.step_seconds = Histogram(
+            "brain_llm_step_seconds",
+            "Time of one engine step: a prefill (one sequence) or a batched decode step.",
+            ["phase"],
+            buckets=_FAST_BUCKETS,
+            registry=registry,
+        )
+        self.queue_depth = Gauge(
+            "brain_llm_queue_depth", "Requests waiting for a slot in the batch.", registry=registry
+        )
+        self.running = Gauge(
+            "brain_llm_running_sequences", "Sequences in the decode batch.", registry=registry
+        )
+        self.kv_tokens = Gauge(
+            "brain_llm_kv_tokens",
+            "Token positions held in the decode batch's KV cache (rows x span).",
+            registry=registry,
+        )
+        self.requests = Counter(
+            "brain_llm_requests",
+            "Generation requests by outcome: stop, length, error, cancelled, timeout, rejected.",
+            ["outcome"],
+            registry=registry,
+        )
+
+
 class BrainMetrics:
     """Every metric of one brain process."""
 
@@ -123,6 +173,7 @@ class BrainMetrics:
             registry=r,
         )
         self.batcher = BatcherMetrics(r)
+        self.llm = LLMMetrics(r)
 
     def render(self) -> bytes:
         """The Prometheus text exposition of every metric."""

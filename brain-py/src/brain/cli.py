@@ -105,7 +105,13 @@ def _planner_flags(p: argparse.ArgumentParser) -> None:
         "--model-dir",
         type=Path,
         default=os.environ.get("BRAIN_MODEL_DIR"),
-        help="local planner: causal LM directory (BRAIN_MODEL_DIR)",
+        help="local planner: causal LM directory (BRAIN_MODEL_DIR; default: the bundled model)",
+    )
+    p.add_argument(
+        "--gguf",
+        type=Path,
+        default=os.environ.get("BRAIN_GGUF"),
+        help="local planner: a GGUF model file, converted once into ~/.cache/tandem (BRAIN_GGUF)",
     )
     p.add_argument(
         "--embedding-model-dir",
@@ -114,6 +120,13 @@ def _planner_flags(p: argparse.ArgumentParser) -> None:
         help="router planner: sentence-embedding model (default: the bundled all-MiniLM-L6-v2)",
     )
     p.add_argument("--device", default=os.environ.get("BRAIN_DEVICE"), help="cuda or cpu")
+    p.add_argument(
+        "--llm-threads",
+        type=int,
+        default=os.environ.get("BRAIN_LLM_THREADS"),
+        help="local planner: torch CPU threads (BRAIN_LLM_THREADS; default one per core; "
+        "fewer when the cores are shared with the sidecar and other busy processes)",
+    )
     p.add_argument(
         "--llm-tool", default=_env("BRAIN_LLM_TOOL", "llm"), help="openai: the sidecar tool"
     )
@@ -145,6 +158,8 @@ def _planner_config(args: argparse.Namespace) -> PlannerConfig:
     return PlannerConfig(
         kind=args.planner,
         model_dir=args.model_dir,
+        gguf=args.gguf,
+        llm_threads=int(args.llm_threads) if args.llm_threads else None,
         embedding_model_dir=args.embedding_model_dir,
         device=args.device,
         openai=OpenAIOptions(

@@ -23,6 +23,7 @@ import statistics
 import sys
 import time
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -65,6 +66,32 @@ class TaskOutcome:
     latency_s: float
 
 
+@dataclass(frozen=True, slots=True)
+class LLMStats:
+    """The local LM engine's counters (``brain_llm_*``): decode tokens, steps, time."""
+
+    tokens: float = 0.0
+    steps: float = 0.0
+    seconds: float = 0.0
+    max_batch: float = 0.0
+
+    def __sub__(self, other: LLMStats) -> LLMStats:
+        return LLMStats(
+            self.tokens - other.tokens,
+            self.steps - other.steps,
+            self.seconds - other.seconds,
+            self.max_batch,
+        )
+
+    @property
+    def mean_batch(self) -> float:
+        return self.tokens / self.steps if self.steps else 0.0
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / self.seconds if self.seconds else 0.0
+
+
 @dataclass(slots=True)
 class DemoReport:
     tasks: int = 0
@@ -74,6 +101,8 @@ class DemoReport:
     rejected: int = 0
     batch_items: float = 0.0
     batches: float = 0.0
+    #: The local LM engine (brain_llm_* metrics; zero for other planners).
+    llm: LLMStats = field(default_factory=LLMStats)
 
     @property
     def ok(self) -> bool:
@@ -116,6 +145,13 @@ class DemoReport:
                 f"{self.batch_items:.0f} items, "
                 f"average batch size {self.batch_items / self.batches:.1f}"
             )
+        if self.llm.steps:
+            lines.append(
+                f"  local LM decode:     {self.llm.tokens:.0f} tokens in {self.llm.steps:.0f} "
+                f"batched steps, {self.llm.tokens_per_s:.1f} tokens/s while decoding "
+                f"({self.llm.tokens / max(self.wall_s, 1e-9):.1f}/s over the demo), "
+                f"mean decode batch {self.llm.mean_batch:.1f}"
+            )
         if self.rejected:
             lines.append(f"  refused with 429 and retried: {self.rejected}")
         if self.errors:
@@ -151,10 +187,12 @@ async def _one(
     task: str,
     report: DemoReport,
     progress: Counter[str],
+    deadline_s: float = 60.0,
 ) -> None:
     started = time.perf_counter()
     while True:
-        async with http.post(f"{api}/v1/runs", json={"task": task, "deadline_s": 60}) as resp:
+        body = {"task": task, "deadline_s": deadline_s}
+        async with http.post(f"{api}/v1/runs", json=body) as resp:
             if resp.status == 429:
                 report.rejected += 1
                 await asyncio.sleep(float(resp.headers.get("Retry-After", "1")))
@@ -181,14 +219,28 @@ async def _one(
     report.outcomes.append(TaskOutcome(index, task, run, latency))
 
 
-async def _progress(report: DemoReport, progress: Counter[str], stop: asyncio.Event) -> None:
+async def _progress(
+    report: DemoReport,
+    progress: Counter[str],
+    stop: asyncio.Event,
+    llm: Callable[[], Awaitable[LLMStats]] | None = None,
+) -> None:
     tty = sys.stdout.isatty()
+    last = await llm() if llm is not None else LLMStats()
     while not stop.is_set():
         done = len(report.outcomes)
         line = (
             f"    progress: {done}/{report.tasks} finished, {progress['running']} running"
             f" ({progress['succeeded']} succeeded)"
         )
+        if llm is not None:
+            now = await llm()
+            delta, last = now - last, now
+            if delta.steps:
+                line += (
+                    f"; local LM {delta.tokens_per_s:.1f} tokens/s, "
+                    f"decode batch {delta.mean_batch:.1f}"
+                )
         print(("\r" + line) if tty else line, end="" if tty else "\n", flush=True)
         try:
             async with asyncio.timeout(0.25 if tty else 1.0):
@@ -212,7 +264,26 @@ async def _batch_stats(http: aiohttp.ClientSession, api: str) -> tuple[float, fl
     return items, batches
 
 
-async def run_demo(api: str, *, tasks: int, concurrency: int, seed: int = 7) -> DemoReport:
+async def _llm_stats(http: aiohttp.ClientSession, api: str) -> LLMStats:
+    async with http.get(f"{api}/metrics") as resp:
+        text = await resp.text()
+    values: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "brain_llm_decode_batch_size_sum":
+                values["tokens"] = sample.value
+            elif sample.name == "brain_llm_decode_batch_size_count":
+                values["steps"] = sample.value
+            elif sample.name == "brain_llm_step_seconds_sum" and sample.labels == {
+                "phase": "decode"
+            }:
+                values["seconds"] = sample.value
+    return LLMStats(values.get("tokens", 0.0), values.get("steps", 0.0), values.get("seconds", 0.0))
+
+
+async def run_demo(
+    api: str, *, tasks: int, concurrency: int, seed: int = 7, deadline_s: float = 60.0
+) -> DemoReport:
     """Submit ``tasks`` demo tasks (``concurrency`` at a time) and collect what happened."""
     rng = random.Random(seed)
     chosen = [DEMO_TASKS[i % len(DEMO_TASKS)] for i in range(tasks)]
@@ -220,17 +291,20 @@ async def run_demo(api: str, *, tasks: int, concurrency: int, seed: int = 7) -> 
     report = DemoReport(tasks=tasks)
     progress: Counter[str] = Counter()
     limit = asyncio.Semaphore(concurrency)
-    timeout = aiohttp.ClientTimeout(total=300)
+    timeout = aiohttp.ClientTimeout(total=max(300.0, deadline_s + 60))
     connector = aiohttp.TCPConnector(limit=concurrency * 2 + 4)
     async with aiohttp.ClientSession(timeout=timeout, connector=connector) as http:
         items0, batches0 = await _batch_stats(http, api)
+        llm0 = await _llm_stats(http, api)
 
         async def guarded(index: int, task: str) -> None:
             async with limit:
-                await _one(http, api, index, task, report, progress)
+                await _one(http, api, index, task, report, progress, deadline_s)
 
         stop = asyncio.Event()
-        printer = asyncio.create_task(_progress(report, progress, stop))
+        printer = asyncio.create_task(
+            _progress(report, progress, stop, lambda: _llm_stats(http, api))
+        )
         started = time.perf_counter()
         results = await asyncio.gather(
             *(guarded(i, t) for i, t in enumerate(chosen)), return_exceptions=True
@@ -240,6 +314,7 @@ async def run_demo(api: str, *, tasks: int, concurrency: int, seed: int = 7) -> 
         await printer
         report.errors = [repr(r) for r in results if isinstance(r, BaseException)]
         items1, batches1 = await _batch_stats(http, api)
+        report.llm = await _llm_stats(http, api) - llm0
     report.batch_items = items1 - items0
     report.batches = batches1 - batches0
     return report
@@ -254,11 +329,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tasks", type=int, default=60, help="how many tasks")
     parser.add_argument("--concurrency", type=int, default=60, help="tasks in flight at once")
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--deadline", type=float, default=60.0, help="seconds per run")
     args = parser.parse_args(argv)
     if args.tasks < 1 or args.concurrency < 1:
         parser.error("--tasks and --concurrency must be at least 1")
     report = asyncio.run(
-        run_demo(args.api, tasks=args.tasks, concurrency=args.concurrency, seed=args.seed)
+        run_demo(
+            args.api,
+            tasks=args.tasks,
+            concurrency=args.concurrency,
+            seed=args.seed,
+            deadline_s=args.deadline,
+        )
     )
     print(report.render())
     return 0 if report.ok else 1

@@ -6,7 +6,8 @@
 | | ``Step``, ``ToolCallRequest``, ``Observation``) |
 | ``openai.py`` | ``OpenAIPlanner``: chat completions through the sidecar's ``llm`` tool |
 | ``json_steps.py`` | steps as one schema-constrained JSON object (models without tool calls) |
-| ``local.py`` | ``LocalPlanner``: a local causal LM, every run's prompt batched together |
+| ``local.py`` | ``LocalPlanner``: a local causal LM (``brain._engine``), replies constrained |
+| | to the tools' schemas, every run's decoding batched together |
 | ``router.py`` | ``RouterPlanner``: sentence embeddings pick the tool, its schema fills it |
 | ``factory.py`` | ``build_planner``: the planner a command line (``--planner``) asks for |
 

@@ -10,7 +10,7 @@ Planners::
 
     Planner (protocol)  base.py
     ├── OpenAIPlanner   openai.py   chat completions through the sidecar's `llm` tool
-    ├── LocalPlanner    local.py    a causal LM via transformers, batched generate
+    ├── LocalPlanner    local.py    a local causal LM, grammar-constrained, continuous batching
     └── RouterPlanner   router.py   sentence embeddings pick a tool, the schema guides
                                     filling its arguments from the task
 """

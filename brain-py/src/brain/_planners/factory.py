@@ -21,12 +21,16 @@ PLANNERS = ("router", "openai", "local")
 @dataclass(frozen=True, kw_only=True, slots=True)
 class PlannerConfig:
     kind: str = "router"
-    #: ``local``: the causal LM's directory.
+    #: ``local``: a transformers causal LM directory; else ``gguf``; else the bundled model.
     model_dir: Path | None = None
+    #: ``local``: a GGUF file (converted once into the cache); default: the bundled model.
+    gguf: Path | None = None
     #: ``router``: the sentence-embedding model; default: the bundled all-MiniLM-L6-v2.
     embedding_model_dir: Path | None = None
     #: "cuda", "cpu"; default: cuda when available.
     device: str | None = None
+    #: ``local``: torch CPU threads; default: torch's (one per core).
+    llm_threads: int | None = None
     openai: OpenAIOptions = field(default_factory=OpenAIOptions)
 
 
@@ -39,9 +43,14 @@ def build_planner(config: PlannerConfig, client: ToolCaller, metrics: BrainMetri
     if config.kind == "openai":
         return OpenAIPlanner(client, options=config.openai)
     if config.kind == "local":
-        if config.model_dir is None:
-            raise ValueError("the local planner needs --model-dir")
+        from .._engine.engine import EngineOptions
+
         return LocalPlanner(
-            config.model_dir, options=LocalOptions(device=config.device), metrics=metrics.batcher
+            config.model_dir,
+            gguf=config.gguf,
+            options=LocalOptions(
+                device=config.device, engine=EngineOptions(cpu_threads=config.llm_threads)
+            ),
+            metrics=metrics.llm,
         )
     raise ValueError(f"unknown planner {config.kind!r}; choose one of {', '.join(PLANNERS)}")

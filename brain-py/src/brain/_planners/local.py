@@ -1,289 +1,324 @@
-"""``LocalPlanner``: a causal LM from a local directory, every agent's prompt batched together.
+"""``LocalPlanner``: a local causal LM plans every run, through one batched engine.
 
-The model (``--model-dir``: any transformers causal LM with its tokenizer, loaded with
-``local_files_only``) runs on CUDA in bf16/fp16 when a GPU is visible, else on the CPU in
-fp32. Planning requests from all runs go through one
-:class:`~brain._batcher.DynamicBatcher` (the lifecycle is
-:class:`~brain._hosting.HostedModel`'s) into batched ``generate`` calls: prompts are
-left-padded (so every sequence continues right after its own prompt), decoding is greedy,
-and generation stops at EOS, at a stop string, or after ``max_new_tokens``. Batches are
-capped by prompt tokens as well as by count.
+The model is the bundled SmolLM2-135M-Instruct by default (``--gguf`` for another GGUF,
+``--model-dir`` for any transformers causal LM directory; see ``brain._engine.weights``),
+on CUDA in bf16/fp16 when a GPU is visible, else on the CPU in float32. All runs share
+one :class:`~brain._engine.engine.Engine`: continuous batching, a KV cache row per
+sequence, the shared system prompt's KV computed once (prefix cache).
 
-The prompt describes the tools and asks for exactly one JSON object per reply::
+Each reply is constrained by a grammar built from the tools the sidecar lists
+(``brain._engine.grammar``), so it is always one JSON object, either tool calls to real
+tools with arguments valid for their input schemas (several at once allowed), or::
 
-    {"tool_calls": [{"name": "weather", "arguments": {"city": "Oslo"}}]}
-    {"answer": "It is 21 °C in Oslo."}
+    {"answer": "It is warmer in Cairo (27 °C) than in Reykjavík (3 °C)."}
 
-Hermes-style ``<tool_call>{"name": ..., "arguments": {...}}</tool_call>`` blocks (what
-many instruction-tuned models emit with their tool chat templates) are accepted too.
-Output that is neither raises :class:`~brain.PlannerOutputError`: the run fails
-with a clear step error and the raw output in its event record, never a crash. Arguments
-that do not parse become a tool message for the next step, as with the OpenAI planner.
+The answer is written by the model from the observations. What the sidecar still
+refuses (a city the upstream does not know, a value out of range) goes back to the model
+as a tool result, and the next reply may correct the call. Two policies keep a small
+model on track: on the first step of a run that has tools, only tool calls are allowed
+(like ``tool_choice="required"``); after ``answer_after_ok_steps`` steps whose calls all
+succeeded, only the answer is (so the model cannot call tools in a loop).
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import re
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import orjson
 
-from .._batcher import BatcherOptions
 from .._exceptions import PlannerError, PlannerOutputError
-from .._hosting import HostedModel, offline_hub, pick_device
-from .._metrics import BatcherMetrics
-from .base import DEFAULT_SYSTEM_PROMPT, PlanningState, Step, new_call_id, parse_arguments
+from .._metrics import LLMMetrics
+from .base import (
+    PlanningState,
+    Step,
+    ToolCallRequest,
+    new_call_id,
+    parse_arguments,
+)
 
-__all__ = ["LocalOptions", "LocalPlanner", "build_prompt", "parse_output"]
+__all__ = ["LocalOptions", "LocalPlanner", "build_messages", "parse_reply"]
 
-_TOOL_CALL_BLOCK = re.compile(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|$)", re.DOTALL)
+log = logging.getLogger("brain.planner.local")
+
+_SYSTEM = (
+    "You are an agent that answers the user's question with tools. Tools:\n{tools}\n\n"
+    "Reply with one JSON object only. To call tools: "
+    '{{"tool_calls": [{{"name": "<tool>", "arguments": {{...}}}}]}}; put several calls in '
+    "the list when the question needs several facts (for example one weather call per "
+    "city). When the tool results are in, reply "
+    '{{"answer": "<one sentence that answers the question, with the values>"}}.'
+    "{examples}"
+)
+
+#: Worked examples shown in the system prompt, each only when every tool it calls is
+#: listed (tool name, question, arguments of each call). They cost nothing per request:
+#: the system prompt's KV is computed once (prefix cache).
+DEFAULT_EXAMPLES: tuple[tuple[str, tuple[tuple[str, dict[str, Any]], ...]], ...] = (
+    (
+        "Is it colder in Oslo or in Rome?",
+        (("weather", {"city": "Oslo"}), ("weather", {"city": "Rome"})),
+    ),
+    ("What is 12 * (3 + 4)?", (("calculator", {"expression": "12 * (3 + 4)"}),)),
+    ("How many km are 5 miles?", (("convert_units", {"value": 5, "from": "mi", "to": "km"}),)),
+)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class LocalOptions:
-    max_new_tokens: int = 256
-    #: Prompts are cut (from the left, keeping the latest turns) to this many tokens.
-    max_prompt_tokens: int = 4096
-    #: Generation also stops at any of these strings.
-    stop: tuple[str, ...] = ("\n\n\n", "<|im_end|>", "</s>")
+    #: Tokens generated per step at most.
+    max_new_tokens: int = 128
+    #: Calls in one reply at most (and never more than the run allows).
+    max_calls_per_step: int = 4
+    #: The answer's length at most, in characters.
+    answer_max_chars: int = 240
+    #: After this many steps whose calls all succeeded, only an answer is allowed.
+    answer_after_ok_steps: int = 1
+    #: Characters of one tool result shown to the model.
+    observation_chars: int = 300
+    #: Worked examples for the system prompt (see DEFAULT_EXAMPLES).
+    examples: tuple[tuple[str, tuple[tuple[str, dict[str, Any]], ...]], ...] = DEFAULT_EXAMPLES
     #: "cuda", "cpu", ...; default: cuda when available.
     device: str | None = None
-    batcher: BatcherOptions = field(
-        default_factory=lambda: BatcherOptions(
-            max_batch_size=16, max_wait_ms=10, max_batch_tokens=32_768
-        )
-    )
+    #: Where converted GGUF models are kept (default: ~/.cache/tandem/models).
+    cache_dir: Path | None = None
+    engine: Any = field(default=None)  # EngineOptions; Any so that importing is cheap
 
 
-def _tools_text(state: PlanningState) -> str:
+def _tool_line(tool: Any) -> str:
+    props = (tool.parameters or {}).get("properties") or {}
+    args = []
+    for name, prop in props.items():
+        kind = prop.get("type", "any") if isinstance(prop, dict) else "any"
+        if isinstance(prop, dict) and isinstance(prop.get("enum"), list):
+            kind = "|".join(map(str, prop["enum"][:8]))
+        args.append(f"{name}: {kind}")
+    description = " ".join(tool.description.split())
+    first = description.split(". ")[0].rstrip(".")
+    return f"- {tool.name}({', '.join(args)}): {first}."
+
+
+def _examples_text(state: PlanningState, examples: Any) -> str:
+    names = {t.name for t in state.tools}
     lines = []
-    for tool in state.tools:
-        # json, not orjson: a schema may hold integers beyond 64 bits.
-        schema = json.dumps(tool.parameters, separators=(",", ":"), ensure_ascii=False)
-        lines.append(f"- {tool.name}: {' '.join(tool.description.split())}\n  arguments: {schema}")
-    return "\n".join(lines) or "(none)"
+    for question, calls in examples:
+        if all(name in names for name, _ in calls):
+            reply = {"tool_calls": [{"name": n, "arguments": a} for n, a in calls]}
+            lines.append(f"Question: {question}\nReply: {_json(reply)}")
+    return "\n\nExamples:\n" + "\n".join(lines) if lines else ""
 
 
-def build_messages(state: PlanningState) -> list[dict[str, str]]:
-    """The conversation as chat messages (plain strings, for any chat template)."""
-    system = (
-        f"{state.system_prompt or DEFAULT_SYSTEM_PROMPT}\n\n"
-        f"Tools:\n{_tools_text(state)}\n\n"
-        "Reply with exactly one JSON object and nothing else: either "
-        '{"tool_calls": [{"name": "<tool>", "arguments": {...}}]} to call tools '
-        f"(at most {state.max_tool_calls} at once), or "
-        '{"answer": "<final answer>"} when you are done.'
-    )
-    messages = [{"role": "system", "content": system}, {"role": "user", "content": state.task}]
+def _json(value: Any) -> str:
+    """JSON spaced as the grammar spaces it (": " and ", ")."""
+    import json
+
+    return json.dumps(value, ensure_ascii=False)
+
+
+def system_message(state: PlanningState, examples: Any = DEFAULT_EXAMPLES) -> str:
+    tools = "\n".join(_tool_line(t) for t in state.tools) or "(none)"
+    text = _SYSTEM.format(tools=tools, examples=_examples_text(state, examples))
+    if state.system_prompt:
+        text = f"{state.system_prompt}\n\n{text}"
+    return text
+
+
+def _observation_text(obs: Any, limit: int) -> str:
+    from .router import _error_text, summarize
+
+    args = orjson.dumps(obs.call.arguments).decode() if obs.call.arguments is not None else "?"
+    if obs.ok:
+        body = summarize(obs.result, limit)
+    else:
+        body = f"error ({obs.status}): {_error_text(obs.content)}"
+    return f"{obs.call.name}({args}) -> {body}"
+
+
+def build_messages(
+    state: PlanningState, observation_chars: int = 300, examples: Any = DEFAULT_EXAMPLES
+) -> list[dict[str, str]]:
+    """The conversation as chat messages: system (tools), the task, then each step."""
+    messages = [
+        {"role": "system", "content": system_message(state, examples)},
+        {"role": "user", "content": state.task},
+    ]
     for turn in state.history:
         calls = [
-            {
-                "name": c.name,
-                "arguments": c.arguments if c.arguments is not None else c.raw_arguments,
-            }
+            {"name": c.name, "arguments": c.arguments if c.arguments is not None else {}}
             for c in turn.step.tool_calls
         ]
-        messages.append(
-            {"role": "assistant", "content": orjson.dumps({"tool_calls": calls}).decode()}
-        )
-        results = "\n".join(
-            f"[{obs.call.name} #{i}] {obs.status}: {obs.content}"
-            for i, obs in enumerate(turn.observations)
-        )
+        messages.append({"role": "assistant", "content": _json({"tool_calls": calls})})
+        results = "\n".join(_observation_text(o, observation_chars) for o in turn.observations)
         messages.append({"role": "user", "content": f"Tool results:\n{results}"})
+    if state.history:
+        # Restating the question right before the reply helps a small model answer it
+        # rather than echo a number from the results.
+        messages[-1]["content"] += (
+            f"\n\nUsing these results, answer the question in one sentence: {state.task}"
+        )
     return messages
 
 
-def build_prompt(state: PlanningState, tokenizer: Any = None) -> str:
-    """The model's prompt: its chat template when it has one, else a plain transcript."""
-    messages = build_messages(state)
-    if tokenizer is not None and getattr(tokenizer, "chat_template", None):
-        prompt: str = tokenizer.apply_chat_template(
-            messages, tokenize=False, add_generation_prompt=True
-        )
-        return prompt
-    parts = [f"### {m['role']}\n{m['content']}" for m in messages]
-    return "\n\n".join(parts) + "\n\n### assistant\n"
+def parse_reply(text: str) -> Step:
+    """A grammar-constrained reply as a step (it is always one of the two JSON shapes)."""
+    try:
+        value = orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        raise PlannerOutputError(f"the model's reply was cut off ({exc})", text) from exc
+    if isinstance(value, dict) and isinstance(value.get("answer"), str):
+        return Step.answer(value["answer"])
+    if isinstance(value, dict) and isinstance(value.get("tool_calls"), list):
+        calls: list[ToolCallRequest] = []
+        for item in value["tool_calls"]:
+            if isinstance(item, dict) and isinstance(item.get("name"), str):
+                calls.append(
+                    parse_arguments(new_call_id("local"), item["name"], item.get("arguments"))
+                )
+        if calls:
+            return Step.calls(*calls)
+    raise PlannerOutputError("the reply is neither tool calls nor an answer", text)
 
 
-_JSON = json.JSONDecoder()
-
-
-def _first_json_object(text: str) -> Any:
-    """The first JSON object in ``text`` (models often wrap it in prose or code fences).
-
-    Tries to decode a JSON value at each ``{`` in turn (the first 20), and returns the
-    first that decodes.
-    """
-    start = text.find("{")
-    for _ in range(20):
-        if start == -1:
-            break
-        try:
-            value, _end = _JSON.raw_decode(text, start)
-        except json.JSONDecodeError:
-            start = text.find("{", start + 1)
-            continue
-        return value
-    return None
-
-
-def parse_output(text: str) -> Step:
-    """A model's reply as a step; raises :class:`PlannerOutputError` when it is neither."""
-    blocks = _TOOL_CALL_BLOCK.findall(text)
-    if blocks:
-        calls = []
-        for block in blocks:
-            name_match = re.search(r'"name"\s*:\s*"([^"]+)"', block)
-            name = name_match.group(1) if name_match else ""
-            try:
-                value = orjson.loads(block)
-            except orjson.JSONDecodeError:
-                calls.append(parse_arguments(new_call_id("local"), name, block))
-                continue
-            if not isinstance(value, dict) or not isinstance(value.get("name"), str):
-                raise PlannerOutputError("a <tool_call> block names no tool", text)
-            calls.append(_call(value))
-        return Step.calls(*calls)
-    value = _first_json_object(text)
-    if isinstance(value, dict):
-        if isinstance(value.get("tool_calls"), list) and value["tool_calls"]:
-            items = value["tool_calls"]
-            if not all(isinstance(c, dict) and isinstance(c.get("name"), str) for c in items):
-                raise PlannerOutputError("a tool call in the reply names no tool", text)
-            return Step.calls(*(_call(c) for c in items))
-        if isinstance(value.get("name"), str) and "arguments" in value:
-            return Step.calls(_call(value))
-        for key in ("answer", "final", "final_answer"):
-            if isinstance(value.get(key), str):
-                return Step.answer(value[key])
-    match = re.search(r"final answer\s*:\s*(.+)", text, re.IGNORECASE | re.DOTALL)
-    if match and match.group(1).strip():
-        return Step.answer(match.group(1).strip())
-    raise PlannerOutputError(
-        "the model's output is neither a tool call nor a final answer "
-        f"(expected one JSON object; got {text[:120]!r})",
-        text,
-    )
-
-
-def _call(value: dict[str, Any]) -> Any:
-    arguments = value.get("arguments")
-    if arguments is not None and not isinstance(arguments, str | dict):
-        arguments = orjson.dumps(arguments).decode()
-    return parse_arguments(new_call_id("local"), value["name"], arguments)
-
-
-class LocalPlanner(HostedModel[str, str]):
-    """Plans with a local causal LM; all runs share its batched ``generate``."""
+class LocalPlanner:
+    """Plans with a local causal LM; every run shares its engine's batches."""
 
     name = "local"
-    kind = "local planner"
-    log = logging.getLogger("brain.planner.local")
 
     def __init__(
         self,
-        model_dir: Path,
+        model_dir: Path | None = None,
         *,
+        gguf: Path | None = None,
         options: LocalOptions | None = None,
-        metrics: BatcherMetrics | None = None,
+        metrics: LLMMetrics | None = None,
     ) -> None:
+        self.model_dir = model_dir
+        self.gguf = gguf
         self.options = options or LocalOptions()
-        super().__init__(
-            model_dir,
-            batcher=self.options.batcher,
-            name="local_planner",
-            # Warm-up batched, as real requests will be.
-            warmup=("warm-up", "warm-up, batched"),
-            # Cheap estimate (no tokenizing on the event loop): ~3 characters per token.
-            size_of=lambda prompt: len(prompt) // 3 + 1,
-            metrics=metrics,
-        )
-        self.model_dir: Path = model_dir
-        self._model: Any = None
+        self.metrics = metrics
+        self.engine: Any = None
+        self.device = "cpu"
         self._tokenizer: Any = None
+        self._prefix_lens: dict[str, int] = {}
+        self._starting: asyncio.Future[None] | None = None
+        self._ready = False
+        #: Every step's outcome, for the demo's summary (bounded: counters only).
+        self.steps = 0
+
+    @property
+    def ready(self) -> bool:
+        return self._ready
 
     @property
     def reserved_tools(self) -> frozenset[str]:
         return frozenset()
 
-    def _load(self) -> None:
-        offline_hub()
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+    async def start(self) -> None:
+        """Load (converting a GGUF once), start the engine, warm up. Idempotent."""
+        if self._starting is None:
+            self._starting = asyncio.ensure_future(self._start())
+        await asyncio.shield(self._starting)
 
-        if not (self.model_dir / "config.json").exists():
-            raise PlannerError(f"no model in {self.model_dir} (config.json is missing)")
-        self.device = pick_device(self.options.device)
-        if self.device.startswith("cuda"):
-            dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        else:
-            dtype = torch.float32
-        tokenizer = AutoTokenizer.from_pretrained(str(self.model_dir), local_files_only=True)
-        tokenizer.padding_side = "left"
-        tokenizer.truncation_side = "left"
-        if tokenizer.pad_token is None:
-            tokenizer.pad_token = tokenizer.eos_token
-        model: Any = AutoModelForCausalLM.from_pretrained(
-            str(self.model_dir), local_files_only=True, dtype=dtype
+    async def _start(self) -> None:
+        from .._engine.engine import Engine, EngineOptions, GenerationRequest
+
+        started = time.perf_counter()
+        loaded = await asyncio.to_thread(self._load)
+        self.device = loaded.device
+        self._tokenizer = loaded.tokenizer
+        self.engine = Engine(
+            loaded, options=self.options.engine or EngineOptions(), metrics=self.metrics
         )
-        self._tokenizer = tokenizer
-        self._model = model.to(self.device).eval()
+        self.engine.start()
+        ids = self._tokenizer("warm-up")["input_ids"]
+        await self.engine.generate(GenerationRequest(prompt_ids=ids, max_new_tokens=2))
+        self._ready = True
+        log.info(
+            "local planner ready model=%s device=%s seconds=%.2f",
+            loaded.path,
+            loaded.device,
+            time.perf_counter() - started,
+        )
 
-    def _forward(self, prompts: list[str]) -> list[str]:
-        """The batcher's model function: a batch of prompts through :meth:`_generate`."""
-        return self._generate(prompts)
+    def _load(self) -> Any:
+        from .._engine.weights import load_model, prepare_model_dir
 
-    def _generate(self, prompts: list[str], max_new_tokens: int | None = None) -> list[str]:
-        """Greedy batched generation (runs on the batcher's thread)."""
-        import torch
+        path = prepare_model_dir(
+            model_dir=self.model_dir, gguf=self.gguf, cache_dir=self.options.cache_dir
+        )
+        return load_model(path, device=self.options.device)
 
-        o = self.options
+    async def aclose(self) -> None:
+        if self._starting is not None and not self._starting.done():
+            self._starting.cancel()
+        if self.engine is not None:
+            await self.engine.aclose()
+        self._ready = False
+
+    def prompt_ids(self, state: PlanningState) -> tuple[list[int], int]:
+        """The prompt's token ids and how many of them are the shared system prefix."""
+        messages = build_messages(state, self.options.observation_chars, self.options.examples)
+        ids = self._render(messages, generation_prompt=True)
+        system = messages[0]["content"]
+        prefix = self._prefix_lens.get(system)
+        if prefix is None:
+            head = self._render(messages[:1], generation_prompt=False)
+            prefix = len(head) if ids[: len(head)] == head else 0
+            if len(self._prefix_lens) > 64:
+                self._prefix_lens.clear()
+            self._prefix_lens[system] = prefix
+        return ids, prefix
+
+    def _render(self, messages: list[dict[str, str]], *, generation_prompt: bool) -> list[int]:
+        """Token ids of ``messages``: the model's chat template, else a plain transcript."""
         tok = self._tokenizer
-        with torch.inference_mode():
-            enc = tok(
-                prompts,
-                return_tensors="pt",
-                padding=True,
-                truncation=True,
-                max_length=o.max_prompt_tokens,
-            ).to(self.device)
-            output = self._model.generate(
-                **enc,
-                max_new_tokens=max_new_tokens or o.max_new_tokens,
-                do_sample=False,
-                pad_token_id=tok.pad_token_id,
-                eos_token_id=tok.eos_token_id,
-                # Stop a sequence as soon as it ends in a stop string (the batch ends
-                # when every sequence has stopped); the text is cut there below.
-                stop_strings=list(o.stop),
-                tokenizer=tok,
+        if getattr(tok, "chat_template", None):
+            ids: list[int] = tok.apply_chat_template(
+                messages, tokenize=True, add_generation_prompt=generation_prompt, return_dict=False
             )
-        new_tokens = output[:, enc["input_ids"].shape[1] :]
-        texts: list[str] = tok.batch_decode(new_tokens, skip_special_tokens=True)
-        return [_cut_at_stop(t, o.stop) for t in texts]
+            return ids
+        text = "".join(f"### {m['role']}\n{m['content']}\n\n" for m in messages)
+        if generation_prompt:
+            text += "### assistant\n"
+        return list(tok(text)["input_ids"])
+
+    def grammar(self, state: PlanningState) -> str:
+        from .._engine.grammar import tool_call_grammar
+
+        ok_steps = sum(
+            1 for t in state.history if t.observations and all(o.ok for o in t.observations)
+        )
+        answer = not state.tools or bool(state.history)
+        calls = bool(state.tools) and ok_steps < self.options.answer_after_ok_steps
+        return tool_call_grammar(
+            state.tools,
+            max_calls=max(1, min(state.max_tool_calls, self.options.max_calls_per_step)),
+            answer=answer or not calls,
+            calls=calls,
+            answer_max_chars=self.options.answer_max_chars,
+        )
 
     async def plan(self, state: PlanningState) -> Step:
-        await self.start()  # the prompt needs the tokenizer (its chat template)
-        prompt = build_prompt(state, self._tokenizer)
+        from .._engine.engine import GenerationRequest
+
+        await self.start()
+        ids, prefix = self.prompt_ids(state)
+        request = GenerationRequest(
+            prompt_ids=ids,
+            max_new_tokens=self.options.max_new_tokens,
+            grammar=self.grammar(state),
+            prefix_len=prefix,
+            deadline=time.monotonic() + max(0.01, state.time_left),
+        )
         try:
-            text = await self.submit(prompt, timeout=max(0.01, state.time_left))
-        except (TimeoutError, asyncio.CancelledError):
+            result = await self.engine.generate(request)
+        except (TimeoutError, asyncio.CancelledError, PlannerError):
             raise
-        except Exception as exc:  # the model failed on this batch
+        except Exception as exc:
             raise PlannerError(f"generation failed: {exc!r}") from exc
-        return parse_output(text)
-
-
-def _cut_at_stop(text: str, stops: tuple[str, ...]) -> str:
-    cut = len(text)
-    for stop in stops:
-        index = text.find(stop)
-        if index != -1:
-            cut = min(cut, index)
-    return text[:cut]
+        self.steps += 1
+        return parse_reply(result.text)
