@@ -88,6 +88,17 @@ def wait_until(
         time.sleep(interval)
 
 
+def http_ok(url: str, context: ssl.SSLContext | None = None) -> bool:
+    """GET `url`: True on 200. An error response is closed here (urllib leaves it open)."""
+    try:
+        with urllib.request.urlopen(url, timeout=5, context=context) as response:
+            response.read()
+            return bool(response.status == 200)
+    except urllib.error.HTTPError as error:
+        error.close()
+        return False
+
+
 class Process:
     """One control-plane process in its own process group, logging to a file."""
 
@@ -277,8 +288,7 @@ class Cluster:
 
         def healthy() -> bool:
             process.check_alive()
-            with urllib.request.urlopen(f"{client}/health", timeout=2) as response:
-                return bool(json.load(response).get("health") == "true")
+            return http_ok(f"{client}/health")
 
         wait_until("etcd healthy", healthy, timeout=60)
 
@@ -319,8 +329,7 @@ class Cluster:
 
         def ready() -> bool:
             process.check_alive()
-            with urllib.request.urlopen(f"{self.server}/readyz", timeout=5, context=context) as r:
-                return bool(r.status == 200)
+            return http_ok(f"{self.server}/readyz", context)
 
         wait_until("kube-apiserver ready", ready, timeout=120, interval=0.5)
 
@@ -557,7 +566,6 @@ class Cluster:
             "status": {
                 "allocatable": allocatable,
                 "capacity": allocatable,
-                "nodeInfo": {"architecture": "amd64", "operatingSystem": "linux"},
             },
         }
         self.apply_objects([node])

@@ -87,8 +87,10 @@ def test_the_hpa_reads_both_metrics(cluster: Cluster, runs: CustomMetricsServer)
 
     current = cluster.wait_for("the HPA computing from both metrics", active, timeout=120)
     assert current["ContainerResource"]["containerResource"]["container"] == "brain"
-    # kwok's 100m for the brain, against its 1-CPU request.
-    assert current["ContainerResource"]["containerResource"]["current"]["averageUtilization"] == 10
+    # kwok's 100m for the brain against its 1-CPU request: 10 % (a rate over two
+    # scrapes, so give or take the scrape timing).
+    utilization = current["ContainerResource"]["containerResource"]["current"]["averageUtilization"]
+    assert 7 <= utilization <= 13, utilization
     assert current["Pods"]["pods"]["metric"]["name"] == METRIC
     assert any(f"/pods/*/{METRIC}" in r for r in runs.requests)
     top = cluster.kubectl("-n", NAMESPACE, "top", "pod", "--containers").stdout

@@ -13,6 +13,9 @@ from typing import Any
 import pytest
 from cluster import K8S, NAMESPACE, Cluster, add_cpu_nodes
 
+# Generous: the first test of a module also waits for its cluster to start.
+pytestmark = pytest.mark.timeout(300)
+
 DRAIN = ["--ignore-daemonsets", "--delete-emptydir-data", "--grace-period=5"]
 
 
