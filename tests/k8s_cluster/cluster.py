@@ -505,6 +505,7 @@ class Cluster:
             "--kubelet-preferred-address-types=InternalIP",
             f"--kubelet-certificate-authority={p / 'ca.crt'}",
             "--metric-resolution=10s",
+            "--kubelet-request-timeout=5s",  # must be below the resolution
         )
         self.register_api_service("metrics.k8s.io", "v1beta1", METRICS_SERVICE, port)
 

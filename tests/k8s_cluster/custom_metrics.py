@@ -79,7 +79,8 @@ class CustomMetricsServer:
 
     def answer(self, path: str) -> tuple[int, dict[str, Any]]:
         url = urllib.parse.urlsplit(path)
-        parts = url.path.strip("/").split("/")
+        # The aggregator forwards `pods/*` escaped (`pods/%2A`).
+        parts = [urllib.parse.unquote(p) for p in url.path.strip("/").split("/")]
         if parts == ["apis", GROUP, VERSION]:
             return 200, {
                 "kind": "APIResourceList",
@@ -106,7 +107,7 @@ class CustomMetricsServer:
             namespace, name = parts[4], parts[6]
             selector = urllib.parse.parse_qs(url.query).get("labelSelector", [""])[0]
             with self._lock:
-                self.requests.append(path)
+                self.requests.append(urllib.parse.unquote(path))
                 total = self._total_runs
             return 200, self._values(namespace, name, selector, total)
         return 404, {"kind": "Status", "status": "Failure", "code": 404, "message": path}
