@@ -81,6 +81,13 @@ def deployed(
                 timeout=90,
             )
             cluster.add_node("gpu-0", zone="zone-a", gpus=GPUS_ON_THE_NODE)
+        # Settled before the tests look: the HPA raises the new Deployment (1 replica)
+        # to minReplicas, a spec change of its own that no test must mistake for ours.
+        cluster.wait_for(
+            "the HPA raising the Deployment to minReplicas",
+            lambda: cluster.get("deployment", "tandem")["spec"].get("replicas") == 2,
+            timeout=60,
+        )
         yield state
 
 
@@ -266,9 +273,15 @@ def test_the_hpa_controller_owns_the_replica_count(deployed: Deployed) -> None:
     message = cluster.wait_for("the HPA rescaling the Deployment", rescaled, timeout=60)
     assert "New size: 2; reason: Current number of replicas below Spec.MinReplicas" in message
     assert cluster.get("deployment", "tandem")["spec"]["replicas"] == 2
+
+    def conditions_written() -> dict[str, Any] | None:
+        hpa = cluster.get("hpa", "tandem")
+        found = {c["type"]: c for c in hpa["status"].get("conditions", [])}
+        return found if {"AbleToScale", "ScalingActive"} <= set(found) else None
+
+    conditions = cluster.wait_for("the HPA's conditions", conditions_written, timeout=60)
     hpa = cluster.get("hpa", "tandem")
     assert hpa["spec"]["metrics"][1]["pods"]["target"]["averageValue"] == "1k"
-    conditions = {c["type"]: c for c in hpa["status"]["conditions"]}
     assert conditions["AbleToScale"]["status"] == "True"
     # No metrics.k8s.io nor custom.metrics.k8s.io in this cluster: the HPA says so.
     assert conditions["ScalingActive"]["status"] == "False"
