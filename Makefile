@@ -195,7 +195,8 @@ fuzz: rust-tools
 # kube-apiserver, kube-controller-manager, kube-scheduler and kwok (simulated nodes, no
 # container runtime), plus metrics-server, all on 127.0.0.1. The binaries are built from
 # the Go module proxy into .tools/k8s/ (versions pinned in tests/k8s_cluster/build-tools.sh);
-# the first build compiles Kubernetes and takes about 10 minutes, later runs reuse it.
+# the first build compiles Kubernetes, etcd, kwok and metrics-server: 20 minutes or more on
+# 2 cores (over an hour on a busy shared machine); later runs reuse it.
 
 .PHONY: test-k8s k8s-tools
 

@@ -7,7 +7,8 @@
 #   crds/*.yaml: the prometheus-operator and KEDA CRDs, from their published Go modules
 # Everything comes from the Go module proxy (no container, no release download), pinned
 # below, in one place. Each piece is rebuilt only when its version changes (a stamp file
-# per piece). The first run compiles Kubernetes: about 10 minutes on 2 cores.
+# per piece). The first run compiles Kubernetes, etcd, kwok and metrics-server: 20 minutes
+# or more on 2 cores, over an hour on a busy shared machine.
 set -euo pipefail
 
 KUBE_VERSION=v1.33.13
@@ -33,7 +34,7 @@ moddir() { go mod download -json "$1@$2" | sed -n 's/^\t"Dir": "\(.*\)",$/\1/p';
 # same release (v0.33.x for v1.33.x), and build with -mod=mod (no vendor/, no go.work).
 if ! fresh kube "$KUBE_VERSION"; then
 	echo "==> building kube-apiserver, kube-controller-manager, kube-scheduler, kubectl $KUBE_VERSION"
-	echo "    (the first build compiles Kubernetes from the Go module proxy: about 10 minutes on 2 cores)"
+	echo "    (the first build compiles Kubernetes from the Go module proxy: 20 minutes or more on 2 cores)"
 	src="$OUT/src/kubernetes-$KUBE_VERSION"
 	if [ ! -f "$src/.prepared" ]; then
 		rm -rf "$src"
