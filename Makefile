@@ -34,6 +34,7 @@ help:
 	@echo "make eval   planning quality of each planner on 64 demo tasks (PLANNERS=router,openai)"
 	@echo "make proto  regenerate the Python stubs after editing proto/"
 	@echo "make fuzz   run each fuzz target for FUZZ_SECONDS (default 600; make test runs them briefly)"
+	@echo "make test-k8s  apply k8s/ to a real control plane (etcd, apiserver, controllers, kwok)"
 
 # ---------------------------------------------------------------- setup
 
@@ -213,3 +214,22 @@ fuzz: rust-tools
 		RUST_BACKTRACE=0 FUZZ_SECONDS=$(FUZZ_SECONDS) $(CARGO) test $(CARGO_FLAGS) --test fuzz \
 			-- --exact $$target --nocapture || status=1; \
 	done; exit $$status
+
+# ---------------------------------------------------------------- Kubernetes (issue 15)
+# `make test-k8s` applies k8s/ to a real control plane on this machine: etcd,
+# kube-apiserver, kube-controller-manager, kube-scheduler and kwok (simulated nodes, no
+# container runtime), plus metrics-server, all on 127.0.0.1. The binaries are built from
+# the Go module proxy into .tools/k8s/ (versions pinned in tests/k8s_cluster/build-tools.sh);
+# the first build compiles Kubernetes, etcd, kwok and metrics-server: 20 minutes or more on
+# 2 cores (over an hour on a busy shared machine); later runs reuse it.
+
+.PHONY: test-k8s k8s-tools
+
+k8s-tools:
+	@command -v openssl >/dev/null || { \
+		echo "==> installing openssl (Debian package) for the test cluster's certificates"; \
+		$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq openssl >/dev/null; }
+	tests/k8s_cluster/build-tools.sh
+
+test-k8s: $(DEV_STAMP) k8s-tools
+	$(VENV)/bin/pytest -q tests/k8s_cluster

@@ -47,6 +47,29 @@ def render_with_components(tmp: Path, overlay: str, *components: str) -> list[di
     return [doc for doc in yaml.safe_load_all(text) if doc]
 
 
+def render_in_overlay(tmp: Path, overlay: str, *components: str) -> list[dict[str, Any]]:
+    """The overlay with `components:` added in its own kustomization.yaml, as its comment
+    tells users to do (a copy, with its relative paths pointed back at k8s/)."""
+    tmp.mkdir(parents=True, exist_ok=True)
+    source = K8S / "overlays" / overlay
+    kustomization = yaml.safe_load((source / "kustomization.yaml").read_text())
+
+    def moved(path: str) -> str:
+        return os.path.relpath((source / path).resolve(), tmp)
+
+    kustomization["resources"] = [moved(r) for r in kustomization.get("resources", [])]
+    for patch in kustomization.get("patches", []):
+        if "path" in patch:
+            patch["path"] = moved(patch["path"])
+    kustomization["components"] = [
+        *(moved(c) for c in kustomization.get("components", [])),
+        *(os.path.relpath(K8S / "components" / c, tmp) for c in components),
+    ]
+    (tmp / "kustomization.yaml").write_text(yaml.safe_dump(kustomization))
+    text = kustomize(tmp, "--load-restrictor", "LoadRestrictionsNone")
+    return [doc for doc in yaml.safe_load_all(text) if doc]
+
+
 def find(objects: list[dict[str, Any]], kind: str, name: str | None = None) -> dict[str, Any]:
     for obj in objects:
         if obj["kind"] == kind and (name is None or obj["metadata"]["name"] == name):

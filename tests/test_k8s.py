@@ -18,7 +18,16 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from k8s_render import K8S, REPO, container, find, pod_containers, render, render_with_components
+from k8s_render import (
+    K8S,
+    REPO,
+    container,
+    find,
+    pod_containers,
+    render,
+    render_in_overlay,
+    render_with_components,
+)
 
 from harness import sidecar_binary
 
@@ -75,6 +84,72 @@ def test_every_container_meets_the_restricted_standard(
                 assert isinstance(port, int), f"{where} {probe} must use a numeric port"
     namespace = find(objects, "Namespace", "tandem")
     assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
+
+
+def test_every_probe_has_a_deliberate_timeout(rendered: tuple[str, list[dict[str, Any]]]) -> None:
+    """The API server fills in `timeoutSeconds: 1` otherwise: tight for a brain whose
+    event loop is busy with thousands of runs (issue 15)."""
+    _, objects = rendered
+    for deployment in (o for o in objects if o["kind"] == "Deployment"):
+        for c in pod_containers(deployment):
+            for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+                if probe not in c:
+                    continue
+                spec = c[probe]
+                where = f"{deployment['metadata']['name']}/{c['name']} {probe}"
+                assert "timeoutSeconds" in spec, f"{where}: timeoutSeconds left to the default"
+                assert spec["timeoutSeconds"] <= spec.get("periodSeconds", 10), where
+    brain = container(find(objects, "Deployment", "tandem"), "brain")
+    assert brain["livenessProbe"]["timeoutSeconds"] >= 5
+
+
+CLUSTER_SCOPED = {"Namespace", "CustomResourceDefinition", "ClusterRole", "ClusterRoleBinding"}
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_object_lands_in_the_tandem_namespace(tmp_path: Path, overlay: str) -> None:
+    """Whatever the kubectl context's namespace: the overlay's own objects (the gpu PVC)
+    and the optional components too (issue 15: they landed in the context's)."""
+    for objects in (
+        render(overlay),
+        render_with_components(tmp_path / "with-components", overlay, "monitoring", "keda"),
+        render_in_overlay(tmp_path / "in-overlay", overlay, "monitoring", "keda"),
+    ):
+        for obj in objects:
+            if obj["kind"] in CLUSTER_SCOPED:
+                continue
+            where = f"{obj['kind']}/{obj['metadata']['name']}"
+            assert obj["metadata"].get("namespace") == "tandem", where
+
+
+def empty_lists(value: Any, path: str = "") -> list[str]:
+    if isinstance(value, list):
+        if not value:
+            return [path]
+        return [p for i, v in enumerate(value) for p in empty_lists(v, f"{path}[{i}]")]
+    if isinstance(value, dict):
+        return [p for k, v in value.items() for p in empty_lists(v, f"{path}.{k}")]
+    return []
+
+
+def test_no_empty_lists_that_the_server_would_drop(
+    rendered: tuple[str, list[dict[str, Any]]],
+) -> None:
+    """The API server drops an empty list (`egress: []` in a NetworkPolicy), so the
+    object as stored never equals the manifest: every apply bumps its generation and
+    `kubectl diff` always differs. Omit the field instead (issue 15)."""
+    _, objects = rendered
+    for obj in objects:
+        assert not empty_lists(obj), f"{obj['kind']}/{obj['metadata']['name']}"
+    denied = find(objects, "NetworkPolicy", "demo-tools")["spec"]
+    assert "Egress" in denied["policyTypes"]
+    assert "egress" not in denied  # Egress listed, no rule: no egress at all
+
+
+def test_the_scaler_owns_the_replica_count(tmp_path: Path) -> None:
+    """A `replicas` in the Deployment would undo, on every apply, what the HPA scaled to."""
+    for objects in (render("cpu"), render("gpu"), render_with_components(tmp_path, "cpu", "keda")):
+        assert "replicas" not in find(objects, "Deployment", "tandem")["spec"]
 
 
 def test_the_sidecar_is_a_native_sidecar_on_a_shared_socket(
@@ -135,6 +210,20 @@ def test_gpu_only_on_the_brain_in_the_gpu_overlay() -> None:
     env = {e["name"]: e.get("value") for e in container(gpu, "brain")["env"]}
     assert env["BRAIN_PLANNER"] == "local"
     assert env["BRAIN_MODEL_DIR"].startswith("/models")
+    # The CUDA image is the brain's only: demo-tools runs the same image in both overlays.
+    assert container(gpu, "brain")["image"].endswith("-cuda")
+    assert container(gpu, "sidecar")["image"] == container(cpu, "sidecar")["image"]
+    demo = "demo-tools"
+    assert (
+        container(find(gpu_objects, "Deployment", demo), demo)["image"]
+        == container(find(render("cpu"), "Deployment", demo), demo)["image"]
+    )
+    # One GPU per replica: a rollout on a full GPU node can only replace pods, not surge.
+    rolling = gpu["spec"]["strategy"]["rollingUpdate"]
+    assert rolling["maxSurge"] == 0
+    assert rolling["maxUnavailable"] >= 1
+    pdb = find(gpu_objects, "PodDisruptionBudget", "tandem")
+    assert pdb["spec"]["maxUnavailable"] >= rolling["maxUnavailable"]
 
 
 def test_hpa_scales_the_brain_on_its_cpu_and_runs_in_flight(
@@ -341,12 +430,44 @@ def limited_by_behavior(current: int, desired: int, behavior: dict[str, Any]) ->
     return min(desired, current + step) if desired > current else max(desired, current - step)
 
 
+DECIMAL_SUFFIXES = {"": 1, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
+
+
+def parse_quantity(text: str) -> int:
+    """A whole-number Kubernetes quantity with a decimal suffix ("1k" -> 1000)."""
+    match = re.fullmatch(r"(\d+)([kMGT]?)", text)
+    assert match, f"{text!r} is not a whole-number quantity"
+    return int(match[1]) * DECIMAL_SUFFIXES[match[2]]
+
+
+def canonical_quantity(value: int) -> str:
+    """How the API server writes a whole number back: the largest exact decimal suffix."""
+    for suffix in ("T", "G", "M", "k"):
+        if value and value % DECIMAL_SUFFIXES[suffix] == 0:
+            return f"{value // DECIMAL_SUFFIXES[suffix]}{suffix}"
+    return str(value)
+
+
+def test_hpa_quantities_are_written_as_the_server_stores_them(
+    rendered: tuple[str, list[dict[str, Any]]],
+) -> None:
+    """Else every `kubectl apply` reports a change and server-side apply conflicts."""
+    _, objects = rendered
+    hpa = find(objects, "HorizontalPodAutoscaler", "tandem")
+    for metric in hpa["spec"]["metrics"]:
+        target = next(iter(v for k, v in metric.items() if k != "type"))["target"]
+        for key in ("averageValue", "value"):
+            if key in target:
+                text = str(target[key])
+                assert text == canonical_quantity(parse_quantity(text)), (key, text)
+
+
 def test_hpa_arithmetic_matches_the_sizing_guidance() -> None:
     hpa = find(render("cpu"), "HorizontalPodAutoscaler", "tandem")
     spec = hpa["spec"]
     targets = {m["type"]: m for m in spec["metrics"]}
     cpu_target = targets["ContainerResource"]["containerResource"]["target"]["averageUtilization"]
-    runs_target = float(targets["Pods"]["pods"]["target"]["averageValue"])
+    runs_target = parse_quantity(targets["Pods"]["pods"]["target"]["averageValue"])
     bounds = {"min_replicas": spec["minReplicas"], "max_replicas": spec["maxReplicas"]}
 
     # 4 pods at 2,500 runs each (10,000 agents), CPU at 60%: runs drive the scale-up.
