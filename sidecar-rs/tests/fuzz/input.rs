@@ -385,7 +385,7 @@ pub fn same_on_both_paths(
 }
 
 fn sonic_depth(value: &sonic_rs::Value) -> usize {
-    use sonic_rs::{JsonContainerTrait, JsonValueTrait};
+    use sonic_rs::JsonContainerTrait;
     if let Some(array) = value.as_array() {
         1 + array.iter().map(sonic_depth).max().unwrap_or(0)
     } else if let Some(object) = value.as_object() {
