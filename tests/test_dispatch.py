@@ -312,16 +312,20 @@ async def test_overloaded_past_the_inflight_bound_with_bounded_memory(
     assert await asyncio.to_thread(upstream.wait_for, lambda: upstream.requests["/slow"] == 200)
     before = sidecar.rss_bytes()
     rounds = []
-    for _ in range(5):
+    for _ in range(8):
         refused = await asyncio.gather(*(client.call("slow", timeout=30) for _ in range(10_000)))
         assert {r.status for r in refused} == {Status.OVERLOADED}
         assert "in-flight" in refused[0].error
         rounds.append(sidecar.rss_bytes())
-    # No queue grows: after the allocator has warmed up in the first round, 40,000 more
-    # refused calls leave memory flat (a 1 KB leak per call would add 40 MB).
-    later_growth = rounds[-1] - rounds[0]
-    assert later_growth < 16 * 1024 * 1024, f"RSS grew by {later_growth / 1e6:.1f} MB"
-    assert rounds[-1] - before < 64 * 1024 * 1024
+    # No queue grows. Each round's RSS lands somewhere on the allocator's plateau (up to
+    # ~25 MB apart from run to run, depending on how many refusals were in flight at its
+    # peak), so the last three rounds are compared with the highest of the first five: a
+    # 1 KB leak per call would add 10 MB a round, 30 MB over the last three.
+    later_growth = max(rounds[5:]) - max(rounds[:5])
+    assert later_growth < 16 * 1024 * 1024, (
+        f"RSS grew by {later_growth / 1e6:.1f} MB: {[r // 1_000_000 for r in rounds]} MB"
+    )
+    assert max(rounds) - before < 64 * 1024 * 1024
     upstream.open(release)
     held_results = await asyncio.gather(*tasks)
     assert {r.status for r in held_results} == {Status.OK}
