@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
@@ -17,6 +19,27 @@ def upstream() -> Iterator[Upstream]:
     server = Upstream().start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def demo_tools() -> Iterator[str]:
+    """The demo tool service (weather, calculator, units, clock, search) on a free port;
+    yields its base URL."""
+    proc = subprocess.Popen(
+        [sys.executable, "-u", "-m", "demo_tools", "--port", "0"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert line.startswith("demo-tools listening on "), line
+        yield line.split()[-1]
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        if proc.stdout is not None:
+            proc.stdout.close()
 
 
 @pytest.fixture

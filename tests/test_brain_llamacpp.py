@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import subprocess
-import sys
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -62,25 +60,6 @@ def llama(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LlamaCppServer]:
     # threads slow each other down tenfold (measured); one slot per test is enough.
     with LlamaCppServer(api_key=KEY, threads=1, parallel=1, ctx=4096, log_path=log) as server:
         yield server
-
-
-@pytest.fixture
-def demo_tools() -> Iterator[str]:
-    proc = subprocess.Popen(
-        [sys.executable, "-u", "-m", "demo_tools", "--port", "0"],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        assert line.startswith("demo-tools listening on "), line
-        yield line.split()[-1]
-    finally:
-        proc.terminate()
-        proc.wait(10)
-        if proc.stdout is not None:
-            proc.stdout.close()
 
 
 def stack_config(demo_tools: str, llama_url: str) -> str:

@@ -16,7 +16,7 @@ import re
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -62,25 +62,6 @@ TASKS = [
     "Find articles about circuit breakers.",
     "Find articles about rate limiting.",
 ]
-
-
-@pytest.fixture
-def demo_tools() -> Iterator[str]:
-    proc = subprocess.Popen(
-        [sys.executable, "-u", "-m", "demo_tools", "--port", "0"],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        assert line.startswith("demo-tools listening on "), line
-        yield line.split()[-1]
-    finally:
-        proc.terminate()
-        proc.wait(10)
-        if proc.stdout is not None:
-            proc.stdout.close()
 
 
 def _schemas() -> dict[str, Any]:

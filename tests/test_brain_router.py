@@ -7,14 +7,11 @@ batches; every tool call goes through the sidecar to the real demo tools.
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from importlib import resources
 
 import aiohttp
-import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from brain._embedding import SentenceEmbedder
@@ -34,25 +31,6 @@ TASKS = {
     "What time is it in JST?": "utc_offset=+09:00",
     "Find articles about circuit breakers.": "The circuit breaker pattern",
 }
-
-
-@pytest.fixture
-def demo_tools() -> Iterator[str]:
-    proc = subprocess.Popen(
-        [sys.executable, "-u", "-m", "demo_tools", "--port", "0"],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        assert line.startswith("demo-tools listening on "), line
-        yield line.split()[-1]
-    finally:
-        proc.terminate()
-        proc.wait(10)
-        if proc.stdout is not None:
-            proc.stdout.close()
 
 
 async def test_router_runs_the_demo_tasks_end_to_end(demo_tools: str, start_sidecar: Start) -> None:
