@@ -35,6 +35,7 @@ help:
 	@echo "make proto  regenerate the Python stubs after editing proto/"
 	@echo "make fuzz   run each fuzz target for FUZZ_SECONDS (default 600; make test runs them briefly)"
 	@echo "make test-k8s  apply k8s/ to a real control plane (etcd, apiserver, controllers, kwok)"
+	@echo "make profile-heap  the sidecar's heap per in-flight call (scenario 3 under heaptrack)"
 
 # ---------------------------------------------------------------- setup
 
@@ -169,7 +170,7 @@ QUICK ?=
 HOST ?=
 LOAD_ARGS ?=
 
-.PHONY: bench load bench-tools
+.PHONY: bench load bench-tools profile-heap
 
 $(BENCH_STAMP): $(DEV_STAMP) tests/bench/requirements.txt
 	@echo "==> installing the benchmark's pinned Python packages"
@@ -191,6 +192,18 @@ bench: $(BENCH_STAMP) bench-tools sidecar-release
 	@echo "==> building the criterion benchmark (scenario 5; the first build takes minutes)"
 	$(CARGO) bench $(CARGO_FLAGS) --bench parse_validate --no-run
 	PATH="$$PATH:$(GOBIN_PATH)" $(PY) tests/bench/run.py $(if $(QUICK),--quick)
+
+# Where the sidecar's memory per in-flight call goes (scenario 3's tandem row under
+# heaptrack; tests/bench/profile_heap.py). heaptrack sees malloc, so this builds the
+# sidecar on the system allocator, in its own target folder.
+profile-heap: $(BENCH_STAMP) bench-tools rust-tools
+	@command -v heaptrack_print >/dev/null 2>&1 || { \
+		echo "==> installing heaptrack"; \
+		$(SUDO) apt-get update -qq && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq heaptrack zstd; }
+	CARGO_TARGET_DIR=sidecar-rs/target/profiling-sys $(CARGO) build $(CARGO_FLAGS) \
+		--profile profiling --no-default-features --bin sidecar
+	$(PY) tests/bench/profile_heap.py $(PROFILE_ARGS)
 
 load: $(BENCH_STAMP) sidecar-release
 	$(PY) tests/load/run_load.py $(if $(HOST),--host $(HOST)) $(LOAD_ARGS)
