@@ -8,9 +8,9 @@
 #   crds/*.yaml: the prometheus-operator and KEDA CRDs, from their published Go modules
 # Everything comes from the Go module proxy (no container, no release download), pinned
 # below, in one place. Each piece is rebuilt only when its version changes (a stamp file
-# per piece). The first run compiles Kubernetes, etcd, kwok and metrics-server: 25+ minutes
-# on 2 cores (numbers in k8s/README.md); with a warm Go build cache (~/.cache/go-build, from
-# any checkout) it only links, a minute or two.
+# per piece). The first run compiles Kubernetes, etcd, kwok and metrics-server: 22 minutes
+# of CPU, 32 minutes of wall time measured on a busy 2-core machine (k8s/README.md); with a
+# warm Go build cache (~/.cache/go-build, from any checkout) it only links, under a minute.
 #
 # What keeps that down: one `go build` for Kubernetes' four binaries and etcd (their
 # shared packages compile once); kwok, metrics-server and the CRD downloads run beside it
@@ -125,7 +125,8 @@ if ! fresh kube "$KUBE_VERSION"; then
 	fi
 	etcd_version="$(cd "$src" && GOFLAGS=-mod=mod go list -m -f '{{.Version}}' go.etcd.io/etcd/server/v3)"
 	echo "==> building kube-apiserver, kube-controller-manager, kube-scheduler, kubectl $KUBE_VERSION and etcd $etcd_version"
-	echo "    (the first build compiles Kubernetes: 25+ minutes on 2 cores; a warm Go build cache makes it a minute)"
+	echo "    (the first build compiles Kubernetes: 22 minutes of CPU, 11+ minutes on 2 idle cores, longer on"
+	echo "    a busy machine; with a warm Go build cache it only links, about a minute)"
 	pkg=k8s.io/component-base/version
 	cli=k8s.io/client-go/pkg/version
 	minor="${KUBE_VERSION#v1.}"; minor="${minor%%.*}"
