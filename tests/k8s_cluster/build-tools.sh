@@ -35,7 +35,14 @@ export GOWORK=off CGO_ENABLED=0
 FLAGS=(-trimpath -buildvcs=false)
 fresh() { [ "$(cat "$OUT/.$1.stamp" 2>/dev/null)" = "$2" ]; }
 stamp() { echo "$2" >"$OUT/.$1.stamp"; }
-moddir() { go mod download -json "$1@$2" | sed -n 's/^\t"Dir": "\(.*\)",$/\1/p'; }
+# The module's directory in the module cache (downloaded if needed), or a clear error.
+moddir() {
+	local json dir
+	json="$(go mod download -json "$1@$2" 2>&1)" || true
+	dir="$(sed -n 's/^\t"Dir": "\(.*\)",$/\1/p' <<<"$json")"
+	[ -n "$dir" ] || { echo "could not download $1@$2 from the Go module proxy: $json" >&2; return 1; }
+	echo "$dir"
+}
 
 # --- Background pieces: each in its own process group (set -m), logging to logs/KEY.log,
 # waited for at the end. If this script fails or is interrupted, they are stopped.
@@ -115,7 +122,8 @@ if ! fresh kube "$KUBE_VERSION"; then
 	if [ ! -f "$src/.prepared" ]; then
 		echo "==> downloading Kubernetes $KUBE_VERSION from the Go module proxy"
 		rm -rf "$src"
-		cp -r "$(moddir k8s.io/kubernetes "$KUBE_VERSION")" "$src"
+		module="$(moddir k8s.io/kubernetes "$KUBE_VERSION")"
+		cp -r "$module" "$src"
 		chmod -R u+w "$src"
 		rm -rf "$src/vendor" "$src/go.work" "$src/go.work.sum"
 		staging_version="v0.${KUBE_VERSION#v1.}"
