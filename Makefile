@@ -233,8 +233,15 @@ fuzz: rust-tools
 # kube-apiserver, kube-controller-manager, kube-scheduler and kwok (simulated nodes, no
 # container runtime), plus metrics-server, all on 127.0.0.1. The binaries are built from
 # the Go module proxy into .tools/k8s/ (versions pinned in tests/k8s_cluster/build-tools.sh);
-# the first build compiles Kubernetes, etcd, kwok and metrics-server: 20 minutes or more on
-# 2 cores (over an hour on a busy shared machine); later runs reuse it.
+# the first build compiles Kubernetes, etcd, kwok and metrics-server (measured in
+# k8s/README.md: 25+ minutes on 2 idle cores, much longer on a busy shared machine); later
+# runs reuse the binaries, and a new checkout on a machine with a warm Go build cache only
+# links them. .ci/run runs it after `make test` and times the build and the tests apart.
+
+# Where the binaries go and where the tests look for them, e.g.
+# `make test-k8s K8S_TOOLS_DIR=/tmp/k8s-tools` (with GOCACHE and GOMODCACHE set too, a cold build).
+K8S_TOOLS_DIR ?= $(CURDIR)/.tools/k8s
+export K8S_TOOLS_DIR
 
 .PHONY: test-k8s k8s-tools
 

@@ -56,6 +56,14 @@ KWOK_NODE_LEASE_SECONDS = 40
 
 T = TypeVar("T")
 
+# Every control-plane process is started through this: the kernel SIGKILLs it when pytest
+# (the thread that started it: the main one) dies, however it dies (a failed CI step,
+# SIGTERM, SIGKILL, a crash), so a cluster cannot outlive its test run even when `stop()`
+# is never reached. setpriv (util-linux, on every Debian) sets that parent-death signal
+# and execs the binary, so no Python runs between fork and exec (`preexec_fn` is unsafe
+# with the threads these tests run).
+DIE_WITH_PYTEST = ("setpriv", "--pdeathsig", "KILL", "--")
+
 
 def missing_tools() -> list[str]:
     return [name for name in BINARIES if not (BIN / name).exists()]
@@ -111,7 +119,7 @@ class Process:
     def start(self) -> Process:
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
-                self.args,
+                [*DIE_WITH_PYTEST, *self.args],
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,
