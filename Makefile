@@ -234,7 +234,7 @@ fuzz: rust-tools
 # container runtime), plus metrics-server, all on 127.0.0.1. The binaries are built from
 # the Go module proxy into .tools/k8s/ (versions pinned in tests/k8s_cluster/build-tools.sh);
 # the first build compiles Kubernetes, etcd, kwok and metrics-server (measured in
-# k8s/README.md: 25+ minutes on 2 idle cores, much longer on a busy shared machine); later
+# k8s/README.md: 22 minutes of CPU, so 11+ on 2 idle cores and longer on a busy machine); later
 # runs reuse the binaries, and a new checkout on a machine with a warm Go build cache only
 # links them. .ci/run runs it after `make test` and times the build and the tests apart.
 
