@@ -1,10 +1,12 @@
 """Tool schemas as users write them, through the real sidecar: drafts by ``$schema`` or
-``schema_draft``, shared ``schemas:`` documents, ``formats:``, ListTools as written and
-inlined, integers beyond 64 bits from tools.yaml to the upstream's request body, and
-config errors that name the tool and field. (The official suite: test_json_schema_suite.)"""
+``schema_draft``, shared ``schemas:`` documents and ``schema_files`` (hot reloaded),
+``formats:``, ListTools as written and inlined, numbers beyond 128 bits and beyond an
+f64's digits from tools.yaml to the upstream's request body, and config errors that name
+the tool and field. (The official suite: test_json_schema_suite.)"""
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -14,7 +16,7 @@ from aiohttp import web
 
 from brain import SidecarClient, Status
 
-from harness import REPO, SidecarProcess, Upstream, sidecar_binary
+from harness import REPO, SidecarProcess, Upstream, replace_file, scrape, sidecar_binary
 
 Start = Callable[..., SidecarProcess]
 MakeClient = Callable[..., SidecarClient]
@@ -227,3 +229,169 @@ def test_config_errors_name_the_tool_and_field(
 def test_existing_tools_files_still_load(path: str) -> None:
     proc = check_config(REPO / path)
     assert proc.returncode == 0, proc.stderr
+
+
+# Beyond 128 bits, and a decimal with more digits than an f64 holds: a loader that
+# rounds them makes each pair below one number, and the test fails.
+MIN = "-340282366920938463463374607431768211457"
+BELOW_MIN = "-340282366920938463463374607431768211458"
+CONST = "123456789012345678901234567890123456789012345"
+NEAR_CONST = "123456789012345678901234567890123456789012346"
+PI = "3.14159265358979323846264338327950288"
+NEAR_PI = "3.14159265358979323846264338327950289"
+FIXED = "98765432109876543210987654321098765432109876543210.0123456789012345678901"
+
+
+def exact_yaml(base: str) -> str:
+    return f"""
+tools:
+  - name: exact
+    egress: {{allow: [127.0.0.0/8]}}
+    input_schema:
+      type: object
+      properties:
+        n: {{type: integer, minimum: {MIN}}}
+        c: {{const: {CONST}}}
+        d: {{enum: [{PI}, 1]}}
+    request:
+      method: POST
+      url: {base}/raw
+      body: {{args: "{{*}}", fixed: {FIXED}}}
+"""
+
+
+async def test_numbers_beyond_128_bits_and_f64_digits_are_exact_end_to_end(
+    upstream: Upstream, start_sidecar: Start, client_for: MakeClient
+) -> None:
+    bodies: list[bytes] = []
+
+    async def raw(request: web.Request) -> web.StreamResponse:
+        bodies.append(await request.read())
+        return web.json_response({"ok": True})
+
+    upstream.route("POST", "/raw", raw)
+    sidecar = start_sidecar(exact_yaml(upstream.url))
+    client = client_for(sidecar.unix_target)
+
+    async def call(args: str) -> tuple[Status, list[str]]:
+        r = await client.call("exact", args.encode(), agent_id="a")
+        return r.status, [v.instance_path for v in r.violations]
+
+    ok = f'{{"n": {MIN}, "c": {CONST}, "d": {PI}}}'
+    assert await call(ok) == (Status.OK, [])
+    assert len(bodies) == 1
+    body = bodies[0]
+    for digits in (f'"n":{MIN}', f'"c":{CONST}', f'"d":{PI}', f'"fixed":{FIXED}'):
+        assert digits.encode() in body, (digits, body)
+    assert await call(f'{{"n": {BELOW_MIN}}}') == (Status.INVALID_ARGUMENTS, ["/n"])
+    assert await call(f'{{"c": {NEAR_CONST}}}') == (Status.INVALID_ARGUMENTS, ["/c"])
+    assert await call(f'{{"d": {NEAR_PI}}}') == (Status.INVALID_ARGUMENTS, ["/d"])
+    # The f64 nearest to the enum's decimal is another number.
+    assert await call('{"d": 3.141592653589793}') == (Status.INVALID_ARGUMENTS, ["/d"])
+    assert len(bodies) == 1
+    (tool,) = await client.list_tools()
+    assert tool.input_schema["properties"]["n"]["minimum"] == int(MIN)
+    assert tool.input_schema["properties"]["c"]["const"] == int(CONST)
+
+
+SHARED_GEO = """
+$id: https://schemas.example.com/shared/geo.yaml
+$defs:
+  lat: {type: number, minimum: -90, maximum: 90}
+"""
+
+UNITS = '{"enum": ["metric", "imperial"]}'
+
+
+def files_yaml(base: str) -> str:
+    return f"""
+schema_files:
+  - shared/geo.yaml
+  - {{file: shared/units.json, uri: "urn:tandem:units"}}
+tools:
+  - name: where
+    egress: {{allow: [127.0.0.0/8]}}
+    input_schema:
+      type: object
+      properties:
+        lat: {{$ref: "https://schemas.example.com/shared/geo.yaml#/$defs/lat"}}
+        units: {{$ref: "urn:tandem:units"}}
+    request: {{method: POST, url: {base}/echo}}
+"""
+
+
+async def test_schema_files_are_found_next_to_the_config_and_reloaded(
+    upstream: Upstream, tmp_path: Path, client_for: MakeClient
+) -> None:
+    upstream.json("POST", "/echo", {"ok": True})
+    workdir = tmp_path / "run"
+    (workdir / "shared").mkdir(parents=True)
+    geo = workdir / "shared/geo.yaml"
+    geo.write_text(SHARED_GEO)
+    (workdir / "shared/units.json").write_text(UNITS)
+    sidecar = SidecarProcess(workdir, files_yaml(upstream.url)).start()
+    try:
+        client = client_for(sidecar.unix_target)
+
+        async def status(args: dict[str, object]) -> Status:
+            return (await client.call("where", args, agent_id="a")).status
+
+        assert await status({"lat": 45, "units": "metric"}) is Status.OK
+        assert await status({"lat": 91}) is Status.INVALID_ARGUMENTS
+        assert await status({"units": "furlongs"}) is Status.INVALID_ARGUMENTS
+        # Hot reload watches the schema files too, not only tools.yaml.
+        replace_file(geo, SHARED_GEO.replace("maximum: 90", "maximum: 50"))
+        for _ in range(200):
+            samples = await asyncio.to_thread(scrape, sidecar.metrics_port)
+            if samples.get("sidecar_config_reloads_total", {}).get((("result", "success"),)):
+                break
+            await asyncio.sleep(0.05)
+        else:
+            raise AssertionError(f"no reload:\n{sidecar.log_text()}")
+        assert await status({"lat": 45}) is Status.OK
+        assert await status({"lat": 51}) is Status.INVALID_ARGUMENTS
+    finally:
+        sidecar.kill()
+
+
+@pytest.mark.parametrize(
+    ("files", "expected"),
+    [
+        (
+            {"shared/units.json": UNITS},
+            "schema_files[0] (shared/geo.yaml): cannot read",
+        ),
+        (
+            {"shared/geo.yaml": "$defs: {lat: {type: number}}", "shared/units.json": UNITS},
+            'schema_files[0] (shared/geo.yaml): the document has no "$id"',
+        ),
+        (
+            {"shared/geo.yaml": SHARED_GEO, "shared/units.json": "{enum: ["},
+            "schema_files[1] (shared/units.json): invalid JSON",
+        ),
+        (
+            {
+                "shared/geo.yaml": SHARED_GEO.replace(
+                    "https://schemas.example.com/shared/geo.yaml", "urn:tandem:units"
+                ),
+                "shared/units.json": UNITS,
+            },
+            'schema_files[1] (shared/units.json): "urn:tandem:units" is registered twice',
+        ),
+    ],
+)
+def test_schema_file_errors_name_the_file_and_field(
+    tmp_path: Path, files: dict[str, str], expected: str
+) -> None:
+    (tmp_path / "shared").mkdir()
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    path = tmp_path / "tools.yaml"
+    path.write_text(files_yaml("http://127.0.0.1:9"))
+    proc = check_config(path)
+    assert proc.returncode != 0
+    assert expected in proc.stderr, proc.stderr
+    # The same files, complete, load.
+    (tmp_path / "shared/geo.yaml").write_text(SHARED_GEO)
+    (tmp_path / "shared/units.json").write_text(UNITS)
+    assert check_config(path).returncode == 0

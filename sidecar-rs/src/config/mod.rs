@@ -8,7 +8,8 @@
 //! | [`template`] | request templates: arguments fill path segments, query, headers and body, never the host |
 //! | [`secrets`] | `${env:..}` / `${file:..}` references and their resolution |
 //! | [`redact`] | scrubbing secret values (and their encodings) from everything that leaves |
-//! | [`reload`] | hot reload on SIGHUP and on file changes |
+//! | [`reload`] | hot reload on SIGHUP and on file changes (the tools file, secret files, schema files) |
+//! | [`yaml`] | YAML text to JSON values, numbers exactly as written (no serde YAML library keeps their digits) |
 
 pub mod redact;
 pub mod registry;
@@ -17,3 +18,4 @@ pub mod schema;
 pub mod secrets;
 pub mod spec;
 pub mod template;
+pub mod yaml;

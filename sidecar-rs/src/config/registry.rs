@@ -77,13 +77,15 @@ impl Registry {
     }
 
     /// Compiles the text of a tools file (read by the caller, so that what
-    /// is compiled is exactly what it fingerprinted).
+    /// is compiled is exactly what it fingerprinted) that lives in `folder`
+    /// (where its `schema_files` are found).
     pub fn parse(
         text: &str,
+        folder: &Path,
         upstreams: &Upstreams,
         previous: Option<&Registry>,
     ) -> Result<Self, ConfigError> {
-        Self::build(spec::parse(text)?, upstreams, previous)
+        Self::build(spec::parse_in(text, folder)?, upstreams, previous)
     }
 
     /// Compiles a parsed file; the first error names its tool and field.
@@ -688,9 +690,9 @@ schemas:
                 "tool \"weather\": output_schema: not a valid JSON Schema",
             ),
             (
-                // Not a finite 64-bit float: YAML reads it as a string.
-                with_output("{maximum: 1e400}"),
-                "tool \"weather\": output_schema: not a valid JSON Schema",
+                // Not a JSON number (`1e400` is one: kept exactly).
+                with_output("{maximum: .inf}"),
+                "output_schema.maximum: .inf is not a JSON number",
             ),
             (
                 GOOD.replace("rate_limits:", "schema_draft: 5\n    rate_limits:"),

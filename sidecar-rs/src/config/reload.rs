@@ -17,6 +17,7 @@ use arc_swap::ArcSwap;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::registry::Registry;
+use crate::config::spec;
 use crate::error::ConfigError;
 use crate::metrics::Metrics;
 use crate::upstream::origins::Upstreams;
@@ -73,7 +74,9 @@ impl Reloader {
             if Some(seen) == unless {
                 return (seen, None);
             }
-            let compiled = text.and_then(|t| Registry::parse(&t, &upstreams, Some(&current)));
+            let compiled = text.and_then(|t| {
+                Registry::parse(&t, spec::folder_of(&path), &upstreams, Some(&current))
+            });
             (seen, Some(compiled))
         })
         .await;
@@ -119,14 +122,15 @@ impl Reloader {
 pub fn load(path: &Path, upstreams: &Upstreams) -> (Result<Registry, ConfigError>, u64) {
     let (text, seen) = read(path);
     (
-        text.and_then(|t| Registry::parse(&t, upstreams, None)),
+        text.and_then(|t| Registry::parse(&t, spec::folder_of(path), upstreams, None)),
         seen,
     )
 }
 
-/// Reads the tools file once: its text, and a hash of that text and of
-/// every `${file:...}` it references (read now, before compiling, so that
-/// a change made while compiling shows up as a change next time).
+/// Reads the tools file once: its text, and a hash of that text, of every
+/// `${file:...}` it references and of every schema file it names (read
+/// now, before compiling, so that a change made while compiling shows up as
+/// a change next time).
 fn read(path: &Path) -> (Result<String, ConfigError>, u64) {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
         path: path.display().to_string(),
@@ -136,8 +140,10 @@ fn read(path: &Path) -> (Result<String, ConfigError>, u64) {
     match &text {
         Ok(t) => {
             t.hash(&mut hasher);
-            for secret in secret_files(t) {
-                std::fs::read(&secret).unwrap_or_default().hash(&mut hasher);
+            let schemas = spec::schema_file_paths(t, spec::folder_of(path));
+            for file in secret_files(t).into_iter().chain(schemas) {
+                // A missing file hashes as empty: its appearing is a change.
+                std::fs::read(&file).unwrap_or_default().hash(&mut hasher);
             }
         }
         Err(_) => "".hash(&mut hasher),
@@ -145,7 +151,7 @@ fn read(path: &Path) -> (Result<String, ConfigError>, u64) {
     (text, hasher.finish())
 }
 
-/// A hash of the tools file and of every `${file:...}` it references.
+/// A hash of the tools file and of the files it references.
 #[cfg(test)]
 fn fingerprint(path: &Path) -> u64 {
     read(path).1
@@ -187,6 +193,18 @@ mod tests {
         let before = fingerprint(&config);
         assert_eq!(before, fingerprint(&config));
         std::fs::write(&secret, "two").unwrap();
+        assert_ne!(before, fingerprint(&config));
+    }
+
+    #[test]
+    fn fingerprint_follows_schema_files_relative_to_the_config() {
+        let dir = tempfile::tempdir().unwrap();
+        let schema = dir.path().join("common.json");
+        std::fs::write(&schema, r#"{"$id": "urn:c", "type": "string"}"#).unwrap();
+        let config = dir.path().join("tools.yaml");
+        std::fs::write(&config, "schema_files: [common.json]\ntools: []\n").unwrap();
+        let before = fingerprint(&config);
+        std::fs::write(&schema, r#"{"$id": "urn:c", "type": "integer"}"#).unwrap();
         assert_ne!(before, fingerprint(&config));
     }
 }

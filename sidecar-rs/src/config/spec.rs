@@ -8,11 +8,12 @@
 //! `tool "weather": request.method: unknown variant "FETCH"`.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::config::yaml;
 use crate::error::ConfigError;
 
 /// The whole file.
@@ -28,20 +29,25 @@ struct RawFile {
     upstreams: BTreeMap<String, UpstreamSpec>,
     /// JSON Schema documents tools may `$ref`, by URI (`https://...`,
     /// `urn:...`): shared definitions written once. Nothing is ever fetched,
-    /// so a `$ref` to a document not registered here is a config error.
+    /// so a `$ref` to a document not registered here (or in
+    /// `schema_files`) is a config error.
     #[serde(default)]
-    schemas: BTreeMap<String, JsonDocument>,
+    schemas: BTreeMap<String, serde_json::Value>,
+    /// The same, kept in their own JSON or YAML files (a path relative to
+    /// this file's folder), each registered under its `$id` or the `uri`
+    /// given: schemas shared with other programs, or too long to inline.
+    #[serde(default)]
+    schema_files: Vec<SchemaFileSpec>,
     /// Kept as raw documents so each tool can be deserialized with its name
-    /// in hand. JSON values, not YAML ones: integers beyond 64 bits (a
-    /// schema's `minimum: -18446744073709551615`) must survive.
-    tools: Vec<JsonDocument>,
+    /// in hand.
+    tools: Vec<serde_json::Value>,
 }
 
 /// A parsed file: defaults applied, every tool well-formed.
 #[derive(Debug)]
 pub struct ConfigFile {
     pub tools: Vec<ToolSpec>,
-    /// The `schemas:` section, by URI.
+    /// The `schemas:` section and the `schema_files` documents, by URI.
     pub schemas: BTreeMap<String, serde_json::Value>,
     /// The draft of a `schemas:` document without `$schema`.
     pub schema_draft: SchemaDraft,
@@ -571,89 +577,54 @@ pub enum Formats {
     Annotate,
 }
 
-/// A JSON document read from YAML: a `serde_json::Value` whose integers keep
-/// up to 128 bits (YAML's own value type stops at 64, and `serde_json`'s
-/// visitor would silently let a repeated key win). Floats are YAML's 64-bit
-/// ones: a decimal beyond that precision is rounded, as YAML defines.
-#[derive(Debug, Clone)]
-struct JsonDocument(serde_json::Value);
-
-impl<'de> Deserialize<'de> for JsonDocument {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer.deserialize_any(JsonVisitor).map(JsonDocument)
-    }
+/// One `schema_files` entry: a path (`shared/common.json`), registered
+/// under the document's `$id`, or `{file, uri}` to register it under `uri`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SchemaFileSpec {
+    /// JSON (`.json`) or YAML (any other name), relative to the tools
+    /// file's folder unless absolute.
+    pub file: String,
+    /// The URI tools `$ref` it by; defaults to the document's `$id`.
+    pub uri: Option<String>,
 }
 
-struct JsonVisitor;
+/// The map form of a `schema_files` entry.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SchemaFileMap {
+    file: String,
+    #[serde(default)]
+    uri: Option<String>,
+}
 
-impl<'de> serde::de::Visitor<'de> for JsonVisitor {
-    type Value = serde_json::Value;
-
-    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("a JSON value")
-    }
-    fn visit_bool<E>(self, v: bool) -> Result<serde_json::Value, E> {
-        Ok(v.into())
-    }
-    fn visit_i64<E>(self, v: i64) -> Result<serde_json::Value, E> {
-        Ok(v.into())
-    }
-    fn visit_u64<E>(self, v: u64) -> Result<serde_json::Value, E> {
-        Ok(v.into())
-    }
-    fn visit_i128<E: serde::de::Error>(self, v: i128) -> Result<serde_json::Value, E> {
-        // Exact: serde_json is built with arbitrary_precision.
-        serde_json::Number::from_i128(v)
-            .map(serde_json::Value::Number)
-            .ok_or_else(|| E::custom(format!("{v} is out of range")))
-    }
-    fn visit_u128<E: serde::de::Error>(self, v: u128) -> Result<serde_json::Value, E> {
-        serde_json::Number::from_u128(v)
-            .map(serde_json::Value::Number)
-            .ok_or_else(|| E::custom(format!("{v} is out of range")))
-    }
-    fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<serde_json::Value, E> {
-        serde_json::Number::from_f64(v)
-            .map(serde_json::Value::Number)
-            .ok_or_else(|| E::custom(format!("{v} is not a JSON number")))
-    }
-    fn visit_str<E>(self, v: &str) -> Result<serde_json::Value, E> {
-        Ok(v.into())
-    }
-    fn visit_string<E>(self, v: String) -> Result<serde_json::Value, E> {
-        Ok(v.into())
-    }
-    fn visit_unit<E>(self) -> Result<serde_json::Value, E> {
-        Ok(serde_json::Value::Null)
-    }
-    fn visit_none<E>(self) -> Result<serde_json::Value, E> {
-        Ok(serde_json::Value::Null)
-    }
-    fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<serde_json::Value, D::Error> {
-        d.deserialize_any(self)
-    }
-    fn visit_seq<A: serde::de::SeqAccess<'de>>(
-        self,
-        mut seq: A,
-    ) -> Result<serde_json::Value, A::Error> {
-        let mut out = Vec::new();
-        while let Some(JsonDocument(v)) = seq.next_element()? {
-            out.push(v);
-        }
-        Ok(serde_json::Value::Array(out))
-    }
-    fn visit_map<A: serde::de::MapAccess<'de>>(
-        self,
-        mut map: A,
-    ) -> Result<serde_json::Value, A::Error> {
-        let mut out = serde_json::Map::new();
-        while let Some(key) = map.next_key::<String>()? {
-            let JsonDocument(value) = map.next_value()?;
-            if out.insert(key.clone(), value).is_some() {
-                return Err(serde::de::Error::custom(format!("duplicate key {key:?}")));
+// A path or a map, for the reason given at `AllowEntry`.
+impl<'de> Deserialize<'de> for SchemaFileSpec {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Entry;
+        impl<'de> serde::de::Visitor<'de> for Entry {
+            type Value = SchemaFileSpec;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a path such as \"shared/common.json\", or {file, uri}")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<SchemaFileSpec, E> {
+                Ok(SchemaFileSpec {
+                    file: v.to_owned(),
+                    uri: None,
+                })
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<SchemaFileSpec, A::Error> {
+                let m =
+                    SchemaFileMap::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+                Ok(SchemaFileSpec {
+                    file: m.file,
+                    uri: m.uri,
+                })
             }
         }
-        Ok(serde_json::Value::Object(out))
+        deserializer.deserialize_any(Entry)
     }
 }
 
@@ -836,21 +807,43 @@ impl OnLimit {
     }
 }
 
-/// Reads and parses `path`, applying `defaults` to every tool.
+/// Reads and parses `path`, applying `defaults` to every tool; schema
+/// files are found relative to its folder.
 pub fn load(path: &Path) -> Result<ConfigFile, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
         path: path.display().to_string(),
         source,
     })?;
-    parse(&text)
+    parse_in(&text, folder_of(path))
 }
 
-/// Parses the text of a tools file.
+/// The folder a tools file's relative paths start from.
+pub fn folder_of(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
+}
+
+/// Parses the text of a tools file whose schema files are relative to the
+/// current directory.
 pub fn parse(text: &str) -> Result<ConfigFile, ConfigError> {
-    let raw: RawFile =
-        serde_yaml_ng::from_str(text).map_err(|e| ConfigError::syntax(e.to_string()))?;
+    parse_in(text, Path::new("."))
+}
+
+/// Parses the text of a tools file that lives in `folder`.
+pub fn parse_in(text: &str, folder: &Path) -> Result<ConfigFile, ConfigError> {
+    let document = yaml::parse(text).map_err(ConfigError::syntax)?;
+    let raw: RawFile = serde_path_to_error::deserialize(document).map_err(|e| {
+        let field = e.path().to_string();
+        if field == "." {
+            ConfigError::syntax(e.inner().to_string())
+        } else {
+            ConfigError::syntax(format!("{field}: {}", e.inner()))
+        }
+    })?;
     let mut tools = Vec::with_capacity(raw.tools.len());
-    for (index, JsonDocument(value)) in raw.tools.into_iter().enumerate() {
+    for (index, value) in raw.tools.into_iter().enumerate() {
         let name = value
             .get("name")
             .and_then(|n| n.as_str())
@@ -870,13 +863,74 @@ pub fn parse(text: &str) -> Result<ConfigFile, ConfigError> {
         spec.formats.get_or_insert(d.formats);
         tools.push(spec);
     }
+    let mut schemas = raw.schemas;
+    for (index, entry) in raw.schema_files.iter().enumerate() {
+        let err = |message: String| {
+            ConfigError::syntax(format!("schema_files[{index}] ({}): {message}", entry.file))
+        };
+        let document = read_schema_file(&folder.join(&entry.file)).map_err(err)?;
+        let uri = match &entry.uri {
+            Some(uri) => uri.clone(),
+            None => document
+                .get("$id")
+                .and_then(|id| id.as_str())
+                .map(str::to_owned)
+                .ok_or_else(|| {
+                    err("the document has no \"$id\"; give the entry a `uri`".to_owned())
+                })?,
+        };
+        if schemas.contains_key(&uri) {
+            return Err(err(format!(
+                "{uri:?} is registered twice (under `schemas:` or by an earlier entry)"
+            )));
+        }
+        schemas.insert(uri, document);
+    }
     Ok(ConfigFile {
         tools,
-        schemas: raw.schemas.into_iter().map(|(k, v)| (k, v.0)).collect(),
+        schemas,
         schema_draft: raw.defaults.schema_draft,
         upstreams: raw.upstreams,
         default_upstream: raw.defaults.upstream,
     })
+}
+
+/// Reads one schema file: JSON if its name ends in `.json`, else YAML
+/// (numbers exact either way).
+fn read_schema_file(path: &Path) -> Result<serde_json::Value, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let json = path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("json"));
+    let document = if json {
+        serde_json::from_str(&text).map_err(|e| format!("invalid JSON: {e}"))?
+    } else {
+        yaml::parse(&text).map_err(|e| format!("invalid YAML: {e}"))?
+    };
+    if !(document.is_object() || document.is_boolean()) {
+        return Err("not a JSON Schema (an object or a boolean)".to_owned());
+    }
+    Ok(document)
+}
+
+/// The schema files a tools file names, for hot reload to watch. Best
+/// effort: a file that does not parse names none (loading it reports why).
+pub fn schema_file_paths(text: &str, folder: &Path) -> Vec<PathBuf> {
+    if !text.contains("schema_files") {
+        return Vec::new();
+    }
+    let Ok(document) = yaml::parse(text) else {
+        return Vec::new();
+    };
+    let Some(entries) = document.get("schema_files").and_then(|v| v.as_array()) else {
+        return Vec::new();
+    };
+    entries
+        .iter()
+        .filter_map(|e| e.as_str().or_else(|| e.get("file")?.as_str()))
+        .map(|file| folder.join(file))
+        .collect()
 }
 
 #[cfg(test)]
@@ -970,6 +1024,124 @@ tools:
         assert_eq!(cfg.schema_draft, SchemaDraft::Draft7);
         let plain = parse("tools: []").unwrap();
         assert_eq!(plain.schema_draft, SchemaDraft::Draft202012);
+    }
+
+    #[test]
+    fn numbers_beyond_128_bits_and_f64_digits_stay_exact() {
+        let cfg = parse(
+            r#"
+defaults: {upstream: {circuit_breaker: {failure_ratio: 0.50}}}
+tools:
+  - name: t
+    input_schema:
+      type: object
+      properties:
+        n: {minimum: -340282366920938463463374607431768211457, multipleOf: 0.000000000000000000000000000001}
+        c: {const: 123456789012345678901234567890123456789012345}
+        e: {enum: [2.718281828459045235360287471352662497757]}
+    request:
+      url: "http://x/"
+      method: POST
+      body: {fixed: 99999999999999999999999999999999999999999, n: "{n}"}
+"#,
+        )
+        .unwrap();
+        let text = cfg.tools[0].input_schema.to_string();
+        for digits in [
+            "-340282366920938463463374607431768211457",
+            "123456789012345678901234567890123456789012345",
+            "2.718281828459045235360287471352662497757",
+            "1e-30",
+        ] {
+            assert!(text.contains(digits), "{digits} in {text}");
+        }
+        // The validator compares them exactly, on both of its JSON paths.
+        let schema = crate::config::schema::Schema::compile(&cfg.tools[0].input_schema).unwrap();
+        for (args, valid) in [
+            (r#"{"n": -340282366920938463463374607431768211457}"#, true),
+            (r#"{"n": -340282366920938463463374607431768211458}"#, false),
+            (
+                r#"{"c": 123456789012345678901234567890123456789012345}"#,
+                true,
+            ),
+            (
+                r#"{"c": 123456789012345678901234567890123456789012346}"#,
+                false,
+            ),
+            (r#"{"e": 2.718281828459045235360287471352662497757}"#, true),
+            (r#"{"e": 2.718281828459045}"#, false),
+        ] {
+            let value: serde_json::Value = serde_json::from_str(args).unwrap();
+            assert_eq!(schema.violations(&value).is_empty(), valid, "{args}");
+            let fast: sonic_rs::Value = sonic_rs::from_str(args).unwrap();
+            assert_eq!(schema.is_valid_fast(&fast), valid, "fast: {args}");
+        }
+        let body = cfg.tools[0].request.body.as_ref().unwrap().to_string();
+        assert!(
+            body.contains("99999999999999999999999999999999999999999"),
+            "{body}"
+        );
+        assert_eq!(cfg.default_upstream.circuit_breaker.failure_ratio, 0.5);
+    }
+
+    #[test]
+    fn schema_files_register_by_id_or_uri_relative_to_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("shared")).unwrap();
+        std::fs::write(
+            dir.path().join("shared/common.json"),
+            r#"{"$id": "https://example.com/common.json", "$defs": {"big": {"maximum": 1e400}}}"#,
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("shared/more.yaml"),
+            "$defs:\n  huge: {const: 340282366920938463463374607431768211457}\n",
+        )
+        .unwrap();
+        let tools = "tools: []\n";
+        let cfg = parse_in(
+            &format!(
+                "schemas: {{\"urn:inline\": {{type: string}}}}\nschema_files:\n  - shared/common.json\n  - {{file: shared/more.yaml, uri: \"urn:more\"}}\n{tools}"
+            ),
+            dir.path(),
+        )
+        .unwrap();
+        let uris: Vec<&str> = cfg.schemas.keys().map(String::as_str).collect();
+        assert_eq!(
+            uris,
+            ["https://example.com/common.json", "urn:inline", "urn:more"]
+        );
+        assert!(cfg.schemas["urn:more"]
+            .to_string()
+            .contains("340282366920938463463374607431768211457"));
+        assert!(cfg.schemas["https://example.com/common.json"]
+            .to_string()
+            .contains("1e+400"));
+
+        std::fs::write(dir.path().join("bad.json"), "{not json").unwrap();
+        std::fs::write(dir.path().join("noid.yaml"), "type: object\n").unwrap();
+        std::fs::write(dir.path().join("list.yaml"), "[1, 2]\n").unwrap();
+        for (entries, says) in [
+            ("[missing.json]", "schema_files[0] (missing.json): cannot read"),
+            ("[bad.json]", "schema_files[0] (bad.json): invalid JSON"),
+            ("[noid.yaml]", "schema_files[0] (noid.yaml): the document has no \"$id\""),
+            ("[list.yaml]", "schema_files[0] (list.yaml): not a JSON Schema"),
+            ("[shared/common.json, shared/common.json]", "schema_files[1] (shared/common.json): \"https://example.com/common.json\" is registered twice"),
+            ("[{file: noid.yaml, uri: \"urn:inline\"}]", "schema_files[0] (noid.yaml): \"urn:inline\" is registered twice"),
+            ("[{file: noid.yaml, url: x}]", "schema_files[0].url: unknown field `url`"),
+        ] {
+            let text = format!("schemas: {{\"urn:inline\": {{}}}}\nschema_files: {entries}\n{tools}");
+            let err = parse_in(&text, dir.path()).unwrap_err().to_string();
+            assert!(err.contains(says), "{entries}: {err}");
+        }
+        let text = "schema_files: [shared/common.json, {file: x/y.yaml}]\ntools: []\n";
+        assert_eq!(
+            schema_file_paths(text, dir.path()),
+            [
+                dir.path().join("shared/common.json"),
+                dir.path().join("x/y.yaml")
+            ]
+        );
     }
 
     #[test]
