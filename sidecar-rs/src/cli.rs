@@ -47,7 +47,7 @@ pub struct Cli {
     #[arg(long)]
     pub allow_unauthenticated_tcp: bool,
 
-    /// How often the tools file (and secret files it references) are checked
+    /// How often the tools file (and the secret and schema files it references) are checked
     /// for changes; SIGHUP reloads at once.
     #[arg(long, env = "SIDECAR_RELOAD_INTERVAL", default_value = "2s", value_parser = humantime_duration)]
     pub reload_interval: Duration,
