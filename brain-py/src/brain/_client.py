@@ -10,11 +10,13 @@ How a call travels::
 * **Coalescing.** ``call()`` encodes its ``ToolCall`` once, appends it to the outbox and
   wakes the writer; the writer runs on the next loop iteration and sends everything queued
   by then as one frame, the calls' bytes joined (a ``DispatchFrame`` is its calls' fields
-  one after another, so no frame message is built). With many calls in flight it first
-  lets the loop turn ``write_linger_ticks`` more times, so agents woken a tick apart
-  share the frame. Each frame costs the brain far more than each call in it (a grpc.aio
-  write and read, loop wake-ups): this is what keeps the Python cost per call low when
-  thousands of agents call at once. The sidecar batches results the same way.
+  one after another, so no frame message is built). Under load it lingers: when the
+  previous frame left less than ``write_linger`` ago and many calls are in flight, the
+  next waits for the rest of that interval, so frames carry more calls the busier the
+  client is, and a lone call never waits. Each frame costs the brain far more than each
+  call in it (a grpc.aio write and read, loop wake-ups; ``tests/bench/transport_floor.py``):
+  this is what keeps the Python cost per call low when thousands of agents call at once.
+  The sidecar batches results the same way.
 * **Exactly one outcome per call.** A call ends with the sidecar's result, a local
   TIMEOUT result (the sidecar did not answer within the call's timeout plus a grace
   period; see ``_expire``), :class:`SidecarUnavailable` if the stream broke
@@ -73,10 +75,11 @@ class ClientOptions:
     max_inflight: int = 100_000
     #: Calls per Dispatch frame.
     max_frame_calls: int = 4096
-    #: Loop iterations the writer waits for company before sending a frame, only while
-    #: more than four times as many calls are in flight as are queued (a lone call never
-    #: waits). Each costs one task wake-up; 0 turns the linger off.
-    write_linger_ticks: int = 1
+    #: Seconds between frames under load: a frame that follows the previous one sooner
+    #: waits for the rest of this interval for company, only while more than four times
+    #: as many calls are in flight as are queued (the event loop's timers round it up to
+    #: a millisecond). 0 turns the linger off.
+    write_linger: float = 0.0005
     #: Reconnect backoff: first delay and cap, in seconds (full jitter).
     backoff_initial: float = 0.05
     backoff_max: float = 5.0
@@ -420,15 +423,16 @@ class SidecarClient:
     async def _write(self, stream: Any, generation: int) -> None:
         """Send the outbox as frames, one batch per wake-up."""
         limit = self.options.max_frame_calls
-        linger = self.options.write_linger_ticks
+        linger = self.options.write_linger
+        loop = asyncio.get_running_loop()
+        last = 0.0
         while True:
             await self._wake_writer.wait()
-            # Linger for company while many calls are in flight: their results wake
-            # agents over the next loop turns, and their calls then share this frame.
-            for _ in range(linger):
-                if len(self._outbox) * _COMPANY >= len(self._calls):
-                    break
-                await asyncio.sleep(0)
+            # Linger for company under load: more results are due, and the calls of the
+            # agents they wake then share this frame.
+            wait = last + linger - loop.time()
+            if wait > 0 and len(self._outbox) * _COMPANY < len(self._calls):
+                await asyncio.sleep(wait)
             self._wake_writer.clear()
             while self._outbox or self._cancels:
                 batch = self._outbox[:limit]
@@ -451,6 +455,7 @@ class SidecarClient:
                     log.debug("write to the sidecar stream failed: %r", exc)
                     return
                 self.frames_sent += 1
+                last = loop.time()
 
     async def _read(self, stream: Any) -> None:
         """Resolve the futures of arriving results."""

@@ -58,16 +58,13 @@ const QUEUED_FRAMES: usize = 2;
 /// Results gathered from finished calls per turn of a session's loop.
 const GATHER: usize = 1024;
 
-/// Longest a ready result waits for company before its frame is sent (tokio's
+/// Under load, the least time between two result frames of a stream (tokio's
 /// timer rounds it up to its 1 ms tick). Each frame costs the brain far more
-/// than each result in it (a grpc.aio read, a loop wake-up), so under load it
-/// pays to send results in bigger frames; see [`Session::lingers`] for when.
+/// than each result in it (a grpc.aio read, a loop wake-up), so while frames
+/// would go out faster than this, ready results wait for the rest of the
+/// interval and share one: frames grow with the load and their rate stays
+/// bounded. See [`Session::lingers`] for when.
 const LINGER: Duration = Duration::from_micros(500);
-
-/// A session lingers while fewer results are ready than one in this many of
-/// the calls still running on its stream: with many calls running, more
-/// results are due any moment; with few, the wait would only add latency.
-const COMPANY: usize = 4;
 
 /// Admission bounds. Past any of them, a call is refused with OVERLOADED at
 /// once: there is no queue to wait in.
@@ -325,25 +322,25 @@ impl Session {
         // Why the request side ended, when it failed.
         let mut failed: Option<tonic::Status> = None;
         let drain = self.gate.drain.clone();
-        // The linger of the oldest ready result: armed when it starts, and
-        // once `expired` the ready results go out whatever `lingers` says.
+        // When the last frame went out, and the timer that ends a linger.
+        let mut last_sent = Instant::now() - LINGER;
         let linger = tokio::time::sleep(Duration::ZERO);
         tokio::pin!(linger);
-        let (mut armed, mut expired) = (false, false);
+        let mut armed = false;
         let client_gone = loop {
             let settled = self.inflight.is_empty() && self.ready.is_empty();
             if settled && (!inbound_open || drain.is_draining()) {
                 break false;
             }
+            let due = last_sent + LINGER;
             let send = if self.ready.is_empty() {
-                (armed, expired) = (false, false);
                 false
-            } else if expired || !self.lingers(inbound_open) {
+            } else if !self.lingers(inbound_open) || Instant::now() >= due {
                 true
             } else {
                 if !armed {
                     armed = true;
-                    linger.as_mut().reset(Instant::now() + LINGER);
+                    linger.as_mut().reset(due);
                 }
                 false
             };
@@ -357,12 +354,11 @@ impl Session {
                 permit = out.reserve(), if send => match permit {
                     Ok(permit) => {
                         permit.send(self.next_frame());
-                        // What did not fit in the frame has waited enough.
-                        (armed, expired) = (false, !self.ready.is_empty());
+                        last_sent = Instant::now();
                     }
                     Err(_) => break true,
                 },
-                () = &mut linger, if armed => (armed, expired) = (false, true),
+                () = &mut linger, if armed => armed = false,
                 Some((result, claim)) = done_rx.recv() => {
                     self.complete(result, claim);
                     for _ in 1..GATHER {
@@ -406,13 +402,12 @@ impl Session {
         metrics.streams.dec();
     }
 
-    /// Whether the ready results should wait (at most [`LINGER`]) for more:
-    /// only while many calls of this stream are still running, so a lone call
-    /// or a lightly loaded stream never waits, and frames grow with the load.
+    /// Whether ready results may wait for company (until [`LINGER`] after the
+    /// previous frame): only while more results are due (calls of this stream
+    /// still running) and the stream is not ending. A stream sending fewer
+    /// than one frame per [`LINGER`] never waits.
     fn lingers(&self, inbound_open: bool) -> bool {
-        inbound_open
-            && !self.gate.drain.is_draining()
-            && self.ready.len() * COMPANY < self.inflight.len()
+        inbound_open && !self.gate.drain.is_draining() && !self.inflight.is_empty()
     }
 
     fn backlog_full(&self) -> bool {
