@@ -3,8 +3,9 @@
 How a call travels::
 
     call() ──► outbox ──► writer task ──► Dispatch stream ──► sidecar
-      ▲                   (one frame per                        │
-      │                    loop iteration)                      │
+      ▲                   (one frame per loop                   │
+      │                    iteration; under load                │
+      │                    one per write_linger)                │
       └──── future ◄── reader task ◄── ResultFrame ◄────────────┘
 
 * **Coalescing.** ``call()`` encodes its ``ToolCall`` once, appends it to the outbox and
