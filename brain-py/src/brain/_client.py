@@ -3,13 +3,21 @@
 How a call travels::
 
     call() ──► outbox ──► writer task ──► Dispatch stream ──► sidecar
-      ▲                   (one frame per                        │
-      │                    loop iteration)                      │
+      ▲                   (one frame per loop                   │
+      │                    iteration; under load                │
+      │                    one per write_linger)                │
       └──── future ◄── reader task ◄── ResultFrame ◄────────────┘
 
-* **Coalescing.** ``call()`` only appends to the outbox and wakes the writer; the writer
-  runs on the next loop iteration and sends everything queued by then as one frame. This
-  is what keeps the Python cost per call low when thousands of agents call at once.
+* **Coalescing.** ``call()`` encodes its ``ToolCall`` once, appends it to the outbox and
+  wakes the writer; the writer runs on the next loop iteration and sends everything queued
+  by then as one frame, the calls' bytes joined (a ``DispatchFrame`` is its calls' fields
+  one after another, so no frame message is built). Under load it lingers: when the
+  previous frame left less than ``write_linger`` ago and many calls are in flight, the
+  next waits for the rest of that interval, so frames carry more calls the busier the
+  client is, and a lone call never waits. Each frame costs the brain far more than each
+  call in it (a grpc.aio write and read, loop wake-ups; ``tests/bench/transport_floor.py``):
+  this is what keeps the Python cost per call low when thousands of agents call at once.
+  The sidecar batches results the same way.
 * **Exactly one outcome per call.** A call ends with the sidecar's result, a local
   TIMEOUT result (the sidecar did not answer within the call's timeout plus a grace
   period; see ``_expire``), :class:`SidecarUnavailable` if the stream broke
@@ -68,6 +76,11 @@ class ClientOptions:
     max_inflight: int = 100_000
     #: Calls per Dispatch frame.
     max_frame_calls: int = 4096
+    #: Seconds between frames under load: a frame that follows the previous one sooner
+    #: waits for the rest of this interval for company, only while more than four times
+    #: as many calls are in flight as are queued (the event loop's timers round it up to
+    #: a millisecond). 0 turns the linger off.
+    write_linger: float = 0.0005
     #: Reconnect backoff: first delay and cap, in seconds (full jitter).
     backoff_initial: float = 0.05
     backoff_max: float = 5.0
@@ -79,13 +92,14 @@ class ClientOptions:
 
 
 class _Call:
-    """A pending call. ``generation`` is the stream it was sent on (0 = not yet sent);
+    """A pending call. ``wire`` is its ``DispatchFrame.calls`` entry, encoded (``None``
+    once sent); ``generation`` is the stream it was sent on (0 = not yet sent);
     ``deadline`` is the bucket of :class:`_Deadlines` that holds its id."""
 
-    __slots__ = ("deadline", "future", "generation", "msg")
+    __slots__ = ("deadline", "future", "generation", "wire")
 
-    def __init__(self, msg: pb.ToolCall, future: asyncio.Future[ToolResult], deadline: set[str]):
-        self.msg: pb.ToolCall | None = msg
+    def __init__(self, wire: bytes, future: asyncio.Future[ToolResult], deadline: set[str]):
+        self.wire: bytes | None = wire
         self.future = future
         self.deadline = deadline
         self.generation = 0
@@ -152,6 +166,7 @@ class SidecarClient:
         self.options = options or ClientOptions()
         self._channel: grpc.aio.Channel | None = None
         self._stub: pb_grpc.DispatcherStub | None = None
+        self._dispatch: grpc.aio.StreamStreamMultiCallable | None = None
         self._calls: dict[str, _Call] = {}
         self._outbox: list[_Call] = []
         self._deadlines = _Deadlines(self._expire)
@@ -203,6 +218,13 @@ class SidecarClient:
         self._stub = pb_grpc.DispatcherStub(self._channel)  # type: ignore[no-untyped-call]
         if o.auth_token:
             self._metadata = (("authorization", f"Bearer {o.auth_token}"),)
+        # Dispatch without the generated request serializer: the writer hands gRPC the
+        # frame's bytes, joined from the calls' encodings (see ``_write``).
+        self._dispatch = self._channel.stream_stream(
+            _DISPATCH_METHOD,
+            request_serializer=None,
+            response_deserializer=pb.ResultFrame.FromString,
+        )
         self._tasks = [asyncio.create_task(self._run_streams(), name="sidecar-streams")]
 
     async def wait_connected(self, timeout: float) -> None:
@@ -267,10 +289,11 @@ class SidecarClient:
             )
         if timeout is None:
             timeout = self.options.default_timeout
-        msg = _tool_call(call_id, tool, arguments, agent_id, timeout, metadata, select)
+        body = _tool_call(call_id, tool, arguments, agent_id, timeout, metadata, select)
+        wire = _frame_field(_CALLS_TAG, body.SerializeToString())
         future: asyncio.Future[ToolResult] = asyncio.get_running_loop().create_future()
         deadline = self._deadlines.add(call_id, timeout + self.options.grace)
-        pending = _Call(msg, future, deadline)
+        pending = _Call(wire, future, deadline)
         self._calls[call_id] = pending
         self._outbox.append(pending)
         self._wake_writer.set()
@@ -353,12 +376,12 @@ class SidecarClient:
 
     async def _run_streams(self) -> None:
         """Keep one Dispatch stream open; on failure fail its calls and reconnect."""
-        assert self._stub is not None
+        assert self._dispatch is not None
         backoff = Backoff(self.options.backoff_initial, self.options.backoff_max)
         while True:
             self._generation += 1
             generation = self._generation
-            stream = self._stub.Dispatch(wait_for_ready=True, metadata=self._metadata)
+            stream = self._dispatch(wait_for_ready=True, metadata=self._metadata)
             writer: asyncio.Task[None] | None = None
             reason = "stream ended"
             try:
@@ -401,21 +424,30 @@ class SidecarClient:
     async def _write(self, stream: Any, generation: int) -> None:
         """Send the outbox as frames, one batch per wake-up."""
         limit = self.options.max_frame_calls
+        linger = self.options.write_linger
+        loop = asyncio.get_running_loop()
+        last = 0.0
         while True:
             await self._wake_writer.wait()
+            # Linger for company under load: more results are due, and the calls of the
+            # agents they wake then share this frame.
+            wait = last + linger - loop.time()
+            if wait > 0 and len(self._outbox) * _COMPANY < len(self._calls):
+                await asyncio.sleep(wait)
             self._wake_writer.clear()
             while self._outbox or self._cancels:
                 batch = self._outbox[:limit]
                 del self._outbox[:limit]
-                frame = pb.DispatchFrame(cancel_call_ids=self._cancels)
+                parts = [_frame_field(_CANCEL_TAG, c.encode()) for c in self._cancels]
                 self._cancels = []
-                calls = frame.calls
                 for pending in batch:
-                    if pending.future.done() or pending.msg is None:
+                    wire = pending.wire
+                    if wire is None or pending.future.done():
                         continue
-                    calls.append(pending.msg)
-                    pending.msg = None
+                    parts.append(wire)
+                    pending.wire = None
                     pending.generation = generation
+                frame = b"".join(parts)
                 try:
                     await stream.write(frame)
                 except Exception as exc:
@@ -424,6 +456,7 @@ class SidecarClient:
                     log.debug("write to the sidecar stream failed: %r", exc)
                     return
                 self.frames_sent += 1
+                last = loop.time()
 
     async def _read(self, stream: Any) -> None:
         """Resolve the futures of arriving results."""
@@ -446,6 +479,34 @@ class SidecarClient:
         return len(failed)
 
 
+#: The Dispatch method, as the generated stub names it.
+_DISPATCH_METHOD = "/dispatch.v1.Dispatcher/Dispatch"
+#: Tags of ``DispatchFrame.calls`` (field 1) and ``cancel_call_ids`` (field 2), both
+#: length-delimited (wire type 2).
+_CALLS_TAG = b"\x0a"
+_CANCEL_TAG = b"\x12"
+#: The writer lingers while more than this many times the queued calls are in flight.
+_COMPANY = 4
+_SHORT_LENGTHS = [bytes([n]) for n in range(128)]
+
+
+def _frame_field(tag: bytes, value: bytes) -> bytes:
+    """One length-delimited field of a ``DispatchFrame``: tag, varint length, bytes.
+    Protobuf's encoding of a repeated message field is exactly its entries one after
+    another, so a frame is the concatenation of these; written by hand (a few lines)
+    because the protobuf runtime offers no way to append encoded submessages without
+    parsing them back into objects, which is the per-call cost this avoids."""
+    n = len(value)
+    if n < 128:
+        return tag + _SHORT_LENGTHS[n] + value
+    length = bytearray()
+    while n > 127:
+        length.append((n & 0x7F) | 0x80)
+        n >>= 7
+    length.append(n)
+    return tag + bytes(length) + value
+
+
 def _tool_call(
     call_id: str,
     tool: str,
@@ -461,8 +522,10 @@ def _tool_call(
         tool=tool,
         arguments=_encode_arguments(arguments),
         timeout_ms=max(1, int(timeout * 1000)),
-        select=select,
     )
+    if select:
+        # Only when given: setting an empty repeated field still costs about a microsecond.
+        msg.select.extend(select)
     if metadata:
         msg.metadata.update(metadata)
     return msg

@@ -58,6 +58,14 @@ const QUEUED_FRAMES: usize = 2;
 /// Results gathered from finished calls per turn of a session's loop.
 const GATHER: usize = 1024;
 
+/// Under load, the least time between two result frames of a stream (tokio's
+/// timer rounds it up to its 1 ms tick). Each frame costs the brain far more
+/// than each result in it (a grpc.aio read, a loop wake-up), so while frames
+/// would go out faster than this, ready results wait for the rest of the
+/// interval and share one: frames grow with the load and their rate stays
+/// bounded. See [`Session::lingers`] for when.
+const LINGER: Duration = Duration::from_micros(500);
+
 /// Admission bounds. Past any of them, a call is refused with OVERLOADED at
 /// once: there is no queue to wait in.
 #[derive(Debug, Clone, Copy)]
@@ -314,11 +322,28 @@ impl Session {
         // Why the request side ended, when it failed.
         let mut failed: Option<tonic::Status> = None;
         let drain = self.gate.drain.clone();
+        // When the last frame went out, and the timer that ends a linger.
+        let mut last_sent = Instant::now() - LINGER;
+        let linger = tokio::time::sleep(Duration::ZERO);
+        tokio::pin!(linger);
+        let mut armed = false;
         let client_gone = loop {
             let settled = self.inflight.is_empty() && self.ready.is_empty();
             if settled && (!inbound_open || drain.is_draining()) {
                 break false;
             }
+            let due = last_sent + LINGER;
+            let send = if self.ready.is_empty() {
+                false
+            } else if !self.lingers(inbound_open) || Instant::now() >= due {
+                true
+            } else {
+                if !armed {
+                    armed = true;
+                    linger.as_mut().reset(due);
+                }
+                false
+            };
             // Backpressure: a client that does not read gets its frames read
             // no further than its backlog bound.
             let read = inbound_open && !self.backlog_full();
@@ -326,10 +351,14 @@ impl Session {
                 biased;
                 // The client cancelled the RPC or its connection dropped.
                 () = out.closed() => break true,
-                permit = out.reserve(), if !self.ready.is_empty() => match permit {
-                    Ok(permit) => permit.send(self.next_frame()),
+                permit = out.reserve(), if send => match permit {
+                    Ok(permit) => {
+                        permit.send(self.next_frame());
+                        last_sent = Instant::now();
+                    }
                     Err(_) => break true,
                 },
+                () = &mut linger, if armed => armed = false,
                 Some((result, claim)) = done_rx.recv() => {
                     self.complete(result, claim);
                     for _ in 1..GATHER {
@@ -371,6 +400,14 @@ impl Session {
             }
         }
         metrics.streams.dec();
+    }
+
+    /// Whether ready results may wait for company (until [`LINGER`] after the
+    /// previous frame): only while more results are due (calls of this stream
+    /// still running) and the stream is not ending. A stream sending fewer
+    /// than one frame per [`LINGER`] never waits.
+    fn lingers(&self, inbound_open: bool) -> bool {
+        inbound_open && !self.gate.drain.is_draining() && !self.inflight.is_empty()
     }
 
     fn backlog_full(&self) -> bool {

@@ -100,7 +100,10 @@ class AgentProcess:
     """``python -m benchlib.agents`` with its JSON-lines events read on a thread."""
 
     def __init__(self, config: dict[str, Any], *, cpu: int | None = None) -> None:
-        env = {**os.environ, "PYTHONPATH": str(BENCH_DIR)}
+        # Keep the caller's PYTHONPATH after ours: a worktree measures its own brain
+        # (``PYTHONPATH=brain-py/src``) rather than the venv's editable install.
+        path = os.pathsep.join(p for p in (str(BENCH_DIR), os.environ.get("PYTHONPATH")) if p)
+        env = {**os.environ, "PYTHONPATH": path}
         command = [sys.executable, "-m", "benchlib.agents", json.dumps(config)]
         if cpu is not None:
             # `taskset -c CPU` execs the agent process on that core alone (the pid stays
