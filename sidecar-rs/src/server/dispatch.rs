@@ -323,7 +323,9 @@ impl Session {
         let mut failed: Option<tonic::Status> = None;
         let drain = self.gate.drain.clone();
         // When the last frame went out, and the timer that ends a linger.
-        let mut last_sent = Instant::now() - LINGER;
+        let mut last_sent = Instant::now()
+            .checked_sub(LINGER)
+            .unwrap_or_else(Instant::now);
         let linger = tokio::time::sleep(Duration::ZERO);
         tokio::pin!(linger);
         let mut armed = false;
