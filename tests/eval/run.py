@@ -2,12 +2,13 @@
 
 For each planner asked for (``--planner``, default: router, local, openai) this starts the
 real stack on loopback: the demo tool service, the sidecar with the demo ``tools.yaml``
-and the brain (its HTTP server code, in this process) with the planner built by name
-through the brain's own configuration (:class:`brain._planners.factory.PlannerConfig`,
-what ``brain serve --planner`` builds). ``openai`` talks to a real llama.cpp server
-(``xllamacpp``, the bundled SmolLM2-135M-Instruct) through the sidecar's ``llm`` tool; the
-key is made up per run and held only by the sidecar and the llama.cpp process. A planner
-that cannot be built here (``local`` without a model) is reported as unavailable, with why.
+and the brain (its HTTP server code, in this process) with the planner built from the
+flags ``brain serve`` takes (:func:`brain.cli.planner_config`; ``openai`` with
+:data:`demo_tools.llamacpp.SMALL_MODEL_FLAGS`, as ``make run PLANNER=openai``). ``openai``
+talks to a real llama.cpp server (``xllamacpp``, the bundled SmolLM2-135M-Instruct) through
+the sidecar's ``llm`` tool; the key is made up per run and held only by the sidecar and the
+llama.cpp process. A planner that cannot be built here (a ``local`` model that does not
+load) is reported as unavailable, with why.
 
 Every task runs as one agent run; up to ``--concurrency`` at once. A task *succeeds* when
 the run finished with an answer, every expected tool call was proposed (right tool, right
@@ -50,11 +51,11 @@ from tasks import TASKS, EvalTask, fold  # noqa: E402
 
 from brain._exceptions import BrainError  # noqa: E402
 from brain._metrics import BrainMetrics  # noqa: E402
-from brain._planners.factory import PlannerConfig, build_planner  # noqa: E402
-from brain._planners.openai import OpenAIOptions  # noqa: E402
+from brain._planners.factory import build_planner  # noqa: E402
 from brain._runs.record import Run, RunSpec  # noqa: E402
+from brain.cli import planner_config  # noqa: E402
 from demo_tools.config import local_tools_yaml  # noqa: E402
-from llamacpp_server import LlamaCppServer  # noqa: E402
+from demo_tools.llamacpp import SMALL_MODEL_FLAGS, LlamaCppServer, llm_tool  # noqa: E402
 
 from brain_harness import BrainServer  # noqa: E402
 from harness import SidecarProcess  # noqa: E402
@@ -65,18 +66,9 @@ PLANNERS = ("router", "local", "openai")
 #: repeats a call is held to a few.
 MAX_CALLS = 3
 
-#: The openai planner as configured for a small model behind llama.cpp: JSON steps whose
-#: schema llama.cpp enforces, a tool call first, an answer after one step of tools.
-LLAMA_OPTIONS = OpenAIOptions(
-    tool_format="json_schema",
-    first_step_calls_tool=True,
-    max_tool_steps=1,
-    # Room for MAX_CALLS calls with long string arguments (a 135M model fills them).
-    max_tokens=320,
-    answer_max_chars=240,
-    timeout_s=600,
-    schema_extensions={"x-guidance": {"whitespace_flexible": False}},
-)
+#: The planners as ``brain serve`` builds them from these flags; the openai planner as
+#: ``make run PLANNER=openai`` runs it in front of a small model on llama.cpp.
+PLANNER_FLAGS: dict[str, tuple[str, ...]] = {"openai": SMALL_MODEL_FLAGS}
 
 
 @dataclass(slots=True)
@@ -151,19 +143,7 @@ def demo_tool_service() -> Iterator[str]:
 def tools_yaml(demo_url: str, llm_url: str | None) -> str:
     config = yaml.safe_load(resources.files("demo_tools").joinpath("tools.yaml").read_text())
     if llm_url is not None:
-        config["tools"].append(
-            {
-                "name": "llm",
-                "description": "Chat completions for the brain's planner.",
-                "input_schema": {"type": "object", "required": ["messages"]},
-                "request": {
-                    "method": "POST",
-                    "url": f"{llm_url}/v1/chat/completions",
-                    "headers": {"Authorization": "Bearer ${env:LLM_API_KEY}"},
-                },
-                "timeout": "600s",
-            }
-        )
+        config["tools"].append(llm_tool(llm_url))
     return local_tools_yaml(config, replace={"http://127.0.0.1:8081": demo_url})
 
 
@@ -241,7 +221,7 @@ async def eval_planner(
                 ctx=4096 * args.concurrency,
                 log_path=workdir / "llama-server.log",
             ).start()
-        config = PlannerConfig(kind=name, openai=LLAMA_OPTIONS)
+        config = planner_config(["--planner", name, *PLANNER_FLAGS.get(name, ())])
         sidecar_dir = workdir / f"sidecar-{name}"
         sidecar_dir.mkdir(parents=True, exist_ok=True)
         sidecar = SidecarProcess(
@@ -381,7 +361,7 @@ def main(argv: list[str] | None = None) -> int:
         "tasks": len(select(args)),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "llama_options": repr(LLAMA_OPTIONS),
+        "planner_flags": PLANNER_FLAGS,
     }
     report = {"meta": meta, "results": results}
     (args.results / "eval.json").write_text(json.dumps(report, indent=1, ensure_ascii=False))
