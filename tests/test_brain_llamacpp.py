@@ -27,7 +27,7 @@ import yaml
 from brain._planners.openai import OpenAIOptions, OpenAIPlanner
 from brain._runs.record import RunSpec
 from demo_tools.config import local_tools_yaml
-from llamacpp_server import LlamaCppServer
+from demo_tools.llamacpp import LlamaCppServer, llm_tool
 
 from brain_harness import BrainServer
 from harness import SidecarProcess
@@ -65,19 +65,7 @@ def llama(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LlamaCppServer]:
 def stack_config(demo_tools: str, llama_url: str) -> str:
     """The demo tools.yaml on loopback, plus the ``llm`` tool pointing at llama.cpp."""
     config = yaml.safe_load(resources.files("demo_tools").joinpath("tools.yaml").read_text())
-    config["tools"].append(
-        {
-            "name": "llm",
-            "description": "Chat completions for the brain's planner.",
-            "input_schema": {"type": "object", "required": ["messages"]},
-            "request": {
-                "method": "POST",
-                "url": f"{llama_url}/v1/chat/completions",
-                "headers": {"Authorization": "Bearer ${env:LLM_API_KEY}"},
-            },
-            "timeout": "600s",
-        }
-    )
+    config["tools"].append(llm_tool(llama_url))
     return local_tools_yaml(config, replace={"http://127.0.0.1:8081": demo_tools})
 
 

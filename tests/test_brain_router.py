@@ -1,7 +1,9 @@
 """The default stack of `make run`: demo tool service + sidecar + brain API with the router.
 
 The router planner runs the real bundled embedding model; concurrent runs share its
-batches; every tool call goes through the sidecar to the real demo tools.
+batches; every tool call goes through the sidecar to the real demo tools. Its answers
+are sentences built from the results, or, with the bundled SmolLM2-135M loaded
+(``--router-answers local``), written by that model.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from brain._embedding import SentenceEmbedder
 from brain._metrics import BrainMetrics
+from brain._planners.local import LocalPlanner
 from brain._planners.router import RouterPlanner
 from demo_tools.config import local_tools_yaml
 
@@ -24,12 +27,13 @@ from harness import SidecarProcess
 
 Start = Callable[..., SidecarProcess]
 
+#: Each task and what its answer (a sentence, no model) says.
 TASKS = {
-    "How many litres are 2 gallons?": "result=7.57082",
-    "What is (17.5 * 4) / 3?": "value=23.333",
-    "Is it warmer in Cairo or Tokyo?": "city=Tokyo",
-    "What time is it in JST?": "utc_offset=+09:00",
-    "Find articles about circuit breakers.": "The circuit breaker pattern",
+    "How many litres are 2 gallons?": "2 gal is 7.57082 l.",
+    "What is (17.5 * 4) / 3?": "= 23.33333333.",
+    "Is it warmer in Cairo or Tokyo?": "Cairo is warmer than Tokyo (temperature 27 °C against",
+    "What time is it in JST?": "(UTC+09:00).",
+    "Find articles about circuit breakers.": '"The circuit breaker pattern"',
 }
 
 
@@ -79,3 +83,38 @@ async def test_router_runs_the_demo_tasks_end_to_end(demo_tools: str, start_side
     assert items >= len(runs)
     assert items / batches > 1.5, "concurrent runs did not share embedding batches"
     assert samples[("brain_planner_duration_seconds_count", ("router",))] == 2 * len(runs)
+
+
+async def test_the_bundled_model_writes_the_routers_answers(
+    demo_tools: str, start_sidecar: Start
+) -> None:
+    config = resources.files("demo_tools").joinpath("tools.yaml").read_text()
+    sidecar = start_sidecar(local_tools_yaml(config, replace={"http://127.0.0.1:8081": demo_tools}))
+    metrics = BrainMetrics()
+    model = LocalPlanner(metrics=metrics.llm)  # the bundled SmolLM2-135M-Instruct
+    router = RouterPlanner(SentenceEmbedder(metrics=metrics.batcher), answer_model=model)
+    tasks = ["Is it warmer in Cairo or Tokyo?", "How many litres are 2 gallons?"]
+    async with (
+        BrainServer(sidecar.unix_target, lambda _: router, metrics=metrics) as server,
+        aiohttp.ClientSession() as http,
+    ):
+
+        async def run(task: str) -> dict[str, object]:
+            body = {"task": task, "deadline_s": 600}
+            async with http.post(f"{server.url}/v1/runs?wait=true", json=body) as r:
+                assert r.status == 200
+                got: dict[str, object] = await r.json()
+                return got
+
+        runs = await asyncio.gather(*(run(task) for task in tasks))
+    for run in runs:
+        assert run["state"] == "succeeded", run
+        answer = str(run["answer"])
+        # The model's sentence: within its answer length, not a record dump.
+        assert answer.strip(), run
+        assert len(answer) <= 240, answer
+        assert "{" not in answer, answer
+        print(f"{run['task']} -> {answer}")
+    # Both answers came from the model, none from the fallback.
+    assert model.steps == len(tasks)
+    assert router.answer_fallbacks == 0

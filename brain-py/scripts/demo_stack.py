@@ -2,18 +2,22 @@
 
 Starts, in the order Kubernetes would:
 1. the demo tool service (``python -m demo_tools``) on a free loopback port,
-2. the sidecar on a unix socket (like the pod's shared emptyDir), with the demo
-   tools.yaml pointed at that port,
-3. the brain's HTTP API (``python -m brain serve``) with the planner asked for
-   (``--planner``: ``router`` with the bundled embedding model, or ``local`` with the
-   bundled SmolLM2-135M-Instruct, converted once into ~/.cache/tandem), and waits for
-   ``/readyz``,
+2. with ``--planner openai`` only: a llama.cpp server (``xllamacpp``, the bundled
+   SmolLM2-135M-Instruct GGUF) on a free loopback port, with an API key made up for this
+   run (``demo_tools.llamacpp``),
+3. the sidecar on a unix socket (like the pod's shared emptyDir), with the demo
+   tools.yaml pointed at that port (and, for ``openai``, the ``llm`` tool pointed at the
+   llama.cpp server; the key is in the sidecar's environment only, never the brain's),
+4. the brain's HTTP API (``python -m brain serve``) with the planner asked for
+   (``--planner``: ``router`` with the bundled embedding model, ``local`` with the
+   bundled SmolLM2-135M-Instruct converted once into ~/.cache/tandem, or ``openai``
+   through the sidecar's ``llm`` tool), and waits for ``/readyz``,
 
 then submits the demo tasks through the API, all at once so that the planner's model
 requests share batches (``python -m demo_tools.client``), shows progress, prints every task's
 steps and answer and a summary, and the sidecar's own view. Finally it stops the brain
-first (SIGTERM: drain), the sidecar after it, then the tool service, and checks that
-every process exited cleanly.
+first (SIGTERM: drain), the sidecar after it, then the tool service and the llama.cpp
+server, and checks that every process it started exited cleanly.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import argparse
 import json
 import os
 import re
+import secrets
 import shutil
 import signal
 import socket as socket_module
@@ -38,6 +43,7 @@ from typing import IO
 import yaml
 
 from demo_tools.config import local_tools_yaml
+from demo_tools.llamacpp import SMALL_MODEL_FLAGS, LlamaCppServer, llm_tool
 
 BRAIN_PY = Path(__file__).resolve().parents[1]
 TOOLS_YAML = BRAIN_PY / "src/demo_tools/tools.yaml"
@@ -185,19 +191,22 @@ def main() -> int:
     parser.add_argument(
         "--tools", type=Path, help="a tools.yaml to use instead of the demo's (same upstreams)"
     )
-    parser.add_argument("--planner", choices=("router", "local"), default="router")
+    parser.add_argument("--planner", choices=("router", "local", "openai"), default="router")
     parser.add_argument("--model-dir", type=Path, help="local: a transformers causal LM")
-    parser.add_argument("--gguf", type=Path, help="local: a GGUF file")
+    parser.add_argument("--gguf", type=Path, help="local and openai: a GGUF file")
     parser.add_argument(
-        "--deadline", type=float, default=0, help="seconds per run (default: 60; local 600)"
+        "--deadline", type=float, default=0, help="seconds per run (default: 60; LLMs 600)"
     )
     args = parser.parse_args()
-    deadline = args.deadline or (600.0 if args.planner == "local" else 60.0)
+    if args.model_dir and args.planner != "local":
+        parser.error("--model-dir is for --planner local (openai serves a GGUF: --gguf)")
+    deadline = args.deadline or (60.0 if args.planner == "router" else 600.0)
 
     workdir = Path(tempfile.mkdtemp(prefix="tandem-demo-"))
     socket = workdir / "sidecar.sock"
     procs: list[tuple[str, subprocess.Popen[str]]] = []
     watchers: list[LineWatcher] = []
+    llama: LlamaCppServer | None = None
     python = sys.executable
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     try:
@@ -215,9 +224,32 @@ def main() -> int:
         print(f"    {base}")
 
         config = workdir / "tools.yaml"
-        config.write_text(
-            local_tools_yaml((args.tools or TOOLS_YAML).read_text(), replace={DEMO_BASE: base})
-        )
+        tools_text = (args.tools or TOOLS_YAML).read_text()
+        tools_config = yaml.safe_load(local_tools_yaml(tools_text, replace={DEMO_BASE: base}))
+        sidecar_env = {**env, "RUST_LOG": os.environ.get("RUST_LOG", "info")}
+        planner_args = ["--planner", args.planner]
+        if args.planner == "openai":
+            # A key made up for this run, given to the llama.cpp process and the sidecar's
+            # environment only: the brain sends requests through the sidecar's `llm`
+            # tool, which adds it (llama.cpp answers 401 without it).
+            key = "sk-demo-" + secrets.token_urlsafe(18)
+            slots = max(1, min(4, args.concurrency or args.tasks))
+            print(f"==> starting a llama.cpp server (xllamacpp, {slots} slots, 1 thread)")
+            # One thread: on shared cores llama.cpp's spinning worker threads slow each
+            # other down (docs/brain.md); each slot gets a 4k context.
+            llama = LlamaCppServer(
+                api_key=key,
+                model=args.gguf,
+                threads=1,
+                parallel=slots,
+                ctx=4096 * slots,
+                log_path=workdir / "llama-server.log",
+            ).start(timeout=300)
+            print(f"    {llama.url} (model {llama.model.name}, log {llama.log_path})")
+            tools_config["tools"].append(llm_tool(llama.url))
+            sidecar_env["LLM_API_KEY"] = key
+            planner_args += list(SMALL_MODEL_FLAGS)
+        config.write_text(local_tools_yaml(tools_config))
         redis_args: list[str] = []
         if uses_fleet_limits(config.read_text()):
             redis, redis_url = start_redis(workdir)
@@ -240,7 +272,7 @@ def main() -> int:
             ],
             stderr=subprocess.PIPE,
             text=True,
-            env={**env, "RUST_LOG": os.environ.get("RUST_LOG", "info")},
+            env=sidecar_env,
         )
         procs.append(("sidecar", sidecar))
         assert sidecar.stderr is not None
@@ -252,7 +284,6 @@ def main() -> int:
         print(f"    unix:{socket}, metrics on :{metrics_port}")
         subprocess.run([python, "-m", "brain", "--sidecar", f"unix:{socket}", "tools"], check=True)
 
-        planner_args = ["--planner", args.planner]
         if args.planner == "local":
             # Half the cores for the model: the sidecar, the tool service and this demo's
             # client share them, and OpenMP threads spinning against them cost far more.
@@ -271,6 +302,8 @@ def main() -> int:
                 )
                 subprocess.run([python, "-c", prepare, str(args.gguf or "")], check=True, env=env)
             print("==> starting the brain (local planner: causal LM, continuous batching)")
+        elif args.planner == "openai":
+            print("==> starting the brain (openai planner: llama.cpp through the sidecar)")
         else:
             print("==> starting the brain (router planner, bundled all-MiniLM-L6-v2 model)")
         started = time.perf_counter()
@@ -327,12 +360,19 @@ def main() -> int:
         print("==> the sidecar's view (sidecar_tool_calls_total)")
         print(sidecar_metrics(metrics_port))
 
-        print("==> shutting down: brain (drain), then sidecar (drain), then tool service")
+        print(
+            "==> shutting down: brain (drain), then sidecar (drain), then tool service"
+            + (", then the llama.cpp server" if llama else "")
+        )
         codes = {
             "brain": stop(brain, "brain", 40),
             "sidecar": stop(sidecar, "sidecar", 30),
             "demo tools": stop(tools, "demo tools", 10),
         }
+        if llama is not None:
+            code = llama.stop()
+            codes["llama.cpp"] = 0 if code is None else code
+            llama = None
         for name, proc in procs:
             if name == "redis":
                 codes[name] = stop(proc, name, 10)
@@ -347,6 +387,8 @@ def main() -> int:
     finally:
         for name, proc in reversed(procs):
             stop(proc, name, 10)
+        if llama is not None:
+            llama.stop()
         for watcher in watchers:
             watcher.join(5)
 

@@ -126,6 +126,43 @@ async def test_batched_decoding_matches_decoding_alone(engine: Engine, loaded: L
     assert [r.token_ids for r in together[3:6]] == alone
 
 
+async def test_requests_join_after_the_kv_grew_during_decoding(
+    engine: Engine, loaded: LoadedModel
+) -> None:
+    """The batch's KV grows (new buffers) inside a decode step once the running rows have
+    used its 256 spare columns; a request admitted after that, and one leaving, write
+    those buffers in place. (Outside inference mode torch refused it and the engine
+    stopped: every request in flight failed.)"""
+    await settle(engine)
+    decoded = 0
+    grown = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def count(_token: int) -> None:
+        nonlocal decoded
+        decoded += 1
+        if decoded == 270:
+            loop.call_soon_threadsafe(grown.set)
+
+    long = asyncio.ensure_future(
+        engine.generate(
+            GenerationRequest(
+                prompt_ids=ids(loaded, "Once upon a time"),
+                max_new_tokens=290,
+                ignore_eos=True,
+                on_token=count,
+            )
+        )
+    )
+    await asyncio.wait_for(grown.wait(), 600)
+    late = await engine.generate(
+        GenerationRequest(prompt_ids=ids(loaded, "Hello"), max_new_tokens=3, ignore_eos=True)
+    )
+    assert len(late.token_ids) == 3
+    assert len((await long).token_ids) == 290
+    assert engine.stats().running == 0
+
+
 async def test_a_cancelled_request_frees_its_slot_and_kv(
     engine: Engine, loaded: LoadedModel
 ) -> None:

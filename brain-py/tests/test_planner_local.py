@@ -45,7 +45,7 @@ TOOLS = [
 ]
 
 
-def build_tiny_model(path: Path) -> Path:
+def build_tiny_model(path: Path, n_positions: int = 512) -> Path:
     """A 2-layer GPT-2 with random weights and a byte-level BPE tokenizer trained here."""
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -71,7 +71,7 @@ def build_tiny_model(path: Path) -> Path:
     tokenizer.save_pretrained(path)
     config = GPT2Config(
         vocab_size=len(tokenizer),
-        n_positions=512,
+        n_positions=n_positions,
         n_embd=32,
         n_layer=2,
         n_head=2,

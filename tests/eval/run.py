@@ -2,14 +2,18 @@
 
 For each planner asked for (``--planner``, default: router, local, openai) this starts the
 real stack on loopback: the demo tool service, the sidecar with the demo ``tools.yaml``
-and the brain (its HTTP server code, in this process) with the planner built by name
-through the brain's own configuration (:class:`brain._planners.factory.PlannerConfig`,
-what ``brain serve --planner`` builds). ``openai`` talks to a real llama.cpp server
-(``xllamacpp``, the bundled SmolLM2-135M-Instruct) through the sidecar's ``llm`` tool; the
-key is made up per run and held only by the sidecar and the llama.cpp process. A planner
-that cannot be built here (``local`` without a model) is reported as unavailable, with why.
+and the brain (its HTTP server code, in this process) with the planner built from the
+flags ``brain serve`` takes (:func:`brain.cli.planner_config`; ``openai`` with
+:data:`demo_tools.llamacpp.SMALL_MODEL_FLAGS`, as ``make run PLANNER=openai``). ``openai``
+talks to a real llama.cpp server (``xllamacpp``, the bundled SmolLM2-135M-Instruct) through
+the sidecar's ``llm`` tool; the key is made up per run and held only by the sidecar and the
+llama.cpp process. A planner that cannot be built here (a ``local`` model that does not
+load) is reported as unavailable, with why.
 
-Every task runs as one agent run; up to ``--concurrency`` at once. A task *succeeds* when
+The ``local`` planner (the 135M model in torch on the CPU, about a minute per task on 2
+busy cores) runs 16 of the tasks by default, taken in turn from each category
+(``--local-tasks 0``: all 64). Every task runs as one agent run; up to ``--concurrency`` at
+once. A task *succeeds* when
 the run finished with an answer, every expected tool call was proposed (right tool, right
 arguments), and the answer contains an expected value. Reported per planner: success rate,
 tool-call and answer accuracy, steps and tool calls per task, run latency (p50/p95), and
@@ -50,11 +54,11 @@ from tasks import TASKS, EvalTask, fold  # noqa: E402
 
 from brain._exceptions import BrainError  # noqa: E402
 from brain._metrics import BrainMetrics  # noqa: E402
-from brain._planners.factory import PlannerConfig, build_planner  # noqa: E402
-from brain._planners.openai import OpenAIOptions  # noqa: E402
+from brain._planners.factory import build_planner  # noqa: E402
 from brain._runs.record import Run, RunSpec  # noqa: E402
+from brain.cli import planner_config  # noqa: E402
 from demo_tools.config import local_tools_yaml  # noqa: E402
-from llamacpp_server import LlamaCppServer  # noqa: E402
+from demo_tools.llamacpp import SMALL_MODEL_FLAGS, LlamaCppServer, llm_tool  # noqa: E402
 
 from brain_harness import BrainServer  # noqa: E402
 from harness import SidecarProcess  # noqa: E402
@@ -65,18 +69,9 @@ PLANNERS = ("router", "local", "openai")
 #: repeats a call is held to a few.
 MAX_CALLS = 3
 
-#: The openai planner as configured for a small model behind llama.cpp: JSON steps whose
-#: schema llama.cpp enforces, a tool call first, an answer after one step of tools.
-LLAMA_OPTIONS = OpenAIOptions(
-    tool_format="json_schema",
-    first_step_calls_tool=True,
-    max_tool_steps=1,
-    # Room for MAX_CALLS calls with long string arguments (a 135M model fills them).
-    max_tokens=320,
-    answer_max_chars=240,
-    timeout_s=600,
-    schema_extensions={"x-guidance": {"whitespace_flexible": False}},
-)
+#: The planners as ``brain serve`` builds them from these flags; the openai planner as
+#: ``make run PLANNER=openai`` runs it in front of a small model on llama.cpp.
+PLANNER_FLAGS: dict[str, tuple[str, ...]] = {"openai": SMALL_MODEL_FLAGS}
 
 
 @dataclass(slots=True)
@@ -151,19 +146,7 @@ def demo_tool_service() -> Iterator[str]:
 def tools_yaml(demo_url: str, llm_url: str | None) -> str:
     config = yaml.safe_load(resources.files("demo_tools").joinpath("tools.yaml").read_text())
     if llm_url is not None:
-        config["tools"].append(
-            {
-                "name": "llm",
-                "description": "Chat completions for the brain's planner.",
-                "input_schema": {"type": "object", "required": ["messages"]},
-                "request": {
-                    "method": "POST",
-                    "url": f"{llm_url}/v1/chat/completions",
-                    "headers": {"Authorization": "Bearer ${env:LLM_API_KEY}"},
-                },
-                "timeout": "600s",
-            }
-        )
+        config["tools"].append(llm_tool(llm_url))
     return local_tools_yaml(config, replace={"http://127.0.0.1:8081": demo_url})
 
 
@@ -241,7 +224,7 @@ async def eval_planner(
                 ctx=4096 * args.concurrency,
                 log_path=workdir / "llama-server.log",
             ).start()
-        config = PlannerConfig(kind=name, openai=LLAMA_OPTIONS)
+        config = planner_config(["--planner", name, *PLANNER_FLAGS.get(name, ())])
         sidecar_dir = workdir / f"sidecar-{name}"
         sidecar_dir.mkdir(parents=True, exist_ok=True)
         sidecar = SidecarProcess(
@@ -294,21 +277,22 @@ def markdown(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     lines = [
         "# Planning quality (make eval)",
         "",
-        f"{meta['tasks']} tasks; {meta['machine']}; {meta['date']}.",
+        f"{meta['machine']}; {meta['date']}.",
         "",
-        "| planner | success | right calls | right answer | steps/task | calls/task "
-        "| p50 latency | p95 latency |",
-        "|---|---|---|---|---|---|---|---|",
+        "| planner | tasks | success | right calls | right answer | steps/task | calls/task "
+        "| p50 latency | p95 latency | wall |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         if not r["available"]:
-            lines.append(f"| {r['planner']} | unavailable: {r['reason']} | | | | | | |")
+            lines.append(f"| {r['planner']} | | unavailable: {r['reason']} | | | | | | | |")
             continue
         s = r["summary"]
         lines.append(
-            f"| {r['planner']} | {s['success_rate']:.0%} | {s['tool_call_accuracy']:.0%} "
-            f"| {s['answer_accuracy']:.0%} | {s['mean_steps']:.2f} | {s['mean_tool_calls']:.2f} "
-            f"| {s['latency_p50_s']:.2f} s | {s['latency_p95_s']:.2f} s |"
+            f"| {r['planner']} | {s['tasks']} | {s['success_rate']:.0%} "
+            f"| {s['tool_call_accuracy']:.0%} | {s['answer_accuracy']:.0%} "
+            f"| {s['mean_steps']:.2f} | {s['mean_tool_calls']:.2f} "
+            f"| {s['latency_p50_s']:.1f} s | {s['latency_p95_s']:.1f} s | {r['wall_s']:.0f} s |"
         )
     lines += ["", "Success by category:", ""]
     available = [r for r in results if r["available"]]
@@ -332,6 +316,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--planner", action="append", choices=PLANNERS, help="default: all")
     parser.add_argument("--limit", type=int, help="only the first N tasks")
     parser.add_argument("--only", help="comma-separated task ids")
+    parser.add_argument(
+        "--local-tasks",
+        type=int,
+        default=16,
+        help="the local planner runs this many tasks, a few of each category (0: all; "
+        "on 2 busy CPU cores the 135M model in torch takes about a minute per task)",
+    )
     parser.add_argument("--concurrency", type=int, default=2, help="runs in flight at once")
     parser.add_argument("--deadline", type=float, default=900.0, help="seconds per run")
     parser.add_argument(
@@ -348,21 +339,39 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def select(args: argparse.Namespace) -> list[EvalTask]:
+def select(args: argparse.Namespace, planner: str = "") -> list[EvalTask]:
     tasks = list(TASKS)
     if args.only:
         wanted = set(args.only.split(","))
         tasks = [t for t in tasks if t.id in wanted]
     if args.limit:
         tasks = tasks[: args.limit]
+    elif planner == "local" and not args.only and args.local_tasks:
+        tasks = stratified(tasks, args.local_tasks)
     return tasks
 
 
+def stratified(tasks: list[EvalTask], n: int) -> list[EvalTask]:
+    """``n`` tasks taken in turn from each category (in the order of ``TASKS``), so a
+    subset still covers every category: 16 give 3 of each of the first four, 2 of the
+    last two."""
+    by_category: dict[str, list[EvalTask]] = defaultdict(list)
+    for task in tasks:
+        by_category[task.category].append(task)
+    picked: list[EvalTask] = []
+    while len(picked) < min(n, len(tasks)):
+        for queue in by_category.values():
+            if queue and len(picked) < n:
+                picked.append(queue.pop(0))
+    order = {t.id: i for i, t in enumerate(tasks)}
+    return sorted(picked, key=lambda t: order[t.id])
+
+
 async def amain(args: argparse.Namespace) -> list[dict[str, Any]]:
-    tasks = select(args)
     results = []
     with demo_tool_service() as demo_url:
         for name in args.planner or PLANNERS:
+            tasks = select(args, name)
             result = await eval_planner(name, tasks, demo_url, args.results / "work", args)
             if not result["available"]:
                 print(f"==> {name}: unavailable ({result['reason']})")
@@ -378,10 +387,10 @@ def main(argv: list[str] | None = None) -> int:
     (args.results / "work").mkdir(parents=True, exist_ok=True)
     results = asyncio.run(amain(args))
     meta = {
-        "tasks": len(select(args)),
+        "tasks": {name: len(select(args, name)) for name in args.planner or PLANNERS},
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "llama_options": repr(LLAMA_OPTIONS),
+        "planner_flags": PLANNER_FLAGS,
     }
     report = {"meta": meta, "results": results}
     (args.results / "eval.json").write_text(json.dumps(report, indent=1, ensure_ascii=False))

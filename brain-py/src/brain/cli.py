@@ -17,6 +17,7 @@ import asyncio
 import os
 import signal
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import uvloop
@@ -26,14 +27,18 @@ from ._client import SidecarClient
 from ._exceptions import AdmissionRefused, BrainError
 from ._logging import setup_logging
 from ._metrics import BrainMetrics
-from ._planners.factory import PLANNERS, PlannerConfig, build_planner
+from ._planners.factory import PLANNERS, ROUTER_ANSWERS, PlannerConfig, build_planner
 from ._planners.openai import TOOL_FORMATS, OpenAIOptions
 from ._runs.manager import RunManagerOptions
 from ._runs.record import RunEvent, RunSpec
 
-__all__ = ["main"]
+__all__ = ["main", "planner_config"]
 
 DEFAULT_SIDECAR = "unix:/tmp/tandem/sidecar.sock"
+
+#: ``--llm-compact-json``: llguidance (llama.cpp's grammar engine) reads this key of a JSON
+#: schema; without optional whitespace a step takes fewer tokens.
+COMPACT_JSON = {"x-guidance": {"whitespace_flexible": False}}
 
 
 def _env(name: str, default: str) -> str:
@@ -119,6 +124,14 @@ def _planner_flags(p: argparse.ArgumentParser) -> None:
         default=os.environ.get("BRAIN_EMBEDDING_MODEL_DIR"),
         help="router planner: sentence-embedding model (default: the bundled all-MiniLM-L6-v2)",
     )
+    p.add_argument(
+        "--router-answers",
+        choices=ROUTER_ANSWERS,
+        default=_env("BRAIN_ROUTER_ANSWERS", "template"),
+        help="router planner: who writes the final answer: template (sentences built from "
+        "the results, no model) or local (the local causal LM of --model-dir/--gguf, else "
+        "the bundled one) (BRAIN_ROUTER_ANSWERS; %(default)s)",
+    )
     p.add_argument("--device", default=os.environ.get("BRAIN_DEVICE"), help="cuda or cpu")
     p.add_argument(
         "--llm-threads",
@@ -152,6 +165,32 @@ def _planner_flags(p: argparse.ArgumentParser) -> None:
         default=_env("BRAIN_LLM_FIRST_STEP_CALLS_TOOL", "") in ("1", "true"),
         help="openai: the first step must call a tool (BRAIN_LLM_FIRST_STEP_CALLS_TOOL)",
     )
+    p.add_argument(
+        "--llm-max-tokens",
+        type=int,
+        default=int(_env("BRAIN_LLM_MAX_TOKENS", "1024")),
+        help="openai: max_tokens per completion (BRAIN_LLM_MAX_TOKENS; %(default)s)",
+    )
+    p.add_argument(
+        "--llm-answer-max-chars",
+        type=int,
+        default=_optional_int(os.environ.get("BRAIN_LLM_ANSWER_MAX_CHARS")),
+        help="openai, json_schema: the longest answer in characters, well within "
+        "--llm-max-tokens so a reply is never cut (BRAIN_LLM_ANSWER_MAX_CHARS; default: none)",
+    )
+    p.add_argument(
+        "--llm-timeout",
+        type=float,
+        default=float(_env("BRAIN_LLM_TIMEOUT", "60")),
+        help="openai: seconds one completion may take (BRAIN_LLM_TIMEOUT; %(default)s)",
+    )
+    p.add_argument(
+        "--llm-compact-json",
+        action=argparse.BooleanOptionalAction,
+        default=_env("BRAIN_LLM_COMPACT_JSON", "") in ("1", "true"),
+        help="openai, json_schema: ask llama.cpp's grammar engine (llguidance) for JSON "
+        "without optional whitespace: fewer tokens per step (BRAIN_LLM_COMPACT_JSON)",
+    )
 
 
 def _planner_config(args: argparse.Namespace) -> PlannerConfig:
@@ -162,14 +201,25 @@ def _planner_config(args: argparse.Namespace) -> PlannerConfig:
         llm_threads=int(args.llm_threads) if args.llm_threads else None,
         embedding_model_dir=args.embedding_model_dir,
         device=args.device,
+        router_answers=args.router_answers,
         openai=OpenAIOptions(
             model=args.llm_model,
             llm_tool=args.llm_tool,
             tool_format=args.llm_tool_format,
             max_tool_steps=args.llm_max_tool_steps,
             first_step_calls_tool=args.llm_first_step_calls_tool,
+            max_tokens=args.llm_max_tokens,
+            answer_max_chars=args.llm_answer_max_chars,
+            timeout_s=args.llm_timeout,
+            schema_extensions=COMPACT_JSON if args.llm_compact_json else {},
         ),
     )
+
+
+def planner_config(flags: Sequence[str]) -> PlannerConfig:
+    """The planner configuration that ``brain serve`` builds from ``flags`` (the planner
+    flags of ``--help``), for programs that host a brain in-process (``make eval``)."""
+    return _planner_config(_parser().parse_args(["serve", *flags]))
 
 
 def _brain(args: argparse.Namespace, options: BrainOptions | None = None) -> Brain:

@@ -306,21 +306,29 @@ class Engine:
 
     def _loop(self) -> None:
         try:
-            while True:
-                with self._cond:
-                    while not (self._closed or self._waiting or self._running):
-                        self._cond.wait(1.0)
-                    if self._closed:
-                        break
-                self._reap()
-                self._admit()
-                if self._running:
-                    self._decode_step()
+            # Everything on this thread in inference mode, not only prefill and decode: the
+            # KV buffers a decode step grows are inference tensors, and admitting (zeroing
+            # a row) or a leaving sequence (moving a row) writes them in place, which torch
+            # refuses outside inference mode (it stopped the engine mid-eval).
+            with torch.inference_mode():
+                self._serve()
         except BaseException as exc:  # a bug here must not leave callers hanging
             log.exception("the language model engine stopped")
             self._fail_all(EngineClosed(f"the language model engine stopped: {exc!r}"))
             raise
         self._fail_all(EngineClosed("the language model engine was closed"))
+
+    def _serve(self) -> None:
+        while True:
+            with self._cond:
+                while not (self._closed or self._waiting or self._running):
+                    self._cond.wait(1.0)
+                if self._closed:
+                    return
+            self._reap()
+            self._admit()
+            if self._running:
+                self._decode_step()
 
     def _fail_all(self, error: Exception) -> None:
         with self._cond:

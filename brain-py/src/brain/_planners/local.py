@@ -128,13 +128,14 @@ def system_message(state: PlanningState, examples: Any = DEFAULT_EXAMPLES) -> st
 
 
 def _observation_text(obs: Any, limit: int) -> str:
-    from .router import _error_text, summarize
+    from .answers import error_text
+    from .router import summarize
 
     args = orjson.dumps(obs.call.arguments).decode() if obs.call.arguments is not None else "?"
     if obs.ok:
         body = summarize(obs.result, limit)
     else:
-        body = f"error ({obs.status}): {_error_text(obs.content)}"
+        body = f"error ({obs.status}): {error_text(obs.content)}"
     return f"{obs.call.name}({args}) -> {body}"
 
 
@@ -286,9 +287,16 @@ class LocalPlanner:
             text += "### assistant\n"
         return list(tok(text)["input_ids"])
 
-    def grammar(self, state: PlanningState) -> str:
+    def grammar(self, state: PlanningState, *, answer_only: bool = False) -> str:
         from .._engine.grammar import tool_call_grammar
 
+        if answer_only:
+            return tool_call_grammar(
+                state.tools,
+                answer=True,
+                calls=False,
+                answer_max_chars=self.options.answer_max_chars,
+            )
         ok_steps = sum(
             1 for t in state.history if t.observations and all(o.ok for o in t.observations)
         )
@@ -303,6 +311,18 @@ class LocalPlanner:
         )
 
     async def plan(self, state: PlanningState) -> Step:
+        return parse_reply(await self._generate(state, self.grammar(state)))
+
+    async def write_answer(self, state: PlanningState) -> str:
+        """The final answer to ``state.task`` from its history's results, written by the
+        model and constrained to an answer (no tool calls): for planners that choose tools
+        without a model (the router) but want the answer in words."""
+        step = parse_reply(await self._generate(state, self.grammar(state, answer_only=True)))
+        if step.final is None:
+            raise PlannerOutputError("the model did not answer", "")
+        return step.final
+
+    async def _generate(self, state: PlanningState, grammar: str) -> str:
         from .._engine.engine import GenerationRequest
 
         await self.start()
@@ -310,7 +330,7 @@ class LocalPlanner:
         request = GenerationRequest(
             prompt_ids=ids,
             max_new_tokens=self.options.max_new_tokens,
-            grammar=self.grammar(state),
+            grammar=grammar,
             prefix_len=prefix,
             deadline=time.monotonic() + max(0.01, state.time_left),
         )
@@ -321,4 +341,5 @@ class LocalPlanner:
         except Exception as exc:
             raise PlannerError(f"generation failed: {exc!r}") from exc
         self.steps += 1
-        return parse_reply(result.text)
+        text: str = result.text
+        return text

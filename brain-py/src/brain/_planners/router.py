@@ -18,33 +18,45 @@ text, guided by the tool's JSON Schema:
 * a query or keywords argument takes the task without its filler words; any other
   required string takes the whole task.
 
-Step 2: the answer is written from the observations (the main fields of each result, or
-the error a tool reported).
+Step 2: the answer. With a local causal LM loaded (``--router-answers local``: the
+bundled SmolLM2-135M-Instruct, or ``--gguf``/``--model-dir``), the model writes it from
+the observations, constrained to one answer (:meth:`LocalPlanner.write_answer`), in the
+engine every run shares. Without one (the default), or when the model fails, the answer
+is built from the results without a model
+(:func:`~brain._planners.answers.describe_observations`): sentences with their main facts,
+the comparison the task asks for first, or the error a tool reported.
 
 What it cannot do, compared with an LLM planner: chain tools (use one tool's output as
-another's input), pick more than one kind of tool per task, reason about results, fix
-arguments after INVALID_ARGUMENTS beyond what the text says, or phrase an answer in
-prose. It is fast, deterministic, needs no server and no API key, and shows the whole
-path (batched local inference, the agent loop, the sidecar) working end to end.
+another's input), pick more than one kind of tool per task, reason about results beyond
+comparing one field, or fix arguments after INVALID_ARGUMENTS beyond what the text says.
+It is fast, deterministic, needs no server and no API key, and shows the whole path
+(batched local inference, the agent loop, the sidecar) working end to end.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from .._embedding import SentenceEmbedder
 from .._exceptions import PlannerError
 from .._types import ToolInfo
+from .answers import describe_observations
 from .base import Observation, PlanningState, Step, ToolCallRequest, new_call_id
 
+if TYPE_CHECKING:
+    from .local import LocalPlanner
+
 __all__ = ["RouterOptions", "RouterPlanner"]
+
+log = logging.getLogger("brain.planner.router")
 
 #: Common names of enum values (units), matched as whole words, case-insensitively.
 ALIASES: dict[str, tuple[str, ...]] = {
@@ -223,29 +235,46 @@ class RouterPlanner:
 
     name = "router"
 
-    def __init__(self, embedder: SentenceEmbedder, *, options: RouterOptions | None = None) -> None:
+    def __init__(
+        self,
+        embedder: SentenceEmbedder,
+        *,
+        options: RouterOptions | None = None,
+        answer_model: LocalPlanner | None = None,
+    ) -> None:
         self.embedder = embedder
         self.options = options or RouterOptions()
+        #: Writes the final answer when set (a local causal LM); else no model does.
+        self.answer_model = answer_model
+        #: Answers the model could not write (it failed), written without it instead.
+        self.answer_fallbacks = 0
 
     @property
     def ready(self) -> bool:
-        return self.embedder.ready
+        return self.embedder.ready and (self.answer_model is None or self.answer_model.ready)
 
     @property
     def reserved_tools(self) -> frozenset[str]:
         return frozenset()
 
     async def start(self) -> None:
-        await self.embedder.start()
+        if self.answer_model is None:
+            await self.embedder.start()
+        else:
+            await asyncio.gather(self.embedder.start(), self.answer_model.start())
 
     async def aclose(self) -> None:
-        await self.embedder.aclose()
+        try:
+            await self.embedder.aclose()
+        finally:
+            if self.answer_model is not None:
+                await self.answer_model.aclose()
 
     # ---------------------------------------------------------------- planning
 
     async def plan(self, state: PlanningState) -> Step:
         if state.history:
-            return Step.answer(self.answer(state.task, state.history[-1].observations))
+            return await self.final_answer(state)
         if not state.tools:
             return Step.answer("No tools are available to this run, so I cannot act on the task.")
         ranked = await self.rank(state.task, state.tools, timeout=max(0.01, state.time_left))
@@ -407,15 +436,28 @@ class RouterPlanner:
 
     # ---------------------------------------------------------------- answers
 
+    async def final_answer(self, state: PlanningState) -> Step:
+        """The answer to the task from the last step's observations: written by the local
+        model when one is loaded, else (or when it fails) without a model."""
+        observations = state.history[-1].observations
+        if self.answer_model is not None:
+            try:
+                return Step.answer(await self.answer_model.write_answer(state))
+            except (TimeoutError, asyncio.CancelledError):
+                raise
+            except PlannerError as exc:
+                # The results are in; a model that cannot phrase them does not lose them.
+                self.answer_fallbacks += 1
+                log.warning("answer model failed, answering without it: %s", exc)
+                return Step(
+                    final=self.answer(state.task, observations),
+                    text=f"answered without the model ({exc})",
+                )
+        return Step.answer(self.answer(state.task, observations))
+
     def answer(self, task: str, observations: Sequence[Observation]) -> str:
-        parts = []
-        for obs in observations:
-            label = f"{obs.call.name}({_short_args(obs.call.arguments)})"
-            if obs.ok:
-                parts.append(f"{label}: {summarize(obs.result)}")
-            else:
-                parts.append(f"{label} failed ({obs.status}): {_error_text(obs.content)}")
-        return "\n".join(parts) if parts else "Nothing was found."
+        """The answer without a model: sentences built from the results."""
+        return describe_observations(task, observations) if observations else "Nothing was found."
 
 
 def _is_expression(name: str, description: str) -> bool:
@@ -504,27 +546,3 @@ def summarize(value: Any, limit: int = 300) -> str:
     walk(value, "", 0)
     text = "; ".join(parts)
     return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _short_args(args: dict[str, Any] | None) -> str:
-    if not args:
-        return ""
-    return ", ".join(f"{k}={v!r}" for k, v in args.items())
-
-
-def _error_text(content: str) -> str:
-    try:
-        body = orjson.loads(content)
-    except orjson.JSONDecodeError:
-        return content[:200]
-    if isinstance(body, dict):
-        inner = body.get("body")
-        if isinstance(inner, str):
-            try:
-                parsed = orjson.loads(inner)
-                if isinstance(parsed, dict) and "error" in parsed:
-                    return str(parsed["error"])[:200]
-            except orjson.JSONDecodeError:
-                pass
-        return str(body.get("error", content))[:200]
-    return content[:200]

