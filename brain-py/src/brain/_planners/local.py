@@ -317,19 +317,26 @@ class LocalPlanner:
         """The final answer to ``state.task`` from its history's results, written by the
         model and constrained to an answer (no tool calls): for planners that choose tools
         without a model (the router) but want the answer in words."""
-        step = parse_reply(await self._generate(state, self.grammar(state, answer_only=True)))
+        # The grammar closes the answer at answer_max_chars, so a budget of a token per
+        # character (and the reply's braces) lets a rambling model reach that close
+        # instead of being cut off mid-string.
+        budget = max(self.options.max_new_tokens, self.options.answer_max_chars + 16)
+        grammar = self.grammar(state, answer_only=True)
+        step = parse_reply(await self._generate(state, grammar, max_new_tokens=budget))
         if step.final is None:
             raise PlannerOutputError("the model did not answer", "")
         return step.final
 
-    async def _generate(self, state: PlanningState, grammar: str) -> str:
+    async def _generate(
+        self, state: PlanningState, grammar: str, *, max_new_tokens: int | None = None
+    ) -> str:
         from .._engine.engine import GenerationRequest
 
         await self.start()
         ids, prefix = self.prompt_ids(state)
         request = GenerationRequest(
             prompt_ids=ids,
-            max_new_tokens=self.options.max_new_tokens,
+            max_new_tokens=max_new_tokens or self.options.max_new_tokens,
             grammar=grammar,
             prefix_len=prefix,
             deadline=time.monotonic() + max(0.01, state.time_left),

@@ -258,10 +258,13 @@ class RouterPlanner:
         return frozenset()
 
     async def start(self) -> None:
-        if self.answer_model is None:
-            await self.embedder.start()
-        else:
-            await asyncio.gather(self.embedder.start(), self.answer_model.start())
+        # One after the other: the embedder imports transformers in a worker thread, and
+        # the answer model's grammar (llguidance.hf) reads transformers' attributes while
+        # that import is still running ("module 'transformers' has no attribute
+        # 'PreTrainedTokenizerFast'"), since transformers' lazy module is not thread-safe.
+        await self.embedder.start()
+        if self.answer_model is not None:
+            await self.answer_model.start()
 
     async def aclose(self) -> None:
         try:
