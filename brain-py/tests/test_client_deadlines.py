@@ -8,9 +8,8 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
 
-import grpc
-import grpc.aio
 import pytest
+from dispatcher_server import serving
 
 from brain import ClientOptions, SidecarClient, Status
 from brain._proto.dispatch.v1 import dispatch_pb2 as pb
@@ -52,14 +51,8 @@ class FakeSidecar(pb_grpc.DispatcherServicer):
 @pytest.fixture
 async def sidecar() -> AsyncIterator[tuple[FakeSidecar, str]]:
     servicer = FakeSidecar()
-    server = grpc.aio.server()
-    pb_grpc.add_DispatcherServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    try:
-        yield servicer, f"127.0.0.1:{port}"
-    finally:
-        await server.stop(None)
+    async with serving(servicer) as target:
+        yield servicer, target
 
 
 async def test_finished_calls_leave_no_deadline_behind(sidecar: tuple[FakeSidecar, str]) -> None:

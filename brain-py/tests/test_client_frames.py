@@ -7,9 +7,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
-import grpc
-import grpc.aio
 import pytest
+from dispatcher_server import serving
 
 from brain import ClientOptions, SidecarClient, Status
 from brain._client import _CALLS_TAG, _CANCEL_TAG, _frame_field, _tool_call
@@ -55,14 +54,8 @@ class RecordingSidecar(pb_grpc.DispatcherServicer):
 @pytest.fixture
 async def sidecar() -> AsyncIterator[tuple[RecordingSidecar, str]]:
     servicer = RecordingSidecar()
-    server = grpc.aio.server()
-    pb_grpc.add_DispatcherServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    try:
-        yield servicer, f"127.0.0.1:{port}"
-    finally:
-        await server.stop(None)
+    async with serving(servicer) as target:
+        yield servicer, target
 
 
 @pytest.mark.parametrize("linger", [0.0, 0.0005, 0.005])
