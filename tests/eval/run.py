@@ -30,6 +30,7 @@ import json
 import os
 import platform
 import secrets
+import signal
 import statistics
 import subprocess
 import sys
@@ -385,7 +386,15 @@ def main(argv: list[str] | None = None) -> int:
         release = REPO / "sidecar-rs/target/release/sidecar"
         args.sidecar_bin = release if release.exists() else None  # None: the harness's default
     (args.results / "work").mkdir(parents=True, exist_ok=True)
-    results = asyncio.run(amain(args))
+    # SIGTERM stops the eval as Ctrl-C does: asyncio.run cancels the tasks, whose
+    # finally blocks stop the tool service, the sidecar and llama.cpp it started (with
+    # the default action they would outlive it).
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        results = asyncio.run(amain(args))
+    except KeyboardInterrupt:
+        print("eval: interrupted; the processes it started are stopped", file=sys.stderr)
+        return 130
     meta = {
         "tasks": {name: len(select(args, name)) for name in args.planner or PLANNERS},
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
