@@ -22,6 +22,7 @@ from brain._brain import Brain, BrainOptions
 from brain._metrics import BrainMetrics
 from brain._planners.base import Planner, PlanningState, Step, ToolCallRequest
 from demo_tools.config import local_tools_yaml
+from demo_tools.llamacpp import llm_tool
 
 LLM_API_KEY = "sk-test-only-the-sidecar-knows-this"
 
@@ -54,19 +55,7 @@ def tools_config(base: str, *, llm: bool = False, extra: list[dict[str, Any]] | 
         },
     ]
     if llm:
-        tools.append(
-            {
-                "name": "llm",
-                "description": "Chat completions for the brain's planner.",
-                "input_schema": {"type": "object", "required": ["messages"]},
-                "request": {
-                    "method": "POST",
-                    "url": f"{base}/v1/chat/completions",
-                    "headers": {"Authorization": "Bearer ${env:LLM_API_KEY}"},
-                },
-                "timeout": "20s",
-            }
-        )
+        tools.append(llm_tool(base, timeout="20s"))
     tools += extra or []
     return local_tools_yaml({"defaults": {"timeout": "10s"}, "tools": tools})
 

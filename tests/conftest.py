@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+import demo_tools.process as demo_service
 from brain import ClientOptions, SidecarClient
 
 from harness import SidecarProcess, Upstream
@@ -25,21 +24,8 @@ def upstream() -> Iterator[Upstream]:
 def demo_tools() -> Iterator[str]:
     """The demo tool service (weather, calculator, units, clock, search) on a free port;
     yields its base URL."""
-    proc = subprocess.Popen(
-        [sys.executable, "-u", "-m", "demo_tools", "--port", "0"],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        assert line.startswith("demo-tools listening on "), line
-        yield line.split()[-1]
-    finally:
-        proc.terminate()
-        proc.wait(10)
-        if proc.stdout is not None:
-            proc.stdout.close()
+    with demo_service.running() as url:
+        yield url
 
 
 @pytest.fixture

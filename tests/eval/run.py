@@ -32,12 +32,9 @@ import platform
 import secrets
 import signal
 import statistics
-import subprocess
 import sys
 import time
 from collections import Counter, defaultdict
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -53,6 +50,7 @@ for path in (EVAL_DIR, TESTS_DIR):
 import yaml  # noqa: E402
 from tasks import TASKS, EvalTask, fold  # noqa: E402
 
+import demo_tools.process as demo_service  # noqa: E402
 from brain._exceptions import BrainError  # noqa: E402
 from brain._metrics import BrainMetrics  # noqa: E402
 from brain._planners.factory import build_planner  # noqa: E402
@@ -124,24 +122,6 @@ def score(task: EvalTask, run: Run, latency: float) -> Outcome:
         error=(run.error or "")[:500],
         proposed=proposed,
     )
-
-
-@contextmanager
-def demo_tool_service() -> Iterator[str]:
-    proc = subprocess.Popen(
-        [sys.executable, "-u", "-m", "demo_tools", "--port", "0"], stdout=subprocess.PIPE, text=True
-    )
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        if not line.startswith("demo-tools listening on "):
-            raise RuntimeError(f"the demo tool service did not start: {line!r}")
-        yield line.split()[-1]
-    finally:
-        proc.terminate()
-        proc.wait(10)
-        if proc.stdout is not None:
-            proc.stdout.close()
 
 
 def tools_yaml(demo_url: str, llm_url: str | None) -> str:
@@ -370,7 +350,7 @@ def stratified(tasks: list[EvalTask], n: int) -> list[EvalTask]:
 
 async def amain(args: argparse.Namespace) -> list[dict[str, Any]]:
     results = []
-    with demo_tool_service() as demo_url:
+    with demo_service.running() as demo_url:
         for name in args.planner or PLANNERS:
             tasks = select(args, name)
             result = await eval_planner(name, tasks, demo_url, args.results / "work", args)
