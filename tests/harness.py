@@ -155,6 +155,8 @@ class SidecarProcess:
         self.config_path = workdir / "tools.yaml"
         self.config_path.write_text(config)
         self.socket = workdir / "sidecar.sock"
+        #: The framed Dispatch socket (``--listen frames:``), beside the gRPC one.
+        self.frames_socket = workdir / "frames.sock"
         self.extra_args = list(extra_args)
         self.proc: subprocess.Popen[str] | None = None
         self.logs: list[dict[str, Any]] = []
@@ -196,6 +198,8 @@ class SidecarProcess:
                 f"unix:{self.socket}",
                 "--listen",
                 "127.0.0.1:0",
+                "--listen",
+                f"frames:{self.frames_socket}",
                 "--metrics-listen",
                 "127.0.0.1:0",
                 "--health-listen",
@@ -235,7 +239,9 @@ class SidecarProcess:
             return
         self.logs.append(entry)
         message = entry.get("message")
-        if message == "listening" and not str(entry.get("addr", "")).startswith("unix:"):
+        if message == "listening" and not str(entry.get("addr", "")).startswith(
+            ("unix:", "frames:")
+        ):
             self.tcp_port = int(str(entry["addr"]).rsplit(":", 1)[1])
         elif message == "metrics listening":
             self.metrics_port = int(str(entry["addr"]).rsplit(":", 1)[1])

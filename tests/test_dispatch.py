@@ -1,4 +1,10 @@
-"""The foundation path end to end: Python client -> gRPC -> real sidecar -> real HTTP upstream."""
+"""The foundation path end to end: Python client -> gRPC (or the framed socket) -> real
+sidecar -> real HTTP upstream.
+
+Every test that calls through ``client_for`` runs twice: with the Dispatch stream on gRPC
+and on the sidecar's frames socket, so both transports keep the client's promises
+(exactly one result, cancellation, reconnect, 10,000 concurrent calls, drain). They run
+on uvloop, as the brain does (``conftest.pytest_asyncio_loop_factories``)."""
 
 from __future__ import annotations
 
@@ -85,6 +91,11 @@ tools:
 """
 
 
+@pytest.fixture(params=["grpc", "frames"])
+def transport(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
 @pytest.fixture
 def stack(upstream: Upstream, start_sidecar: Start) -> tuple[Upstream, SidecarProcess]:
     async def weather(request: web.Request) -> web.StreamResponse:
@@ -113,6 +124,7 @@ async def test_round_trip_via_dispatch_and_invoke(
     stack: tuple[Upstream, SidecarProcess], client_for: MakeClient
 ) -> None:
     upstream, sidecar = stack
+    assert type(asyncio.get_running_loop()).__module__.startswith("uvloop")
     client = client_for(sidecar.unix_target)
     r = await client.call("weather", {"city": "Oslo", "units": "f"}, agent_id="a1")
     assert r.status is Status.OK, r

@@ -18,63 +18,22 @@ from collections.abc import Callable
 import grpc
 import grpc.aio
 import pytest
-from aiohttp import web
 
 from brain._proto.dispatch.v1 import dispatch_pb2 as pb
 from brain._proto.dispatch.v1 import dispatch_pb2_grpc as pb_grpc
 from hostile.h2client import INVOKE, H2Client, grpc_message
+from hostile.streams import (
+    MIB,
+    answered_calls,
+    call,
+    config,
+    gauge,
+    wait_until,
+)
 
-from harness import SidecarProcess, Upstream, scrape, tool, tools_file
+from harness import SidecarProcess, Upstream, scrape
 
 Start = Callable[..., SidecarProcess]
-
-MIB = 1 << 20
-#: A result of about this size comes back from /big.
-RESULT_BYTES = 256 * 1024
-
-
-@pytest.fixture
-def slow(upstream: Upstream) -> Upstream:
-    """/slow never answers until its client goes away; /big answers ~32 KB at once."""
-
-    async def never(_: web.Request) -> web.StreamResponse:
-        await asyncio.sleep(3600)
-        return web.json_response({})
-
-    upstream.route("GET", "/slow", never)
-    upstream.json("GET", "/big", {"blob": "x" * RESULT_BYTES})
-    upstream.json("GET", "/fast", {"ok": True})
-    return upstream
-
-
-def config(upstream: Upstream) -> str:
-    return tools_file(
-        tool("slow", f"{upstream.url}/slow", timeout="60s"),
-        tool("big", f"{upstream.url}/big"),
-        tool("fast", f"{upstream.url}/fast"),
-    )
-
-
-def call(call_id: str, name: str) -> pb.ToolCall:
-    return pb.ToolCall(call_id=call_id, tool=name, arguments=b"{}", agent_id="hostile")
-
-
-def gauge(sidecar: SidecarProcess, name: str) -> float:
-    return sum(scrape(sidecar.metrics_port).get(name, {}).values())
-
-
-def answered_calls(sidecar: SidecarProcess, name: str) -> float:
-    calls = scrape(sidecar.metrics_port).get("sidecar_tool_calls_total", {})
-    return sum(v for labels, v in calls.items() if ("tool", name) in labels)
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return predicate()
 
 
 def assert_still_serves(sidecar: SidecarProcess) -> None:

@@ -163,11 +163,15 @@ def test_the_sidecar_is_a_native_sidecar_on_a_shared_socket(
     assert sidecar in pod["initContainers"]
     assert sidecar["restartPolicy"] == "Always"
     assert sidecar["startupProbe"]["grpc"]["port"] == 8081
-    socket_arg = next(a for a in sidecar["args"] if a.startswith("--listen="))
+    socket_arg = next(a for a in sidecar["args"] if a.startswith("--listen=unix:"))
     socket_path = socket_arg.removeprefix("--listen=unix:")
+    frames_arg = next(a for a in sidecar["args"] if a.startswith("--listen=frames:"))
     env = {e["name"]: e.get("value") for e in brain["env"]}
     assert env["BRAIN_SIDECAR"] == f"unix:{socket_path}"
+    # Tool calls take the framed socket; both sockets live in the shared directory.
+    assert env["BRAIN_SIDECAR_FRAMES"] == frames_arg.removeprefix("--listen=frames:")
     socket_dir = str(Path(socket_path).parent)
+    assert str(Path(env["BRAIN_SIDECAR_FRAMES"]).parent) == socket_dir
     mounts = {
         c["name"]: {m["mountPath"]: m["name"] for m in c["volumeMounts"]} for c in (sidecar, brain)
     }

@@ -204,6 +204,7 @@ def main() -> int:
 
     workdir = Path(tempfile.mkdtemp(prefix="tandem-demo-"))
     socket = workdir / "sidecar.sock"
+    frames = workdir / "frames.sock"
     procs: list[tuple[str, subprocess.Popen[str]]] = []
     watchers: list[LineWatcher] = []
     llama: LlamaCppServer | None = None
@@ -264,6 +265,8 @@ def main() -> int:
                 str(config),
                 "--listen",
                 f"unix:{socket}",
+                "--listen",
+                f"frames:{frames}",
                 "--metrics-listen",
                 "127.0.0.1:0",
                 "--log-format",
@@ -281,7 +284,7 @@ def main() -> int:
         line = sidecar_log.wait(r'"message":"metrics listening"', 30).string
         metrics_port = int(json.loads(line)["addr"].rsplit(":", 1)[1])
         sidecar_log.wait(r'"message":"sidecar ready"', 30)
-        print(f"    unix:{socket}, metrics on :{metrics_port}")
+        print(f"    unix:{socket} and frames:{frames}, metrics on :{metrics_port}")
         subprocess.run([python, "-m", "brain", "--sidecar", f"unix:{socket}", "tools"], check=True)
 
         if args.planner == "local":
@@ -314,6 +317,8 @@ def main() -> int:
                 "brain",
                 "--sidecar",
                 f"unix:{socket}",
+                "--sidecar-frames",
+                str(frames),
                 "--log-format",
                 "json",
                 "serve",

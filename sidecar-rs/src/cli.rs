@@ -23,8 +23,10 @@ pub struct Cli {
     #[arg(long, env = "SIDECAR_CONFIG", default_value = "tools.yaml")]
     pub config: PathBuf,
 
-    /// Where to serve gRPC: `host:port` and/or `unix:/path.sock`; repeat to
-    /// listen on several. `host:0` picks a free port (logged at start).
+    /// Where to serve: gRPC on `host:port` and/or `unix:/path.sock`, and the
+    /// Dispatch stream alone, framed without gRPC, on `frames:/path.sock`
+    /// (what the brain uses when given `--sidecar-frames`); repeat to listen
+    /// on several. `host:0` picks a free port (logged at start).
     #[arg(
         long,
         env = "SIDECAR_LISTEN",

@@ -74,6 +74,9 @@ def main() -> int:
     parser.add_argument("--select", action="store_true", help="ask for three fields only")
     parser.add_argument("--seconds", type=int, default=8)
     parser.add_argument(
+        "--native", action="store_true", help="py-spy --native: C frames (uvloop, protobuf) too"
+    )
+    parser.add_argument(
         "--sidecar-bin", type=Path, default=REPO / "sidecar-rs/target/release/sidecar"
     )
     parser.add_argument(
@@ -100,13 +103,16 @@ def main() -> int:
                 "loop": "uvloop",
                 "upstream": nginx.base_url,
                 "sidecar": sidecar.unix_target,
+                "frames": str(sidecar.frames_socket),
                 "deadline_s": 2 * args.seconds + 60,
             }
         )
         try:
             agents.wait_for("ready", 60)
             agents.wait_for("window-start", 60)
-            record = [str(PY_SPY), "record", "--format", "raw", "--nonblocking", "--rate", "250"]
+            # --native needs the process paused per sample (not --nonblocking).
+            mode = ["--native"] if args.native else ["--nonblocking"]
+            record = [str(PY_SPY), "record", "--format", "raw", *mode, "--rate", "250"]
             subprocess.run(
                 [*record, "-d", str(args.seconds), "-o", str(brain_raw), "-p", str(agents.pid)],
                 check=True,

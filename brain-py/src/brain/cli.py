@@ -23,7 +23,7 @@ from pathlib import Path
 import uvloop
 
 from ._brain import Brain, BrainOptions
-from ._client import SidecarClient
+from ._client import ClientOptions, SidecarClient
 from ._exceptions import AdmissionRefused, BrainError
 from ._logging import setup_logging
 from ._metrics import BrainMetrics
@@ -53,6 +53,14 @@ def _parser() -> argparse.ArgumentParser:
         "--sidecar",
         default=_env("BRAIN_SIDECAR", DEFAULT_SIDECAR),
         help="sidecar gRPC target: unix:/path.sock or host:port (BRAIN_SIDECAR; %(default)s)",
+    )
+    parser.add_argument(
+        "--sidecar-frames",
+        metavar="PATH",
+        default=_env("BRAIN_SIDECAR_FRAMES", ""),
+        help="the sidecar's frames socket (its --listen frames:PATH): tool calls travel there "
+        "framed without gRPC, at a fraction of the brain's CPU per call; the tool list still "
+        "comes over --sidecar (BRAIN_SIDECAR_FRAMES; default: calls over gRPC too)",
     )
     parser.add_argument(
         "--log-level", default=_env("BRAIN_LOG_LEVEL", "INFO"), help="BRAIN_LOG_LEVEL"
@@ -223,7 +231,9 @@ def planner_config(flags: Sequence[str]) -> PlannerConfig:
 
 
 def _brain(args: argparse.Namespace, options: BrainOptions | None = None) -> Brain:
-    client = SidecarClient(args.sidecar)
+    client = SidecarClient(
+        args.sidecar, options=ClientOptions(frames_socket=args.sidecar_frames or None)
+    )
     metrics = BrainMetrics()
     planner = build_planner(_planner_config(args), client, metrics)
     return Brain(client, planner, metrics=metrics, options=options)

@@ -140,18 +140,12 @@ impl DispatchService {
             max_stream_bytes: admission.max_undelivered_bytes_per_stream,
         }
     }
-}
 
-type ResultStream = Pin<Box<dyn Stream<Item = Result<ResultFrame, tonic::Status>> + Send>>;
-
-#[tonic::async_trait]
-impl Dispatcher for DispatchService {
-    type DispatchStream = ResultStream;
-
-    async fn dispatch(
-        &self,
-        request: Request<Streaming<DispatchFrame>>,
-    ) -> Result<Response<Self::DispatchStream>, tonic::Status> {
+    /// Starts a Dispatch session reading `inbound`; what it sends the client
+    /// comes out of the returned channel, which the transport drains (gRPC's
+    /// response stream, or [`crate::server::frames`]). Dropping the receiver
+    /// is the client going away: every call of the session is cancelled.
+    pub(crate) fn open(&self, inbound: impl Inbound) -> Result<mpsc::Receiver<Out>, tonic::Status> {
         if self.gate.drain.is_draining() {
             return Err(tonic::Status::unavailable(
                 "sidecar is draining; reconnect to another",
@@ -174,8 +168,23 @@ impl Dispatcher for DispatchService {
             inflight: HashMap::new(),
             ready: VecDeque::new(),
         };
-        tokio::spawn(session.run(request.into_inner(), out_tx));
-        Ok(Response::new(results(out_rx)))
+        tokio::spawn(session.run(inbound, out_tx));
+        Ok(out_rx)
+    }
+}
+
+type ResultStream = Pin<Box<dyn Stream<Item = Result<ResultFrame, tonic::Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Dispatcher for DispatchService {
+    type DispatchStream = ResultStream;
+
+    async fn dispatch(
+        &self,
+        request: Request<Streaming<DispatchFrame>>,
+    ) -> Result<Response<Self::DispatchStream>, tonic::Status> {
+        let out = self.open(request.into_inner())?;
+        Ok(Response::new(results(out)))
     }
 
     async fn invoke(
@@ -210,8 +219,29 @@ impl Dispatcher for DispatchService {
     }
 }
 
+/// Where a session reads the client's frames from: a gRPC request stream or
+/// a framed socket ([`crate::server::frames`]).
+pub(crate) trait Inbound: Send + 'static {
+    /// The next frame; `Ok(None)` once the client has half-closed. An error
+    /// ends the stream with that status after every call in flight has been
+    /// answered CANCELLED. A client that went away is seen by the transport
+    /// dropping the session's receiver.
+    fn message(
+        &mut self,
+    ) -> impl std::future::Future<Output = Result<Option<DispatchFrame>, tonic::Status>> + Send;
+}
+
+impl Inbound for Streaming<DispatchFrame> {
+    fn message(
+        &mut self,
+    ) -> impl std::future::Future<Output = Result<Option<DispatchFrame>, tonic::Status>> + Send
+    {
+        Streaming::message(self)
+    }
+}
+
 /// What a session hands the transport.
-enum Out {
+pub(crate) enum Out {
     /// Results, with the claims released once the transport takes them.
     Frame(ResultFrame, Vec<Claim>),
     /// The end of the stream: OK, or the error that ended it.
@@ -276,7 +306,7 @@ type Slots = (OwnedSemaphorePermit, OwnedSemaphorePermit);
 
 /// A result's hold on the sidecar until the transport takes it: its bytes in
 /// the backlogs and, for a call that ran, its in-flight slots.
-struct Claim {
+pub(crate) struct Claim {
     backlog: Backlog,
     bytes: usize,
     _slots: Option<Slots>,
@@ -313,7 +343,7 @@ struct Session {
 }
 
 impl Session {
-    async fn run(mut self, mut inbound: Streaming<DispatchFrame>, out: mpsc::Sender<Out>) {
+    async fn run(mut self, mut inbound: impl Inbound, out: mpsc::Sender<Out>) {
         let metrics = self.exec.metrics().clone();
         metrics.streams.inc();
         // Never full: a call holds a stream slot until its result is taken.

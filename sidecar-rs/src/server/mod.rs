@@ -7,6 +7,7 @@
 pub mod auth;
 pub mod dispatch;
 pub mod drain;
+pub mod frames;
 pub mod linger;
 
 use std::future::Future;
@@ -48,11 +49,13 @@ const MAX_MESSAGE_BYTES: usize = 64 << 20;
 /// How often idle per-agent rate-limit buckets are forgotten.
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
 
-/// Where to serve gRPC: `host:port` or `unix:/path/to.sock`.
+/// Where to serve: gRPC on `host:port` or `unix:/path/to.sock`, or the
+/// framed Dispatch stream alone on `frames:/path/to.sock` ([`frames`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ListenAddr {
     Tcp(SocketAddr),
     Unix(PathBuf),
+    Frames(PathBuf),
 }
 
 impl FromStr for ListenAddr {
@@ -65,9 +68,17 @@ impl FromStr for ListenAddr {
             }
             return Ok(ListenAddr::Unix(PathBuf::from(path)));
         }
+        if let Some(path) = s.strip_prefix("frames:") {
+            if path.is_empty() {
+                return Err(
+                    "frames: needs a socket path, e.g. frames:/run/tandem/frames.sock".into(),
+                );
+            }
+            return Ok(ListenAddr::Frames(PathBuf::from(path)));
+        }
         s.parse()
             .map(ListenAddr::Tcp)
-            .map_err(|_| format!("{s:?} is neither host:port nor unix:/path"))
+            .map_err(|_| format!("{s:?} is neither host:port, unix:/path nor frames:/path"))
     }
 }
 
@@ -181,10 +192,10 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> an
     let reflection_v1alpha = reflection()
         .build_v1alpha()
         .context("building the reflection service")?;
-    let dispatcher =
-        DispatcherServer::new(DispatchService::new(exec, config.admission, drain.clone()))
-            .max_decoding_message_size(MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let dispatch = Arc::new(DispatchService::new(exec, config.admission, drain.clone()));
+    let dispatcher = DispatcherServer::from_arc(dispatch.clone())
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let server = || {
         Server::builder()
             .http2_keepalive_interval(Some(Duration::from_secs(20)))
@@ -233,24 +244,33 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> an
                 let incoming = TcpIncoming::from(listener)
                     .with_nodelay(Some(true))
                     .map_ok(move |io| Lingering::new(io, closing.clone()));
-                servers.spawn(
-                    tcp_router
-                        .clone()
-                        .serve_with_incoming_shutdown(incoming, stop),
-                );
+                let serve = tcp_router
+                    .clone()
+                    .serve_with_incoming_shutdown(incoming, stop);
+                servers.spawn(async move { serve.await.context("serving gRPC") });
             }
             ListenAddr::Unix(path) => {
-                let listener = bind_unix(path)?;
+                let listener = bind_unix("unix", path)?;
                 tracing::info!(addr = %format!("unix:{}", path.display()), "listening");
                 sockets.push(path.clone());
                 let closing = closing.clone();
                 let incoming = UnixListenerStream::new(listener)
                     .map_ok(move |io| Lingering::new(io, closing.clone()));
-                servers.spawn(
-                    unix_router
-                        .clone()
-                        .serve_with_incoming_shutdown(incoming, stop),
-                );
+                let serve = unix_router
+                    .clone()
+                    .serve_with_incoming_shutdown(incoming, stop);
+                servers.spawn(async move { serve.await.context("serving gRPC") });
+            }
+            ListenAddr::Frames(path) => {
+                let listener = bind_unix("frames", path)?;
+                tracing::info!(addr = %format!("frames:{}", path.display()), "listening");
+                sockets.push(path.clone());
+                servers.spawn(frames::serve(
+                    listener,
+                    dispatch.clone(),
+                    drain.clone(),
+                    MAX_MESSAGE_BYTES,
+                ));
             }
         }
     }
@@ -308,8 +328,8 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> an
         remove_sockets(&sockets);
         return match done {
             Ok(Ok(())) => Err(anyhow::anyhow!("a listener stopped unexpectedly")),
-            Ok(Err(e)) => Err(e).context("serving gRPC"),
-            Err(e) => Err(e).context("gRPC server task"),
+            Ok(Err(e)) => Err(e),
+            Err(e) => Err(e).context("listener task"),
         };
     }
 
@@ -348,10 +368,10 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> an
     Ok(())
 }
 
-async fn join_all(servers: &mut JoinSet<Result<(), tonic::transport::Error>>) {
+async fn join_all(servers: &mut JoinSet<anyhow::Result<()>>) {
     while let Some(done) = servers.join_next().await {
         match done {
-            Ok(Err(e)) => tracing::warn!(error = %e, "listener ended with an error"),
+            Ok(Err(e)) => tracing::warn!(error = format!("{e:#}"), "listener ended with an error"),
             Err(e) if e.is_panic() => tracing::error!(error = %e, "listener panicked"),
             _ => {}
         }
@@ -360,12 +380,12 @@ async fn join_all(servers: &mut JoinSet<Result<(), tonic::transport::Error>>) {
 
 /// Binds a unix socket readable and writable by this user only (0600): the
 /// socket is the brain's door to every credential the sidecar holds.
-fn bind_unix(path: &PathBuf) -> anyhow::Result<UnixListener> {
+fn bind_unix(scheme: &str, path: &PathBuf) -> anyhow::Result<UnixListener> {
     use std::os::unix::fs::{FileTypeExt, PermissionsExt};
     if let Ok(meta) = std::fs::symlink_metadata(path) {
         anyhow::ensure!(
             meta.file_type().is_socket(),
-            "--listen unix:{}: a file that is not a socket is in the way",
+            "--listen {scheme}:{}: a file that is not a socket is in the way",
             path.display()
         );
         // A socket left behind by a previous run that did not exit cleanly.
@@ -376,7 +396,7 @@ fn bind_unix(path: &PathBuf) -> anyhow::Result<UnixListener> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
     let listener = UnixListener::bind(path)
-        .with_context(|| format!("binding --listen unix:{}", path.display()))?;
+        .with_context(|| format!("binding --listen {scheme}:{}", path.display()))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
         .with_context(|| format!("chmod 0600 {}", path.display()))?;
     Ok(listener)
@@ -402,7 +422,12 @@ mod tests {
             "unix:/tmp/s.sock".parse::<ListenAddr>(),
             Ok(ListenAddr::Unix("/tmp/s.sock".into()))
         );
+        assert_eq!(
+            "frames:/tmp/f.sock".parse::<ListenAddr>(),
+            Ok(ListenAddr::Frames("/tmp/f.sock".into()))
+        );
         assert!("unix:".parse::<ListenAddr>().is_err());
+        assert!("frames:".parse::<ListenAddr>().is_err());
         assert!("localhost".parse::<ListenAddr>().is_err());
     }
 }

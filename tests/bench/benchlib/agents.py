@@ -145,7 +145,11 @@ MODES: dict[str, Callable[[Dispatcher, dict[str, Any], Recorder], Awaitable[floa
 
 async def main(cfg: dict[str, Any]) -> None:
     dispatcher = make_dispatcher(
-        cfg["dispatcher"], tools=BY_NAME, upstream=cfg["upstream"], sidecar=cfg["sidecar"]
+        cfg["dispatcher"],
+        tools=BY_NAME,
+        upstream=cfg["upstream"],
+        sidecar=cfg["sidecar"],
+        frames=cfg.get("frames", ""),
     )
     rec = Recorder()
     async with asyncio.timeout(cfg["deadline_s"]):

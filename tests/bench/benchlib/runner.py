@@ -234,6 +234,7 @@ def measure(
         "loop": LOOPS.get(dispatcher, "uvloop"),
         "upstream": nginx.base_url,
         "sidecar": sidecar.unix_target if sidecar else "",
+        "frames": str(sidecar.frames_socket) if sidecar else "",
         "deadline_s": timeout,
         **config,
     }

@@ -1,9 +1,10 @@
 """The dispatchers compared by ``make bench``; every one runs inside the agent process.
 
-* ``tandem``: :class:`brain.SidecarClient` on the sidecar's unix socket (one Dispatch
-  stream, calls made in the same loop tick share a frame); the sidecar does the HTTP,
-  parsing and validation. ``tandem-unary`` uses ``invoke()`` (one RPC per call, no
-  coalescing) for scenario 4.
+* ``tandem``: :class:`brain.SidecarClient` with its Dispatch stream on the sidecar's
+  frames socket, as the brain runs in a pod (calls made in the same loop tick share a
+  frame); the sidecar does the HTTP, parsing and validation. For scenario 4,
+  ``tandem-grpc`` runs the same stream on gRPC and ``tandem-unary`` uses ``invoke()``
+  (one RPC per call, no coalescing).
 * ``python-naive``: httpx + ``json`` + ``jsonschema`` on the default asyncio loop.
 * ``python-tuned``: aiohttp + orjson + jsonschema-rs on uvloop.
 * ``null``: answers at once, to measure what the agent loop itself costs.

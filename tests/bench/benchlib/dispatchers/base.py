@@ -36,14 +36,24 @@ class Dispatcher(Protocol):
 
 
 def make_dispatcher(
-    name: str, *, tools: Mapping[str, ToolSpec], upstream: str, sidecar: str
+    name: str,
+    *,
+    tools: Mapping[str, ToolSpec],
+    upstream: str,
+    sidecar: str,
+    frames: str = "",
 ) -> Dispatcher:
     """The dispatcher called ``name``; ``upstream`` is nginx's base URL, ``sidecar`` the
-    sidecar's gRPC target."""
-    if name in ("tandem", "tandem-unary"):
+    sidecar's gRPC target and ``frames`` its frames socket."""
+    if name in ("tandem", "tandem-grpc", "tandem-unary"):
         from .tandem import TandemDispatcher
 
-        return TandemDispatcher(sidecar, unary=name == "tandem-unary")
+        return TandemDispatcher(
+            name,
+            sidecar,
+            frames=frames if name == "tandem" else "",
+            unary=name == "tandem-unary",
+        )
     if name == "python-naive":
         from .naive import NaiveDispatcher
 

@@ -5,22 +5,25 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from brain import SidecarClient, Status
+from brain import ClientOptions, SidecarClient, Status
 
 from ..tools import CALL_TIMEOUT_S
 from .base import Outcome
 
 
 class TandemDispatcher:
-    """``SidecarClient.call`` (coalesced frames) or ``invoke`` (one unary RPC per call).
+    """``SidecarClient.call`` (coalesced frames) on the frames socket when ``frames`` is
+    given (what the brain runs with in a pod) else on the gRPC stream, or ``invoke`` (one
+    unary RPC per call).
 
     The result stays bytes: an agent that does not read the document never parses it,
     which is the design being measured.
     """
 
-    def __init__(self, target: str, *, unary: bool = False) -> None:
-        self.name = "tandem-unary" if unary else "tandem"
-        self._client = SidecarClient(target)
+    def __init__(self, name: str, target: str, *, frames: str = "", unary: bool = False) -> None:
+        self.name = name
+        options = ClientOptions(frames_socket=frames or None)
+        self._client = SidecarClient(target, options=options)
         self._unary = unary
 
     async def start(self) -> None:

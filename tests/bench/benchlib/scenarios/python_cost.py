@@ -25,8 +25,10 @@ SWEEP = (16, 64, 1024)
 CASES: tuple[tuple[str, str, str, tuple[str, ...]], ...] = (
     ("agent loop only (null)", "null", "ping", ()),
     ("coalesced, tiny", "tandem", "ping", ()),
+    ("coalesced on gRPC, tiny", "tandem-grpc", "ping", ()),
     ("unary Invoke, tiny", "tandem-unary", "ping", ()),
     ("coalesced, 100 KB whole", "tandem", "search", ()),
+    ("coalesced on gRPC, 100 KB whole", "tandem-grpc", "search", ()),
     ("coalesced, 100 KB select 3", "tandem", "search", SEARCH_SELECT),
     ("coalesced, 100 KB catalog whole", "tandem", "catalog", ()),
 )
@@ -72,7 +74,8 @@ def run(ctx: Context) -> ScenarioResult:
             }
         )
         ctx.log(f"    {label:<28} brain {brain_us:7.1f} µs/call")
-    coalesced, whole = rows[1], rows[3]
+    by_case = {row["case"]: row for row in rows}
+    coalesced, whole = by_case["coalesced, tiny"], by_case["coalesced, 100 KB whole"]
     quick_why = "QUICK run: too few calls for 10 ms CPU ticks" if ctx.quick else ""
     return ScenarioResult(
         key="4_python_cost",
@@ -111,6 +114,8 @@ def run(ctx: Context) -> ScenarioResult:
         ],
         notes=[
             f"{CONCURRENCY} agents calling back to back; brain = the whole agent process",
+            "coalesced: the Dispatch stream on the sidecar's frames socket, as the brain "
+            "runs in a pod; 'on gRPC': the same stream on grpc.aio, for comparison",
             "100 KB: the search document; catalog: the second document (unicode, escapes, "
             "a $ref schema), so the per-result cost does not rest on one document",
             "client_us_per_call = brain_us_per_call minus the null row (the agent tasks' "

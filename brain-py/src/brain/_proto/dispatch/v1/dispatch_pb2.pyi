@@ -131,6 +131,14 @@ class ToolResult(_message.Message):
     limited_by: str
     def __init__(self, call_id: _Optional[str] = ..., status: _Optional[_Union[Status, str]] = ..., result: _Optional[bytes] = ..., upstream_status: _Optional[int] = ..., error: _Optional[str] = ..., violations: _Optional[_Iterable[_Union[Violation, _Mapping]]] = ..., retry_after_ms: _Optional[int] = ..., timing: _Optional[_Union[Timing, _Mapping]] = ..., limited_by: _Optional[str] = ...) -> None: ...
 
+class StreamEnd(_message.Message):
+    __slots__ = ("code", "message")
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    code: int
+    message: str
+    def __init__(self, code: _Optional[int] = ..., message: _Optional[str] = ...) -> None: ...
+
 class ListToolsRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...

@@ -1,0 +1,218 @@
+"""The framed transport's client side (``brain._frames``): parsing whatever way the bytes
+arrive, refusing what breaks the protocol, bounded buffering, and the socket it writes.
+The sidecar's side and both together are tested in ``tests/test_hostile_frames.py`` and
+``tests/test_dispatch.py`` (every client test runs on both transports). Each test here runs
+on asyncio's loop and on uvloop's, whose transports differ (``conftest.py``)."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import struct
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from brain._frames import PREFACE, FramedStream, FramedStreamError, _Protocol
+from brain._proto.dispatch.v1 import dispatch_pb2 as pb
+
+
+class FakeTransport(asyncio.Transport):
+    """What the protocol calls on its transport, recorded."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.aborted = False
+        self.paused = False
+
+    def pause_reading(self) -> None:
+        self.paused = True
+
+    def resume_reading(self) -> None:
+        self.paused = False
+
+    def abort(self) -> None:
+        self.aborted = True
+
+
+def feed(proto: _Protocol, data: bytes) -> None:
+    """What a transport does with bytes read from the socket: one read into each buffer
+    the protocol offers, as many as the bytes need."""
+    view = memoryview(data)
+    while view:
+        buffer = proto.get_buffer(len(view))
+        n = min(len(buffer), len(view))
+        buffer[:n] = view[:n]
+        proto.buffer_updated(n)
+        view = view[n:]
+
+
+def frame(kind: int, message: bytes) -> bytes:
+    return struct.pack(">IB", len(message) + 1, kind) + message
+
+
+def result_frame(*call_ids: str, size: int = 8) -> pb.ResultFrame:
+    return pb.ResultFrame(
+        results=[
+            pb.ToolResult(call_id=c, status=pb.STATUS_OK, result=b"x" * size) for c in call_ids
+        ]
+    )
+
+
+async def protocol(max_frame_bytes: int = 1 << 20) -> tuple[_Protocol, FakeTransport]:
+    proto = _Protocol(max_frame_bytes)
+    transport = FakeTransport()
+    proto.connection_made(transport)
+    return proto, transport
+
+
+async def drain(proto: _Protocol) -> list[pb.ResultFrame]:
+    frames = []
+    while (f := await proto.next_frame()) is not None:
+        frames.append(f)
+    return frames
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    sizes=st.lists(st.integers(0, 70_000), min_size=1, max_size=6),
+    cuts=st.lists(st.integers(1, 400_000), max_size=12),
+)
+async def test_frames_parse_the_same_however_the_bytes_arrive(
+    sizes: list[int], cuts: list[int]
+) -> None:
+    sent = [result_frame(f"c{i}", size=n) for i, n in enumerate(sizes)]
+    wire = PREFACE + b"".join(frame(1, f.SerializeToString()) for f in sent)
+    wire += frame(2, pb.StreamEnd(code=0).SerializeToString())
+    proto, transport = await protocol()
+    points = sorted({c % len(wire) for c in cuts} | {0, len(wire)})
+    for start, stop in itertools.pairwise(points):
+        feed(proto, wire[start:stop])
+    assert proto.opened.done()
+    assert proto.opened.exception() is None
+    assert await drain(proto) == sent
+    assert not transport.aborted
+
+
+async def test_a_frame_of_megabytes_grows_the_read_buffer_then_it_shrinks_back() -> None:
+    big, small = result_frame("big", size=5_000_000), result_frame("small")
+    proto, _ = await protocol(max_frame_bytes=1 << 23)
+    wire = PREFACE + frame(1, big.SerializeToString()) + frame(1, small.SerializeToString())
+    feed(proto, wire[:500_000])
+    assert len(proto._buffer) >= 5_000_000
+    feed(proto, wire[500_000:])
+    assert len(proto._buffer) == 256 * 1024
+    assert [await proto.next_frame() for _ in range(2)] == [big, small]
+
+
+async def test_a_stream_end_with_an_error_status_is_raised_after_the_results() -> None:
+    proto, _ = await protocol()
+    end = pb.StreamEnd(code=14, message="sidecar is draining; reconnect to another")
+    feed(proto, PREFACE + frame(1, result_frame("a").SerializeToString()))
+    feed(proto, frame(2, end.SerializeToString()))
+    assert (await proto.next_frame()) == result_frame("a")
+    with pytest.raises(FramedStreamError, match=r"^UNAVAILABLE: sidecar is draining"):
+        await proto.next_frame()
+
+
+async def test_a_connection_that_closes_without_an_end_is_a_broken_stream() -> None:
+    proto, _ = await protocol()
+    feed(proto, PREFACE + frame(1, result_frame("a").SerializeToString())[:-1])
+    proto.connection_lost(ConnectionResetError(104, "Connection reset by peer"))
+    with pytest.raises(FramedStreamError, match=r"without ending the stream.*reset"):
+        await drain(proto)
+
+
+async def test_a_reset_after_the_end_is_not_an_error() -> None:
+    proto, _ = await protocol()
+    feed(proto, PREFACE + frame(2, b""))
+    proto.connection_lost(ConnectionResetError(104, "Connection reset by peer"))
+    assert await drain(proto) == []
+
+
+@pytest.mark.parametrize(
+    ("wire", "error"),
+    [
+        (b"\x00\x00\x08\x07\x00\x00\x00\x00", "no tandem frames preface"),
+        (PREFACE + struct.pack(">IB", 1 << 30, 1), "over the 1048576 limit"),
+        (PREFACE + frame(7, b""), "unknown frame kind 7"),
+    ],
+)
+async def test_what_breaks_the_protocol_fails_the_stream_and_closes_it(
+    wire: bytes, error: str
+) -> None:
+    proto, transport = await protocol()
+    feed(proto, wire)
+    assert transport.aborted
+    with pytest.raises(FramedStreamError, match=error):
+        await proto.next_frame()
+
+
+async def test_unread_frames_stop_the_socket_being_read_until_taken() -> None:
+    proto, transport = await protocol()
+    feed(proto, PREFACE)
+    for i in range(64):
+        feed(proto, frame(1, result_frame(str(i)).SerializeToString()))
+    assert transport.paused
+    for _ in range(32):
+        await proto.next_frame()
+    assert transport.paused
+    await proto.next_frame()
+    assert not transport.paused
+
+
+async def test_the_stream_writes_the_preface_then_length_kind_and_message(
+    tmp_path: Path,
+) -> None:
+    received = bytearray()
+    got_end = asyncio.Event()
+
+    async def sidecar(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        received.extend(await reader.readexactly(len(PREFACE)))
+        writer.write(PREFACE + frame(1, result_frame("r").SerializeToString()))
+        while not got_end.is_set():
+            length, kind = struct.unpack(">IB", await reader.readexactly(5))
+            received.extend(struct.pack(">IB", length, kind))
+            received.extend(await reader.readexactly(length - 1))
+            if kind == 2:
+                writer.write(frame(2, b""))
+                got_end.set()
+        await writer.drain()
+        writer.close()
+
+    path = str(tmp_path / "f.sock")
+    server = await asyncio.start_unix_server(sidecar, path)
+    async with server:
+        stream = FramedStream(path, max_receive_bytes=1 << 20)
+        await stream.wait_for_connection()
+        calls = pb.DispatchFrame(calls=[pb.ToolCall(call_id="1", tool="t", arguments=b"{}")])
+        await stream.write(calls.SerializeToString())
+        await stream.done_writing()
+        assert await stream.read() == result_frame("r")
+        assert await stream.read() is None
+        stream.cancel()
+    assert bytes(received) == (PREFACE + frame(1, calls.SerializeToString()) + frame(2, b""))
+
+
+async def test_connecting_where_no_sidecar_answers_fails_with_the_reason(tmp_path: Path) -> None:
+    missing = FramedStream(str(tmp_path / "none.sock"), max_receive_bytes=1024)
+    with pytest.raises(FramedStreamError, match="UNAVAILABLE: cannot connect to frames:"):
+        await missing.wait_for_connection()
+
+    hung_up = asyncio.Event()
+
+    async def mute(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()
+        writer.close()
+        await writer.wait_closed()
+        hung_up.set()
+
+    path = str(tmp_path / "mute.sock")
+    async with await asyncio.start_unix_server(mute, path):
+        silent = FramedStream(path, max_receive_bytes=1024, preface_timeout=0.2)
+        with pytest.raises(FramedStreamError, match="no answer to the preface"):
+            await silent.wait_for_connection()
+        # The stream gave up and closed: the mute server sees it hang up.
+        await asyncio.wait_for(hung_up.wait(), 5)
