@@ -317,10 +317,17 @@ async def test_overloaded_past_the_inflight_bound_with_bounded_memory(
         return web.json_response({"ok": True})
 
     upstream.route("GET", "/slow", held)
-    sidecar = start_sidecar(tools_yaml(upstream.url), "--max-inflight", "200")
+    # The held calls must outlast the rounds below, which take tens of seconds on a loaded
+    # machine: with the default 10 s they time out, their slots free up, the breaker opens
+    # on the timeouts and later calls get CIRCUIT_OPEN instead of OVERLOADED.
+    config = tools_yaml(upstream.url).replace(
+        "defaults:\n  timeout: 10s", "defaults:\n  timeout: 300s"
+    )
+    assert "timeout: 300s" in config
+    sidecar = start_sidecar(config, "--max-inflight", "200")
     client = client_for(sidecar.unix_target)
 
-    tasks = [asyncio.create_task(client.call("slow", timeout=30)) for _ in range(200)]
+    tasks = [asyncio.create_task(client.call("slow", timeout=300)) for _ in range(200)]
     assert await asyncio.to_thread(upstream.wait_for, lambda: upstream.requests["/slow"] == 200)
     before = sidecar.rss_bytes()
     rounds = []

@@ -243,7 +243,9 @@ class SidecarClient:
             async with asyncio.timeout(timeout):
                 await self._connected.wait()
         except TimeoutError as exc:
-            raise SidecarUnavailable(f"no stream to {self.target} within {timeout}s") from exc
+            raise SidecarUnavailable(
+                f"no stream to {self.dispatch_target} within {timeout}s"
+            ) from exc
 
     @property
     def dispatch_target(self) -> str:
