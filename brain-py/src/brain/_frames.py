@@ -63,7 +63,8 @@ class _Protocol(asyncio.BufferedProtocol):
         #: Resolved by the sidecar's preface (or fails with the reason there was none).
         self.opened: asyncio.Future[None] = loop.create_future()
         self.frames: deque[pb.ResultFrame] = deque()
-        #: Set once the stream is over: ``None`` after a StreamEnd with OK.
+        #: True once the stream is over; ``error`` then says why, ``None`` after a
+        #: StreamEnd with OK.
         self.closed = False
         self.error: FramedStreamError | None = None
         self.reading_paused = False

@@ -240,6 +240,11 @@ impl Inbound for Streaming<DispatchFrame> {
     }
 }
 
+/// How a stream ends whose session went away without an [`Out::End`] (it
+/// cannot, short of a bug): never OK, so a client never mistakes a lost call
+/// for a finished stream.
+pub(crate) const UNANSWERED: &str = "the Dispatch stream ended before its calls were answered";
+
 /// What a session hands the transport.
 pub(crate) enum Out {
     /// Results, with the claims released once the transport takes them.
@@ -262,9 +267,7 @@ fn results(rx: mpsc::Receiver<Out>) -> ResultStream {
             }
             Some(Out::End(None)) => return None,
             Some(Out::End(Some(status))) => status,
-            None => {
-                tonic::Status::internal("the Dispatch stream ended before its calls were answered")
-            }
+            None => tonic::Status::internal(UNANSWERED),
         };
         Some((Err(status), None))
     }))

@@ -32,7 +32,7 @@ use tokio_util::codec::{FramedRead, LengthDelimitedCodec};
 use tokio_util::sync::CancellationToken;
 
 use crate::pb::{DispatchFrame, StreamEnd};
-use crate::server::dispatch::{DispatchService, Inbound, Out};
+use crate::server::dispatch::{DispatchService, Inbound, Out, UNANSWERED};
 use crate::server::drain::Drain;
 use crate::server::linger::LINGER_MAX;
 
@@ -257,9 +257,7 @@ async fn write_results(
                 continue;
             }
             Some(Out::End(status)) => status.unwrap_or_else(|| tonic::Status::ok("")),
-            None => {
-                tonic::Status::internal("the Dispatch stream ended before its calls were answered")
-            }
+            None => tonic::Status::internal(UNANSWERED),
         };
         if write_end(write, &status).await.is_err() {
             return false;
