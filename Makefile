@@ -151,8 +151,8 @@ e2e: $(DEV_STAMP) $(BENCH_STAMP) bench-tools sidecar
 # `make eval`: each planner (router, local, openai -> a llama.cpp server started here)
 # on the fixed task set of tests/eval/tasks.py; results in tests/eval/results/eval.{json,md}.
 # PLANNERS=router,openai picks planners, EVAL_ARGS passes more flags (--limit 10, ...).
-# The local planner runs 16 of the 64 tasks, a few per category (about a minute per task
-# on 2 busy cores); EVAL_ARGS="--local-tasks 0" runs all of them.
+# The local planner runs all 64 with 16 in flight (about 8 minutes on 2 cores);
+# EVAL_ARGS="--local-tasks 16" runs a subset, a few per category.
 
 PLANNERS ?=
 EVAL_ARGS ?=

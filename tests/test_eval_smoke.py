@@ -44,6 +44,7 @@ def test_the_eval_scores_a_few_router_tasks(tmp_path: Path) -> None:
     [router] = report["results"]
     assert router["planner"] == "router"
     assert router["available"] is True, router
+    assert router["concurrency"] == 2  # the default for planners without batching
     outcomes = {o["id"]: o for o in router["outcomes"]}
     assert set(outcomes) == {"w01", "c01", "m01", "u02"}
     for outcome in outcomes.values():

@@ -11,21 +11,21 @@ import pytest
 from dispatcher_server import serving
 
 from brain import ClientOptions, SidecarClient, Status
-from brain._client import _CALLS_TAG, _CANCEL_TAG, _frame_field, _tool_call
+from brain._client import _tool_call
 from brain._proto.dispatch.v1 import dispatch_pb2 as pb
 from brain._proto.dispatch.v1 import dispatch_pb2_grpc as pb_grpc
+from brain._wire import CANCEL_TAG, encode_call, frame_field
 
 
 def test_joined_fields_parse_as_the_frame_protobuf_builds() -> None:
     # Lengths on both sides of each varint byte boundary (127/128, 16383/16384).
-    calls = [
-        _tool_call(str(i), "t", b'"' + b"x" * n + b'"', f"agent-{i}", 2.5, {"k": "v"}, ("/a",))
-        for i, n in enumerate((0, 100, 127, 128, 16_380, 16_384, 300_000))
-    ]
+    sizes = (0, 100, 127, 128, 16_380, 16_384, 300_000)
+    args = [(str(i), "t", b'"' + b"x" * n + b'"', f"agent-{i}") for i, n in enumerate(sizes)]
+    calls = [_tool_call(*a, 2.5, {"k": "v"}, ("/a",)) for a in args]
     cancels = ["7", "x" * 200]
     joined = b"".join(
-        [_frame_field(_CANCEL_TAG, c.encode()) for c in cancels]
-        + [_frame_field(_CALLS_TAG, c.SerializeToString()) for c in calls]
+        [frame_field(CANCEL_TAG, c.encode()) for c in cancels]
+        + [encode_call(*a, 2.5, {"k": "v"}, ("/a",)) for a in args]
     )
     expected = pb.DispatchFrame(calls=calls, cancel_call_ids=cancels)
     assert pb.DispatchFrame.FromString(joined) == expected

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from messages import as_frame
 
 from brain._frames import PREFACE, FramedStream, FramedStreamError, _Protocol
 from brain._proto.dispatch.v1 import dispatch_pb2 as pb
@@ -71,7 +72,7 @@ async def protocol(max_frame_bytes: int = 1 << 20) -> tuple[_Protocol, FakeTrans
 async def drain(proto: _Protocol) -> list[pb.ResultFrame]:
     frames = []
     while (f := await proto.next_frame()) is not None:
-        frames.append(f)
+        frames.append(as_frame(f))
     return frames
 
 
@@ -104,7 +105,7 @@ async def test_a_frame_of_megabytes_grows_the_read_buffer_then_it_shrinks_back()
     assert len(proto._buffer) >= 5_000_000
     feed(proto, wire[500_000:])
     assert len(proto._buffer) == 256 * 1024
-    assert [await proto.next_frame() for _ in range(2)] == [big, small]
+    assert [as_frame(await proto.next_frame()) for _ in range(2)] == [big, small]
 
 
 async def test_a_stream_end_with_an_error_status_is_raised_after_the_results() -> None:

@@ -10,10 +10,10 @@ the sidecar's ``llm`` tool; the key is made up per run and held only by the side
 llama.cpp process. A planner that cannot be built here (a ``local`` model that does not
 load) is reported as unavailable, with why.
 
-The ``local`` planner (the 135M model in torch on the CPU, about a minute per task on 2
-busy cores) runs 16 of the tasks by default, taken in turn from each category
-(``--local-tasks 0``: all 64). Every task runs as one agent run; up to ``--concurrency`` at
-once. A task *succeeds* when
+Every task runs as one agent run; up to ``--concurrency`` at once: by default 16 for the
+``local`` planner (one decode batch of the 135M model in torch: all 64 tasks took about
+8 minutes on 2 cores) and 2 for the others. ``--local-tasks N`` runs a subset of N for
+``local``, taken in turn from each category. A task *succeeds* when
 the run finished with an answer, every expected tool call was proposed (right tool, right
 arguments), and the answer contains an expected value. Reported per planner: success rate,
 tool-call and answer accuracy, steps and tool calls per task, run latency (p50/p95), and
@@ -193,6 +193,7 @@ async def eval_planner(
     name: str, tasks: list[EvalTask], demo_url: str, workdir: Path, args: argparse.Namespace
 ) -> dict[str, Any]:
     key = "sk-eval-" + secrets.token_urlsafe(18)
+    concurrency = args.concurrency or (16 if name == "local" else 2)
     llama: LlamaCppServer | None = None
     sidecar: SidecarProcess | None = None
     started = time.monotonic()
@@ -201,8 +202,8 @@ async def eval_planner(
             llama = LlamaCppServer(
                 api_key=key,
                 threads=args.llama_threads,
-                parallel=args.concurrency,
-                ctx=4096 * args.concurrency,
+                parallel=concurrency,
+                ctx=4096 * concurrency,
                 log_path=workdir / "llama-server.log",
             ).start()
         config = planner_config(["--planner", name, *PLANNER_FLAGS.get(name, ())])
@@ -225,7 +226,7 @@ async def eval_planner(
             )
         except (ValueError, ImportError, FileNotFoundError, OSError) as exc:
             return {"planner": name, "available": False, "reason": str(exc)}
-        print(f"==> {name}: {len(tasks)} tasks")
+        print(f"==> {name}: {len(tasks)} tasks, {concurrency} in flight")
         await server.__aenter__()
         try:
             try:
@@ -235,13 +236,14 @@ async def eval_planner(
                 return {"planner": name, "available": False, "reason": str(exc)}
             ready_s = time.monotonic() - started
             outcomes = await run_tasks(
-                server, tasks, concurrency=args.concurrency, deadline=args.deadline
+                server, tasks, concurrency=concurrency, deadline=args.deadline
             )
         finally:
             await server.__aexit__()
         return {
             "planner": name,
             "available": True,
+            "concurrency": concurrency,
             "setup_s": ready_s,
             "wall_s": time.monotonic() - started,
             "summary": summarize(outcomes),
@@ -300,11 +302,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--local-tasks",
         type=int,
-        default=16,
-        help="the local planner runs this many tasks, a few of each category (0: all; "
-        "on 2 busy CPU cores the 135M model in torch takes about a minute per task)",
+        default=0,
+        help="the local planner runs this many tasks, a few of each category (0: all)",
     )
-    parser.add_argument("--concurrency", type=int, default=2, help="runs in flight at once")
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        default=0,
+        help="runs in flight at once (default: 16 for local, one decode batch; 2 for others)",
+    )
     parser.add_argument("--deadline", type=float, default=900.0, help="seconds per run")
     parser.add_argument(
         "--ready-timeout", type=float, default=900.0, help="seconds for a planner to load"

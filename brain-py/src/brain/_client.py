@@ -12,9 +12,9 @@ How a call travels::
   ``ClientOptions.frames_socket``, the same stream framed directly on the sidecar's frames
   socket (``_frames``), which costs this process far less per frame; ``Invoke`` and
   ``ListTools`` always use gRPC.
-* **Coalescing.** ``call()`` encodes its ``ToolCall`` once, appends it to the outbox and
-  wakes the writer; the writer runs on the next loop iteration and sends everything queued
-  by then as one frame, the calls' bytes joined (a ``DispatchFrame`` is its calls' fields
+* **Coalescing.** ``call()`` encodes its ``ToolCall`` once (by hand, ``_wire``), appends
+  it to the outbox and wakes the writer; the writer runs on the next loop iteration and
+  sends everything queued by then as one frame, the calls' bytes joined (a ``DispatchFrame`` is its calls' fields
   one after another, so no frame message is built). Under load it lingers: when the
   previous frame left less than ``write_linger`` ago and many calls are in flight, the
   next waits for the rest of that interval, so frames carry more calls the busier the
@@ -60,6 +60,7 @@ from ._frames import FramedStream, FramedStreamError
 from ._proto.dispatch.v1 import dispatch_pb2 as pb
 from ._proto.dispatch.v1 import dispatch_pb2_grpc as pb_grpc
 from ._types import Status, ToolInfo, ToolResult
+from ._wire import CANCEL_TAG, encode_call, frame_field, timeout_ms
 
 __all__ = ["ClientOptions", "SidecarClient"]
 
@@ -134,10 +135,9 @@ class _Deadlines:
         self._buckets: dict[int, set[str]] = {}
         self._expire = expire
 
-    def add(self, call_id: str, delay: float) -> set[str]:
-        """Expire ``call_id`` after ``delay`` seconds. Returns its bucket: the call's end
-        removes the id from it (``bucket.discard(call_id)``)."""
-        loop = asyncio.get_running_loop()
+    def add(self, loop: asyncio.AbstractEventLoop, call_id: str, delay: float) -> set[str]:
+        """Expire ``call_id`` after ``delay`` seconds on ``loop``. Returns its bucket: the
+        call's end removes the id from it (``bucket.discard(call_id)``)."""
         tick = int((loop.time() + delay) / self.TICK) + 1
         bucket = self._buckets.get(tick)
         if bucket is None:
@@ -174,6 +174,9 @@ class SidecarClient:
         self.target = target
         self.options = options or ClientOptions()
         self._channel: grpc.aio.Channel | None = None
+        #: The loop the client runs on, set by :meth:`start`: ``asyncio.get_running_loop``
+        #: costs a ``getpid`` system call on CPython 3.11, twice per call otherwise.
+        self._loop: asyncio.AbstractEventLoop
         self._stub: pb_grpc.DispatcherStub | None = None
         self._dispatch: grpc.aio.StreamStreamMultiCallable | None = None
         self._calls: dict[str, _Call] = {}
@@ -208,6 +211,7 @@ class SidecarClient:
         if self._channel is not None:
             return
         o = self.options
+        self._loop = asyncio.get_running_loop()
         self._channel = grpc.aio.insecure_channel(
             self.target,
             options=[
@@ -306,10 +310,11 @@ class SidecarClient:
             )
         if timeout is None:
             timeout = self.options.default_timeout
-        body = _tool_call(call_id, tool, arguments, agent_id, timeout, metadata, select)
-        wire = _frame_field(_CALLS_TAG, body.SerializeToString())
-        future: asyncio.Future[ToolResult] = asyncio.get_running_loop().create_future()
-        deadline = self._deadlines.add(call_id, timeout + self.options.grace)
+        wire = encode_call(
+            call_id, tool, _encode_arguments(arguments), agent_id, timeout, metadata, select
+        )
+        future: asyncio.Future[ToolResult] = self._loop.create_future()
+        deadline = self._deadlines.add(self._loop, call_id, timeout + self.options.grace)
         pending = _Call(wire, future, deadline)
         self._calls[call_id] = pending
         self._outbox.append(pending)
@@ -470,7 +475,7 @@ class SidecarClient:
             while self._outbox or self._cancels:
                 batch = self._outbox[:limit]
                 del self._outbox[:limit]
-                parts = [_frame_field(_CANCEL_TAG, c.encode()) for c in self._cancels]
+                parts = [frame_field(CANCEL_TAG, c.encode()) for c in self._cancels]
                 self._cancels = []
                 for pending in batch:
                     wire = pending.wire
@@ -497,10 +502,12 @@ class SidecarClient:
             frame = await stream.read()
             if frame is grpc.aio.EOF or frame is None:
                 return
-            for msg in frame.results:
-                pending = finish(msg.call_id)
+            # A ResultFrame, or the results of a large one (the frames transport).
+            results = map(ToolResult, frame.results) if type(frame) is pb.ResultFrame else frame
+            for result in results:
+                pending = finish(result.call_id)
                 if pending is not None and not pending.future.done():
-                    pending.future.set_result(ToolResult(msg))
+                    pending.future.set_result(result)
 
     def _fail_calls(self, which: Callable[[_Call], bool], exc: SidecarError) -> int:
         failed = [cid for cid, c in self._calls.items() if which(c)]
@@ -513,30 +520,8 @@ class SidecarClient:
 
 #: The Dispatch method, as the generated stub names it.
 _DISPATCH_METHOD = "/dispatch.v1.Dispatcher/Dispatch"
-#: Tags of ``DispatchFrame.calls`` (field 1) and ``cancel_call_ids`` (field 2), both
-#: length-delimited (wire type 2).
-_CALLS_TAG = b"\x0a"
-_CANCEL_TAG = b"\x12"
 #: The writer lingers while more than this many times the queued calls are in flight.
 _COMPANY = 4
-_SHORT_LENGTHS = [bytes([n]) for n in range(128)]
-
-
-def _frame_field(tag: bytes, value: bytes) -> bytes:
-    """One length-delimited field of a ``DispatchFrame``: tag, varint length, bytes.
-    Protobuf's encoding of a repeated message field is exactly its entries one after
-    another, so a frame is the concatenation of these; written by hand (a few lines)
-    because the protobuf runtime offers no way to append encoded submessages without
-    parsing them back into objects, which is the per-call cost this avoids."""
-    n = len(value)
-    if n < 128:
-        return tag + _SHORT_LENGTHS[n] + value
-    length = bytearray()
-    while n > 127:
-        length.append((n & 0x7F) | 0x80)
-        n >>= 7
-    length.append(n)
-    return tag + bytes(length) + value
 
 
 def _tool_call(
@@ -553,7 +538,7 @@ def _tool_call(
         agent_id=agent_id,
         tool=tool,
         arguments=_encode_arguments(arguments),
-        timeout_ms=max(1, int(timeout * 1000)),
+        timeout_ms=timeout_ms(timeout),
     )
     if select:
         # Only when given: setting an empty repeated field still costs about a microsecond.
@@ -566,7 +551,8 @@ def _tool_call(
 def _encode_arguments(arguments: Mapping[str, Any] | bytes | None) -> bytes:
     if arguments is None:
         return _EMPTY_ARGS
-    if isinstance(arguments, bytes | bytearray | memoryview):
+    # A dict first: nearly every call passes one (an exact type check is the cheapest).
+    if type(arguments) is not dict and isinstance(arguments, bytes | bytearray | memoryview):
         return bytes(arguments)
     try:
         return orjson.dumps(arguments)

@@ -70,15 +70,19 @@ class ToolResult:
     """The result of one tool call.
 
     ``result_bytes`` is the upstream's JSON, byte for byte; :meth:`json` parses it on
-    first use and caches the value.
+    first use and caches the value. ``result``, when given, is that JSON taken from the
+    wire apart from ``msg`` (whose ``result`` field is then empty): the frames transport
+    does that for large results, which protobuf would otherwise copy twice more, and
+    reading ``result_bytes`` then returns the same object every time.
     """
 
-    __slots__ = ("_json", "_msg")
+    __slots__ = ("_json", "_msg", "_result")
 
     _UNPARSED: Any = object()
 
-    def __init__(self, msg: pb.ToolResult) -> None:
+    def __init__(self, msg: pb.ToolResult, result: bytes | None = None) -> None:
         self._msg = msg
+        self._result = result
         self._json: Any = ToolResult._UNPARSED
 
     @classmethod
@@ -107,7 +111,8 @@ class ToolResult:
 
     @property
     def result_bytes(self) -> bytes:
-        return self._msg.result
+        result = self._result
+        return self._msg.result if result is None else result
 
     @property
     def upstream_status(self) -> int:
@@ -150,7 +155,7 @@ class ToolResult:
     def json(self) -> Any:
         """The result parsed as JSON (``None`` when there is no result)."""
         if self._json is ToolResult._UNPARSED:
-            raw = self._msg.result
+            raw = self.result_bytes
             self._json = orjson.loads(raw) if raw else None
         return self._json
 
@@ -164,7 +169,7 @@ class ToolResult:
         detail = f", error={self.error!r}" if self.error else ""
         return (
             f"ToolResult(call_id={self.call_id!r}, status={self.status.name}, "
-            f"bytes={len(self._msg.result)}{detail})"
+            f"bytes={len(self.result_bytes)}{detail})"
         )
 
 
