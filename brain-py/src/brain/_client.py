@@ -14,11 +14,12 @@ How a call travels::
   ``ListTools`` always use gRPC.
 * **Coalescing.** ``call()`` encodes its ``ToolCall`` once (by hand, ``_wire``), appends
   it to the outbox and wakes the writer; the writer runs on the next loop iteration and
-  sends everything queued by then as one frame, the calls' bytes joined (a ``DispatchFrame`` is its calls' fields
-  one after another, so no frame message is built). Under load it lingers: when the
-  previous frame left less than ``write_linger`` ago and many calls are in flight, the
-  next waits for the rest of that interval, so frames carry more calls the busier the
-  client is, and a lone call never waits. Each frame costs the brain far more than each
+  sends everything queued by then as one frame, the calls' bytes joined (a
+  ``DispatchFrame`` is its calls' fields one after another, so no frame message is
+  built). Under load it lingers: when the previous frame left less than
+  ``write_linger`` ago and many calls are in flight, the next waits for the rest of that
+  interval, so frames carry more calls the busier the client is, and a lone call never
+  waits. Each frame costs the brain far more than each
   call in it (a grpc.aio write and read, loop wake-ups; ``tests/bench/transport_floor.py``):
   this is what keeps the Python cost per call low when thousands of agents call at once.
   The sidecar batches results the same way.

@@ -122,17 +122,19 @@ async def memory_mode(d: Dispatcher, cfg: dict[str, Any], rec: Recorder) -> floa
     """All calls at once; hold them until the orchestrator writes ``stop`` (it waits until
     the upstream sees them all), then cancel whatever is still in flight."""
     rec.on = True
+    # The window starts before the calls do: their first steps are part of getting them in
+    # flight (httpx's take minutes for 10,000, its pool being searched call by call).
+    emit("window-start")
     started = time.perf_counter()
     tasks = [asyncio.create_task(_timed_call(d, cfg, a, a, rec)) for a in range(cfg["agents"])]
-    await asyncio.sleep(0)
-    emit("window-start")
     await asyncio.to_thread(sys.stdin.readline)
     in_flight = sum(not t.done() for t in tasks)
-    window = time.perf_counter() - started
+    stopped = time.perf_counter()
+    window = stopped - started
     for task in tasks:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
-    emit("window-end", in_flight=in_flight)
+    emit("window-end", in_flight=in_flight, cancel_s=time.perf_counter() - stopped)
     return window
 
 

@@ -266,11 +266,12 @@ def measure(
                 total_agents,
                 config.get("hold_s", 2.0),
                 config.get("hold_deadline_s", 60.0),
+                config.get("cancel_deadline_s", 60.0),
             )
             if config["mode"] == "memory"
             else None
         )
-        ends, peak_sum = _sample_until_event(group, roles, deadline, hold)
+        ends, peak_sum, deadline = _sample_until_event(group, roles, deadline, hold)
         after = _cpu(roles)
         busy = procstat.machine_busy_seconds() - procstat.cpu_seconds(os.getpid()) - busy_before
         results = [
@@ -295,7 +296,10 @@ def measure(
         latency = {str(k): float(v) for k, v in results[0]["latency"].items()}
     else:
         latency = summarize_ms([x for r in results for x in r["latencies_s"]])
-    end = {"in_flight": sum(int(e.get("in_flight", 0)) for e in ends)}
+    end = {
+        "in_flight": sum(int(e.get("in_flight", 0)) for e in ends),
+        "cancel_s": max((float(e.get("cancel_s", 0.0)) for e in ends), default=0.0),
+    }
     return Measurement(
         dispatcher=dispatcher,
         calls=sum(int(r["calls"]) for r in results),
@@ -324,12 +328,16 @@ def _rss(roles: dict[str, list[int]]) -> dict[str, int]:
 
 class _Hold:
     """Memory mode: tell the agents to stop once the upstream has been answering all of
-    their calls for ``hold_s`` (or ``give_up_s`` after the start, whichever first)."""
+    their calls for ``hold_s`` (or ``give_up_s`` after the start, whichever first); they
+    then have ``cancel_s`` to cancel them all."""
 
-    def __init__(self, nginx: Nginx, calls: int, hold_s: float, give_up_s: float) -> None:
+    def __init__(
+        self, nginx: Nginx, calls: int, hold_s: float, give_up_s: float, cancel_s: float
+    ) -> None:
         self.nginx = nginx
         self.calls = calls
         self.hold_s = hold_s
+        self.cancel_s = cancel_s
         self.started = time.monotonic()
         self.give_up = self.started + give_up_s
         self.all_in_flight_at: float | None = None
@@ -352,14 +360,16 @@ class _Hold:
             "in_flight_at_stop": float(end.get("in_flight", 0)),
             "upstream_max_in_flight": float(self.upstream_max),
             "seconds_to_all_in_flight": (reached - self.started) if reached else float("nan"),
+            "seconds_to_cancel": float(end.get("cancel_s", float("nan"))),
         }
 
 
 def _sample_until_event(
     group: list[AgentProcess], roles: dict[str, list[int]], deadline: float, hold: _Hold | None
-) -> tuple[list[dict[str, Any]], int]:
+) -> tuple[list[dict[str, Any]], int, float]:
     """Wait for every process's ``window-end`` while sampling the RSS of brain(s) + sidecar
-    every 50 ms."""
+    every 50 ms. Returns the events, the peak RSS sum and the deadline (later when a memory
+    run's cancelling got its own budget)."""
     pids = [pid for role, role_pids in roles.items() if role != "upstream" for pid in role_pids]
     peak = 0
     ends: dict[int, dict[str, Any]] = {}
@@ -373,11 +383,13 @@ def _sample_until_event(
                     raise RuntimeError(f"agent process: expected 'window-end', got {event}")
                 ends[i] = event
         if len(ends) == len(group):
-            return [ends[i] for i in range(len(group))], peak
+            return [ends[i] for i in range(len(group))], peak, deadline
         if hold is not None and not hold.sent and hold.should_stop():
             hold.sent = True
             for agents in group:
                 agents.send_line("stop")
+            # Cancelling the calls has a budget of its own, whenever the stop came.
+            deadline = max(deadline, time.monotonic() + hold.cancel_s)
         for agents in group:
             if agents.proc.poll() is not None:
                 raise RuntimeError(f"agent process exited ({agents.proc.returncode}) mid-window")
