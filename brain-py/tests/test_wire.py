@@ -21,6 +21,7 @@ from brain._wire import (
     CANCEL_TAG,
     LARGE_RESULT,
     MAX_TIMEOUT_MS,
+    _common,
     decode_results,
     encode_call,
     frame_field,
@@ -91,20 +92,19 @@ def test_varint_matches_protobuf(n: int) -> None:
     assert varint(n) == pb.Timing(queued_us=n).SerializeToString()[1:]
 
 
-def test_a_repeated_agent_and_tool_reuse_the_cached_fields() -> None:
-    c = dict(
-        call_id="1",
-        tool="search",
-        arguments=b"{}",
-        agent_id="a",
-        timeout=0.5,
-        metadata=None,
-        select=(),
+def test_calls_to_one_tool_share_one_cache_entry_whatever_the_agent() -> None:
+    _common.cache_clear()
+    c: dict[str, object] = dict(
+        call_id="1", tool="search", arguments=b"{}", timeout=0.5, metadata=None, select=()
     )
-    first = encode(c)
-    second = encode({**c, "call_id": "2"})
-    assert first.replace(b"\n\x011", b"\n\x012") == second
-    assert first[:1] == CALLS_TAG
+    wires = [encode({**c, "call_id": str(i), "agent_id": f"agent-{i}"}) for i in range(5000)]
+    # Thousands of agents, one tool and one timeout: one entry, every later call a hit.
+    assert (_common.cache_info().currsize, _common.cache_info().hits) == (1, 4999)
+    assert [pb.DispatchFrame.FromString(w).calls[0].agent_id for w in wires[:3]] == [
+        "agent-0",
+        "agent-1",
+        "agent-2",
+    ]
 
 
 @pytest.mark.parametrize(

@@ -11,8 +11,8 @@ generated calls, that protobuf parses them back to exactly the message it would 
 
 The encoding is protobuf's: each field a tag, then a varint, or a varint length and the
 bytes. Fields may come in any order (parsers must accept that), so the part that repeats
-from call to call, an agent's ``agent_id``, ``tool`` and ``timeout_ms``, is encoded once
-and cached, and the per-call fields follow it.
+from call to call, a tool's name and the call's ``timeout_ms``, is encoded once and
+cached, and the per-call fields follow it.
 
 Results go the other way (:func:`decode_results`): protobuf copies a 100 KB result twice
 on its way to the agent (the frame from the read buffer into a ``bytes``, the field into
@@ -92,17 +92,15 @@ def timeout_ms(timeout: float) -> int:
     return max(1, int(timeout * 1000))
 
 
-@functools.lru_cache(maxsize=4096)
-def _common(agent_id: str, tool: str, timeout: float) -> bytes:
-    """The fields one agent's calls to one tool share. Bounded: a pod's agents times its
-    tools rarely exceeds it, and a miss only costs the encoding again."""
+@functools.lru_cache(maxsize=1024)
+def _common(tool: str, timeout: float) -> bytes:
+    """The fields the calls to one tool with one timeout share: a pod's tools times the
+    timeouts its agents use, a handful (agent ids are per call: a pod runs thousands of
+    agents). Bounded all the same; a miss only costs the encoding again."""
     ms = timeout_ms(timeout)
     if ms > MAX_TIMEOUT_MS:
         raise ValueError(f"a timeout of {timeout} s is out of range (at most {MAX_TIMEOUT_MS} ms)")
-    parts = [_text(_TOOL, tool, "tool"), _TIMEOUT_MS + varint(ms)]
-    if agent_id:
-        parts.insert(0, _text(_AGENT_ID, agent_id, "agent_id"))
-    return b"".join(parts)
+    return _text(_TOOL, tool, "tool") + _TIMEOUT_MS + varint(ms)
 
 
 def encode_call(
@@ -116,7 +114,9 @@ def encode_call(
 ) -> bytes:
     """A ``DispatchFrame.calls`` entry (tag and length included) for this ``ToolCall``;
     ``timeout`` in seconds."""
-    body = _common(agent_id, tool, timeout) + frame_field(_CALL_ID, call_id.encode())
+    body = _common(tool, timeout) + frame_field(_CALL_ID, call_id.encode())
+    if agent_id:
+        body += _text(_AGENT_ID, agent_id, "agent_id")
     if arguments:
         body += frame_field(_ARGUMENTS, arguments)
     if metadata:
