@@ -4,7 +4,7 @@ the large results of a ``ResultFrame``.
 ``SidecarClient.call`` runs once per tool call in the process the GIL binds, and building
 a ``ToolCall`` message to serialize it cost about 4 µs of that process's time per call
 (message object, five field assignments, ``SerializeToString``; upb, measured on this
-project's 2-core machine), against about 1 µs for the bytes written here. The protobuf
+project's 2-core machine), against about 2 µs for the bytes written here. The protobuf
 runtime has no cheaper way to produce an encoded submessage, so the few lines of the
 wire format this needs are written here; ``brain-py/tests/test_wire.py`` checks, on
 generated calls, that protobuf parses them back to exactly the message it would build.
