@@ -15,8 +15,6 @@ def whole(result: ToolResult) -> pb.ToolResult:
     return msg
 
 
-def as_frame(frame: pb.ResultFrame | list[ToolResult]) -> pb.ResultFrame:
+def as_frame(results: list[ToolResult]) -> pb.ResultFrame:
     """What ``_Protocol.next_frame`` returned, as the ``ResultFrame`` it was."""
-    if isinstance(frame, pb.ResultFrame):
-        return frame
-    return pb.ResultFrame(results=[whole(r) for r in frame])
+    return pb.ResultFrame(results=[whole(r) for r in results])

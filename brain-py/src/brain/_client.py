@@ -61,7 +61,7 @@ from ._frames import FramedStream, FramedStreamError
 from ._proto.dispatch.v1 import dispatch_pb2 as pb
 from ._proto.dispatch.v1 import dispatch_pb2_grpc as pb_grpc
 from ._types import Status, ToolInfo, ToolResult
-from ._wire import CANCEL_TAG, encode_call, frame_field, timeout_ms
+from ._wire import CANCEL_TAG, encode_call, frame_field, parse_results, timeout_ms
 
 __all__ = ["ClientOptions", "SidecarClient"]
 
@@ -237,7 +237,8 @@ class SidecarClient:
         self._dispatch = self._channel.stream_stream(
             _DISPATCH_METHOD,
             request_serializer=None,
-            response_deserializer=pb.ResultFrame.FromString,
+            # Both transports hand the reader a frame's results (``_wire``).
+            response_deserializer=parse_results,
         )
         self._tasks = [asyncio.create_task(self._run_streams(), name="sidecar-streams")]
 
@@ -503,9 +504,7 @@ class SidecarClient:
             frame = await stream.read()
             if frame is grpc.aio.EOF or frame is None:
                 return
-            # A ResultFrame, or the results of a large one (the frames transport).
-            results = map(ToolResult, frame.results) if type(frame) is pb.ResultFrame else frame
-            for result in results:
+            for result in frame:
                 pending = finish(result.call_id)
                 if pending is not None and not pending.future.done():
                     pending.future.set_result(result)

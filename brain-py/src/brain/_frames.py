@@ -27,7 +27,7 @@ import grpc
 
 from ._proto.dispatch.v1 import dispatch_pb2 as pb
 from ._types import ToolResult
-from ._wire import LARGE_RESULT, decode_results
+from ._wire import parse_results
 
 __all__ = ["PREFACE", "FramedStream", "FramedStreamError"]
 
@@ -48,10 +48,6 @@ _BUFFER_BYTES = 256 * 1024
 _KEEP_BYTES = 4 * 1024 * 1024
 #: Room offered to each socket read at least.
 _MIN_READ = 64 * 1024
-#: A frame longer than this may carry large results: :func:`_wire.decode_results` takes
-#: them out with one copy each. Shorter ones go to protobuf's parser whole, which costs
-#: less per result when the results are small.
-_LARGE_FRAME = 4 * LARGE_RESULT
 
 
 class FramedStreamError(Exception):
@@ -68,8 +64,8 @@ class _Protocol(asyncio.BufferedProtocol):
         self.transport: asyncio.Transport | None = None
         #: Resolved by the sidecar's preface (or fails with the reason there was none).
         self.opened: asyncio.Future[None] = loop.create_future()
-        #: Parsed frames: as protobuf's message, or (large frames) their results.
-        self.frames: deque[pb.ResultFrame | list[ToolResult]] = deque()
+        #: Parsed frames: each ``ResultFrame``'s results.
+        self.frames: deque[list[ToolResult]] = deque()
         #: True once the stream is over; ``error`` then says why, ``None`` after a
         #: StreamEnd with OK.
         self.closed = False
@@ -162,14 +158,10 @@ class _Protocol(asyncio.BufferedProtocol):
                 self._need = stop - pos
                 return pos
             # upb parses any buffer; the stubs say bytes.
-            view = data[pos + _HEADER.size : stop]
-            payload = cast(bytes, view)
+            payload = cast(bytes, data[pos + _HEADER.size : stop])
             pos = stop
             if kind == _KIND_MESSAGE:
-                if length > _LARGE_FRAME:
-                    self.frames.append(decode_results(view))
-                else:
-                    self.frames.append(pb.ResultFrame.FromString(payload))
+                self.frames.append(parse_results(payload))
             elif kind == _KIND_END:
                 self._stream_end(pb.StreamEnd.FromString(payload))
                 return end
@@ -209,7 +201,7 @@ class _Protocol(asyncio.BufferedProtocol):
 
     # ------------------------------------------------------------ for FramedStream
 
-    async def next_frame(self) -> pb.ResultFrame | list[ToolResult] | None:
+    async def next_frame(self) -> list[ToolResult] | None:
         while not self.frames:
             if self.closed:
                 if self.error is not None:
@@ -268,9 +260,9 @@ class FramedStream:
         """No more calls: the sidecar answers those in flight, then ends the stream."""
         await self._send(_KIND_END, b"")
 
-    async def read(self) -> pb.ResultFrame | list[ToolResult] | None:
-        """The next ``ResultFrame`` (a large one as the list of its results, see
-        :func:`_wire.decode_results`); ``None`` once the sidecar ended the stream with OK.
+    async def read(self) -> list[ToolResult] | None:
+        """The next ``ResultFrame``'s results (:func:`_wire.parse_results`); ``None`` once
+        the sidecar ended the stream with OK.
         Raises :class:`FramedStreamError` when it ended otherwise or broke."""
         if self._protocol is None:
             raise FramedStreamError("UNAVAILABLE: not connected")

@@ -14,7 +14,8 @@ bytes. Fields may come in any order (parsers must accept that), so the part that
 from call to call, a tool's name and the call's ``timeout_ms``, is encoded once and
 cached, and the per-call fields follow it.
 
-Results go the other way (:func:`decode_results`): protobuf copies a 100 KB result twice
+Results go the other way (:func:`parse_results`, for both transports): protobuf copies a
+100 KB result twice
 on its way to the agent (the frame from the read buffer into a ``bytes``, the field into
 its arena) before reading the field copies it a third time. A large result is instead
 sliced out of the read buffer once, and protobuf parses the rest of its message.
@@ -37,6 +38,7 @@ __all__ = [
     "decode_results",
     "encode_call",
     "frame_field",
+    "parse_results",
     "timeout_ms",
     "varint",
 ]
@@ -138,6 +140,10 @@ def encode_call(
 #: A result message at least this long has its ``result`` taken from the frame by hand;
 #: below it protobuf's parser is cheaper than Python's walk over the fields.
 LARGE_RESULT = 16 * 1024
+#: A frame longer than this may carry large results and goes to :func:`decode_results`;
+#: shorter ones go to protobuf's parser whole, which costs less per result when the
+#: results are small.
+LARGE_FRAME = 4 * LARGE_RESULT
 #: ``ResultFrame.results`` (field 1, length-delimited) and ``ToolResult.result`` (3).
 _RESULTS_KEY = 0x0A
 _RESULT_FIELD = 3
@@ -145,6 +151,13 @@ _RESULT_FIELD = 3
 
 class _NotPlain(Exception):
     """The bytes are not what the sidecar writes; protobuf's parser decides what they are."""
+
+
+def parse_results(frame: bytes | memoryview) -> list[ToolResult]:
+    """The results of an encoded ``ResultFrame``, whichever transport brought it."""
+    if len(frame) > LARGE_FRAME:
+        return decode_results(memoryview(frame))
+    return [ToolResult(m) for m in pb.ResultFrame.FromString(cast(bytes, frame)).results]
 
 
 def decode_results(frame: memoryview) -> list[ToolResult]:
