@@ -3,7 +3,9 @@
 //! with the sidecar's own code, on both of its roads: `search_100k` is the
 //! exact path (serde_json `Value` + `Schema::violations`, what every response
 //! paid before the fast path and what an invalid one still pays), and
-//! `search_100k_fast` the hot path (`json::document` + `is_valid_fast`).
+//! `search_100k_fast` the tree hot path (`json::document` + `is_valid_fast`),
+//! and `search_100k_streaming` the road a valid response takes first
+//! (`json::stream`: validated while read, no tree).
 //! `parse_technique/*` parses the same bytes by every technique in reach,
 //! under the sidecar's allocator, so the headline can be a multiple of the
 //! fastest.
@@ -25,6 +27,7 @@ use sidecar::config::redact::Redactor;
 use sidecar::config::schema::Schema;
 use sidecar::config::secrets::Secret;
 use sidecar::json::exceeds_depth;
+use sidecar::json::stream::Verdict;
 
 /// The sidecar's allocator, so the floor is measured as the sidecar pays it.
 #[global_allocator]
@@ -83,6 +86,15 @@ fn parse_validate(c: &mut Criterion) {
                 let valid = schema.is_valid_fast(&parsed);
                 assert!(valid);
                 black_box(parsed)
+            })
+        });
+        // The road a valid response takes first: one pass over the bytes,
+        // validating as it reads (`json::stream`), no tree.
+        assert!(schema.has_plan(), "the {name} schema has a streaming plan");
+        group.bench_function(format!("{name}_100k_streaming"), |b| {
+            b.iter(|| {
+                let verdict = schema.check_streaming(black_box(document.as_slice()), MAX_DEPTH);
+                assert_eq!(verdict, Verdict::Valid);
             })
         });
         if name == "search" {

@@ -3,8 +3,10 @@
 //! each test's data, as compact and as pretty text, goes through
 //! `json::document::parse` + `Schema::is_valid_fast` (sonic-rs) and through
 //! serde_json + `Schema::violations`, and both must agree on the parse, on
-//! validity and on `select`. Generated documents get the same property in the
-//! `input` fuzz target (`tests/fuzz/input.rs`).
+//! validity and on `select`; and through the streaming path
+//! (`json::stream`), whose verdicts must never contradict the exact path's.
+//! Generated documents get the same properties in the `input` fuzz target
+//! (`tests/fuzz/input.rs`).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -13,6 +15,7 @@ use serde_json::Value;
 use sidecar::config::schema::{Schema, SchemaDocuments, SchemaOptions};
 use sidecar::config::spec::{Formats, SchemaDraft};
 use sidecar::json;
+use sidecar::json::stream::Verdict;
 
 fn suite() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/json_schema_suite")
@@ -76,16 +79,24 @@ fn pointers(value: &Value) -> Vec<String> {
     out
 }
 
-#[test]
-fn the_fast_path_agrees_with_the_exact_path_on_the_whole_suite() {
-    let (mut documents, mut schemas, mut fast) = (0usize, 0usize, 0usize);
-    let mut disagreements = Vec::new();
+/// A group of the suite whose schema the sidecar compiles, with each of its
+/// tests' data as compact and as pretty text.
+struct Group {
+    schema: Schema,
+    /// `draft/file / group / test`, per test.
+    tests: Vec<(String, [String; 2])>,
+}
+
+/// Every group of the suite whose schema the sidecar compiles (schemas it
+/// refuses have no documents to disagree about), under the options tools
+/// get by default with the most keywords exercised (formats asserted).
+fn suite_groups() -> Vec<Group> {
+    let mut out = Vec::new();
     for (name, draft) in DRAFTS {
         let root = suite().join("tests").join(name);
         let shared = remotes(draft);
         let options = SchemaOptions {
             default_draft: draft,
-            // What tools get by default, and the most keywords exercised.
             formats: Formats::Assert,
             documents: shared.as_ref(),
         };
@@ -93,61 +104,183 @@ fn the_fast_path_agrees_with_the_exact_path_on_the_whole_suite() {
             let groups: Vec<Value> =
                 serde_json::from_slice(&std::fs::read(&file).expect("readable"))
                     .unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+            let file = file
+                .strip_prefix(&root)
+                .unwrap_or(&file)
+                .display()
+                .to_string();
             for group in groups {
-                // Schemas the sidecar refuses have no documents to disagree about.
                 let Ok(schema) = Schema::compile_with(&group["schema"], &options) else {
                     continue;
                 };
-                schemas += 1;
-                for test in group["tests"].as_array().expect("tests") {
-                    let data = &test["data"];
-                    for text in [
-                        serde_json::to_string(data).expect("encodes"),
-                        serde_json::to_string_pretty(data).expect("encodes"),
-                    ] {
-                        documents += 1;
-                        let exact: Value = serde_json::from_str(&text).expect("parses");
-                        let Some(parsed) = json::document::parse(text.as_bytes()) else {
-                            continue;
-                        };
-                        fast += 1;
+                let tests = group["tests"]
+                    .as_array()
+                    .expect("tests")
+                    .iter()
+                    .map(|test| {
+                        let data = &test["data"];
                         let what = format!(
-                            "{name}/{} / {} / {}",
-                            file.strip_prefix(&root).unwrap_or(&file).display(),
-                            group["description"],
-                            test["description"]
+                            "{name}/{file} / {} / {}",
+                            group["description"], test["description"]
                         );
-                        if json::sonic::to_serde(&parsed) != exact {
-                            disagreements.push(format!("{what}: the parses differ"));
-                        }
-                        let valid = schema.violations(&exact).is_empty();
-                        if schema.is_valid_fast(&parsed) != valid {
-                            disagreements.push(format!("{what}: exact path says valid={valid}"));
-                        }
-                        let select = pointers(&exact);
-                        if json::document::select(&parsed, &select) != json::select(&exact, &select)
-                        {
-                            disagreements.push(format!("{what}: select differs"));
-                        }
-                    }
-                }
+                        let texts = [
+                            serde_json::to_string(data).expect("encodes"),
+                            serde_json::to_string_pretty(data).expect("encodes"),
+                        ];
+                        (what, texts)
+                    })
+                    .collect();
+                out.push(Group { schema, tests });
             }
         }
     }
+    // The suite is really there.
+    assert!(
+        out.len() >= 1_600,
+        "only {} of the suite's 1,705 schemas compiled",
+        out.len()
+    );
+    out
+}
+
+fn assert_none(disagreements: &[String]) {
     assert!(
         disagreements.is_empty(),
         "{} disagreements:\n{}",
         disagreements.len(),
         disagreements.join("\n")
     );
-    // The suite is really there and really ran through the fast path.
-    assert!(
-        schemas >= 1_600,
-        "only {schemas} of the suite's 1,705 schemas compiled"
-    );
+}
+
+#[test]
+fn the_fast_path_agrees_with_the_exact_path_on_the_whole_suite() {
+    let (mut documents, mut fast) = (0usize, 0usize);
+    let mut disagreements = Vec::new();
+    let groups = suite_groups();
+    for Group { schema, tests } in &groups {
+        for (what, texts) in tests {
+            for text in texts {
+                documents += 1;
+                let exact: Value = serde_json::from_str(text).expect("parses");
+                let Some(parsed) = json::document::parse(text.as_bytes()) else {
+                    continue;
+                };
+                fast += 1;
+                if json::sonic::to_serde(&parsed) != exact {
+                    disagreements.push(format!("{what}: the parses differ"));
+                }
+                let valid = schema.violations(&exact).is_empty();
+                if schema.is_valid_fast(&parsed) != valid {
+                    disagreements.push(format!("{what}: exact path says valid={valid}"));
+                }
+                let select = pointers(&exact);
+                if json::document::select(&parsed, &select) != json::select(&exact, &select) {
+                    disagreements.push(format!("{what}: select differs"));
+                }
+            }
+        }
+    }
+    assert_none(&disagreements);
+    // The suite really ran through the fast path.
     assert!(
         fast * 100 >= documents * 99,
         "{fast} of {documents} documents took the fast path"
     );
-    eprintln!("{documents} documents under {schemas} schemas; {fast} on the fast path, all agree");
+    eprintln!(
+        "{documents} documents under {} schemas; {fast} on the fast path, all agree",
+        groups.len()
+    );
+}
+
+/// The streaming hot path (`json::stream`) against the exact path over the
+/// whole suite: its "valid" is always the exact path's "valid", its
+/// "invalid" the exact path's "invalid", and it judges (rather than leaving
+/// to the tree paths) most documents of the schemas it plans.
+#[test]
+fn the_streaming_path_agrees_with_the_exact_path_on_the_whole_suite() {
+    let (mut planned, mut documents, mut judged) = (0usize, 0usize, 0usize);
+    let mut disagreements = Vec::new();
+    let groups = suite_groups();
+    for Group { schema, tests } in &groups {
+        if !schema.has_plan() {
+            continue;
+        }
+        planned += 1;
+        for (what, texts) in tests {
+            for text in texts {
+                documents += 1;
+                let exact: Value = serde_json::from_str(text).expect("parses");
+                let valid = schema.violations(&exact).is_empty();
+                let verdict = schema.check_streaming(text.as_bytes(), 64);
+                let agrees = match verdict {
+                    Verdict::Valid => valid,
+                    Verdict::Invalid => !valid,
+                    Verdict::Unsure => true,
+                };
+                judged += usize::from(verdict != Verdict::Unsure);
+                if !agrees {
+                    disagreements.push(format!(
+                        "{what}: streaming says {verdict:?}, exact valid={valid}"
+                    ));
+                }
+            }
+        }
+    }
+    assert_none(&disagreements);
+    // Really planned and really judged: not a walk that always says "unsure".
+    let schemas = groups.len();
+    assert!(
+        planned * 4 >= schemas,
+        "only {planned} of {schemas} schemas planned"
+    );
+    assert!(
+        judged * 100 >= documents * 90,
+        "{judged} of {documents} documents judged"
+    );
+    eprintln!(
+        "{planned} of {schemas} schemas planned; {judged} of {documents} documents judged, all agree"
+    );
+}
+
+/// The bench documents (`tests/bench/fixtures/`) take the streaming path,
+/// valid, and so do they after any one of their values is broken: invalid.
+#[test]
+fn the_bench_documents_are_judged_by_the_streaming_path() {
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/bench/fixtures");
+    for name in ["search", "catalog"] {
+        let read = |f: &str| std::fs::read(fixtures.join(f)).expect("the fixture exists");
+        let schema: Value = serde_json::from_slice(&read(&format!("{name}_schema.json"))).unwrap();
+        let schema = Schema::compile(&schema).expect("compiles");
+        assert!(schema.has_plan(), "{name}: no plan");
+        let document = read(&format!("{name}_100k.json"));
+        assert_eq!(
+            schema.check_streaming(&document, 64),
+            Verdict::Valid,
+            "{name}"
+        );
+        // Too deep for a tight limit: left to the tree paths.
+        assert_eq!(
+            schema.check_streaming(&document, 2),
+            Verdict::Unsure,
+            "{name}"
+        );
+        // A string where a number or object belongs, a number where a
+        // string belongs: each is invalid, and the exact path agrees.
+        let text = String::from_utf8(document).unwrap();
+        for (from, to) in [
+            ("\"total\":", "\"total\":\"x\","),
+            ("\"id\":\"", "\"id\":7,\"_\":\""),
+        ] {
+            if let Some(at) = text.find(from) {
+                let broken = format!("{}{}{}", &text[..at], to, &text[at + from.len()..]);
+                let exact: Result<Value, _> = serde_json::from_str(&broken);
+                let valid = exact.is_ok_and(|v| schema.violations(&v).is_empty());
+                assert!(!valid, "{name}: the edit {to:?} should break it");
+                assert_ne!(
+                    schema.check_streaming(broken.as_bytes(), 64),
+                    Verdict::Valid
+                );
+            }
+        }
+    }
 }

@@ -2,6 +2,8 @@
 //! bounded JSON that passes the tool's output schema. The bytes that pass go
 //! to the caller untouched.
 
+use std::sync::LazyLock;
+
 use bytes::Bytes;
 use serde_json::Value;
 use tokio::time::Instant;
@@ -11,6 +13,7 @@ use crate::config::registry::Tool;
 use crate::error::CallError;
 use crate::json;
 use crate::json::document;
+use crate::json::stream::{Plan, Verdict};
 use crate::upstream::cache::FetchStats;
 use crate::upstream::client::UpstreamResponse;
 
@@ -32,9 +35,23 @@ impl Executor {
 /// Maps the upstream's answer to an outcome: 2xx JSON passing the output
 /// schema is OK, anything else an error.
 fn check(tool: &Tool, status: u16, body: Bytes) -> Result<(u16, Bytes), CallError> {
+    let ok_status = (200..300).contains(&status);
+    // The hot path: one pass over the bytes, validating as it reads
+    // (`json::stream`). Only a certain "valid" ends here; everything else
+    // is decided, and every error worded, by the tree paths below.
+    let mut verdict = Verdict::Unsure;
+    if ok_status && tool.max_json_depth <= document::SERDE_DEPTH_LIMIT {
+        verdict = match &tool.output_schema {
+            Some(schema) => schema.check_streaming(&body, tool.max_json_depth),
+            None => ANY_JSON.check(&body, tool.max_json_depth),
+        };
+        if verdict == Verdict::Valid {
+            return Ok((status, body));
+        }
+    }
     let is_blank = body.iter().all(u8::is_ascii_whitespace);
     let too_deep = json::exceeds_depth(&body, tool.max_json_depth);
-    if !(200..300).contains(&status) {
+    if !ok_status {
         let json_body = (!is_blank
             && !too_deep
             && serde_json::from_slice::<serde::de::IgnoredAny>(&body).is_ok())
@@ -51,10 +68,11 @@ fn check(tool: &Tool, status: u16, body: Bytes) -> Result<(u16, Bytes), CallErro
             status,
         });
     }
-    if !is_blank && tool.max_json_depth <= document::SERDE_DEPTH_LIMIT {
-        // The hot path: one sonic-rs parse, validated in place. A document
-        // it cannot judge, or finds invalid, takes the exact path below,
-        // which words the error exactly as it always has.
+    if !is_blank && verdict == Verdict::Unsure && tool.max_json_depth <= document::SERDE_DEPTH_LIMIT
+    {
+        // The tree hot path: one sonic-rs parse, validated in place. A
+        // document it cannot judge, or finds invalid, takes the exact path
+        // below, which words the error exactly as it always has.
         if let Some(parsed) = document::parse(&body) {
             let valid = tool
                 .output_schema
@@ -82,3 +100,6 @@ fn check(tool: &Tool, status: u16, body: Bytes) -> Result<(u16, Bytes), CallErro
     }
     Ok((status, body))
 }
+
+/// The plan of a tool without an output schema: any JSON.
+static ANY_JSON: LazyLock<Plan> = LazyLock::new(Plan::any);

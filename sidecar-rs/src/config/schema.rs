@@ -24,6 +24,7 @@ use serde_json::Value;
 
 use crate::config::spec::{Formats, SchemaDraft};
 use crate::json::sonic::Sonic;
+use crate::json::stream::{Leaf, Plan, Verdict};
 use crate::pb::Violation;
 
 /// At most this many violations are reported for one document; a response
@@ -38,6 +39,8 @@ const MAX_VIOLATIONS: usize = 32;
 pub struct Schema {
     validator: jsonschema::Validator,
     fast: jsonschema::Validator<Sonic>,
+    /// The streaming plan (`json::stream`), when the schema has one.
+    plan: Option<Plan>,
     text: String,
     /// The text with its `$ref`s inlined; `None` when it has none.
     inlined: Option<String>,
@@ -79,9 +82,11 @@ impl Schema {
             .configure(jsonschema::options_for::<Sonic>(), schema)?
             .build(schema)
             .map_err(|e| describe_build_error(schema, options, &e))?;
+        let plan = options.plan(schema);
         Ok(Self {
             validator,
             fast,
+            plan,
             text: schema.to_string(),
             inlined: None,
         })
@@ -91,6 +96,20 @@ impl Schema {
     /// valid; the same answer [`Schema::violations`] gives on its text.
     pub fn is_valid_fast(&self, instance: &sonic_rs::Value) -> bool {
         self.fast.is_valid(instance)
+    }
+
+    /// Judges the text `document` in one pass, without a tree
+    /// ([`crate::json::stream`]); `Unsure` when the schema has no plan.
+    pub fn check_streaming(&self, document: &[u8], max_depth: usize) -> Verdict {
+        match &self.plan {
+            Some(plan) => plan.check(document, max_depth),
+            None => Verdict::Unsure,
+        }
+    }
+
+    /// Whether [`Schema::check_streaming`] can judge documents at all.
+    pub fn has_plan(&self) -> bool {
+        self.plan.is_some()
     }
 
     /// Prepares [`Schema::inlined_text`] from `schema` (the one compiled,
@@ -175,6 +194,21 @@ impl<'a> SchemaOptions<'a> {
             (Formats::Annotate, _) => {}
         }
         Ok(options)
+    }
+
+    /// The streaming plan of `schema` (compiled under these options), or
+    /// `None` when it uses what the plan does not reproduce, or its draft
+    /// is a registered meta-schema.
+    fn plan(&self, schema: &Value) -> Option<Plan> {
+        let draft = self.draft_of(schema).ok()??;
+        let ref_overrides = matches!(draft, Draft::Draft4 | Draft::Draft6 | Draft::Draft7);
+        let leaf = |scalar: &Value| -> Option<Leaf> {
+            self.configure(jsonschema::options(), scalar)
+                .ok()?
+                .build(scalar)
+                .ok()
+        };
+        Plan::compile(schema, ref_overrides, &leaf)
     }
 
     /// The draft `schema` is read as: its `$schema`, else the default.

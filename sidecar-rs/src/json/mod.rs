@@ -9,6 +9,7 @@
 
 pub mod document;
 pub mod sonic;
+pub mod stream;
 
 use serde_json::{Map, Value};
 

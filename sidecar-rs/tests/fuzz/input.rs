@@ -19,6 +19,7 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use sidecar::config::schema::Schema;
 use sidecar::json;
+use sidecar::json::stream::{Plan, Verdict};
 
 use crate::corpus;
 use crate::strategies::{apply_edits, depth, edits, json_scalar, json_value, nasty_string};
@@ -290,6 +291,9 @@ fn check(case: &Case) -> Result<(), TestCaseError> {
     for bytes in &case.documents {
         let too_deep = json::exceeds_depth(bytes, case.max_depth);
         let parsed = serde_json::from_slice::<Value>(bytes);
+        if case.max_depth <= json::document::SERDE_DEPTH_LIMIT {
+            streaming_agrees(schema.as_ref(), bytes, case.max_depth, &parsed, too_deep)?;
+        }
         let fast = (case.max_depth <= json::document::SERDE_DEPTH_LIMIT && !too_deep)
             .then(|| json::document::parse(bytes))
             .flatten();
@@ -353,6 +357,118 @@ fn check(case: &Case) -> Result<(), TestCaseError> {
         }
     }
     Ok(())
+}
+
+/// The differential property of the streaming hot path (`json::stream`): it
+/// reads as JSON exactly what serde_json reads (within the depth limit), its
+/// "valid" is the exact path's, and its "invalid" never contradicts it.
+fn streaming_agrees(
+    schema: Option<&Schema>,
+    bytes: &[u8],
+    max_depth: usize,
+    parsed: &Result<Value, serde_json::Error>,
+    too_deep: bool,
+) -> Result<(), TestCaseError> {
+    let is_json = parsed.is_ok() && !too_deep;
+    let any = Plan::any().check(bytes, max_depth);
+    prop_assert_ne!(
+        any,
+        Verdict::Invalid,
+        "nothing is invalid against no schema"
+    );
+    prop_assert_eq!(
+        any == Verdict::Valid,
+        is_json,
+        "the streaming reader and serde_json + the depth scan disagree on {:?}",
+        String::from_utf8_lossy(bytes)
+    );
+    let Some(schema) = schema else {
+        return Ok(());
+    };
+    let verdict = schema.check_streaming(bytes, max_depth);
+    let exact_valid = match parsed {
+        Ok(value) if !too_deep => schema.violations(value).is_empty(),
+        _ => false,
+    };
+    match verdict {
+        Verdict::Valid => prop_assert!(exact_valid, "streaming says valid, the exact path not"),
+        // serde_json keeps the last value under a repeated name; the walk
+        // judged every one (`Verdict::Invalid`).
+        Verdict::Invalid => prop_assert!(
+            !exact_valid || repeats_a_name(bytes),
+            "streaming says invalid, the exact path valid"
+        ),
+        Verdict::Unsure => {}
+    }
+    Ok(())
+}
+
+/// Whether an object in `document` (JSON) repeats a member name.
+fn repeats_a_name(document: &[u8]) -> bool {
+    serde_json::from_slice::<Repeats>(document).is_ok_and(|r| r.0)
+}
+
+/// A JSON value read only for whether any of its objects repeats a name.
+struct Repeats(bool);
+
+impl<'de> Deserialize<'de> for Repeats {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(RepeatsVisitor)
+    }
+}
+
+struct RepeatsVisitor;
+
+impl<'de> serde::de::Visitor<'de> for RepeatsVisitor {
+    type Value = Repeats;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<Repeats, E> {
+        Ok(Repeats(false))
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<Repeats, E> {
+        Ok(Repeats(false))
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<Repeats, E> {
+        Ok(Repeats(false))
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<Repeats, E> {
+        Ok(Repeats(false))
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<Repeats, E> {
+        Ok(Repeats(false))
+    }
+
+    fn visit_unit<E>(self) -> Result<Repeats, E> {
+        Ok(Repeats(false))
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Repeats, A::Error> {
+        let mut repeats = false;
+        while let Some(Repeats(inner)) = seq.next_element()? {
+            repeats |= inner;
+        }
+        Ok(Repeats(repeats))
+    }
+
+    // Also how serde_json's `arbitrary_precision` hands over a number: a
+    // one-member map, which repeats nothing.
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Repeats, A::Error> {
+        let mut names = std::collections::HashSet::new();
+        let mut repeats = false;
+        while let Some(name) = map.next_key::<String>()? {
+            repeats |= !names.insert(name);
+            repeats |= map.next_value::<Repeats>()?.0;
+        }
+        Ok(Repeats(repeats))
+    }
 }
 
 /// The differential property of the response hot path: a document sonic-rs
