@@ -19,7 +19,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use jsonschema::json::Json;
-use jsonschema::{Draft, Registry, Resource, Retrieve, ValidationOptions};
+use jsonschema::{Draft, PatternOptions, Registry, Resource, Retrieve, ValidationOptions};
 use serde_json::Value;
 
 use crate::config::spec::{Formats, SchemaDraft};
@@ -203,9 +203,22 @@ impl<'a> SchemaOptions<'a> {
         let draft = self.draft_of(schema).ok()??;
         let ref_overrides = matches!(draft, Draft::Draft4 | Draft::Draft6 | Draft::Draft7);
         let leaf = |scalar: &Value| -> Option<Leaf> {
-            self.configure(jsonschema::options(), scalar)
-                .ok()?
-                .build(scalar)
+            // Read under the root's draft, not the default one.
+            let mut scalar = scalar.clone();
+            if let (Some(uri), Some(keywords)) = (schema.get("$schema"), scalar.as_object_mut()) {
+                keywords.insert("$schema".to_owned(), uri.clone());
+            }
+            let options = self.configure(jsonschema::options(), &scalar).ok()?;
+            // The `regex` engine where the pattern needs nothing more: the
+            // same translation and matches as fancy-regex, which delegates
+            // such patterns to it, without its layer per match (perf: 2%
+            // of a search call). Lookarounds and backreferences keep
+            // fancy-regex.
+            options
+                .clone()
+                .with_pattern_options(PatternOptions::regex())
+                .build(&scalar)
+                .or_else(|_| options.build(&scalar))
                 .ok()
         };
         Plan::compile(schema, ref_overrides, &leaf)

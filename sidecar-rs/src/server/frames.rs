@@ -35,6 +35,7 @@ use crate::pb::{DispatchFrame, StreamEnd};
 use crate::server::dispatch::{DispatchService, Inbound, Out, UNANSWERED};
 use crate::server::drain::Drain;
 use crate::server::linger::LINGER_MAX;
+use crate::server::result_chunks::encode_results;
 
 /// What each side sends first: "tandem", then "F1" for framing version 1.
 pub const PREFACE: &[u8; 8] = b"tandemF1";
@@ -234,9 +235,10 @@ async fn write_results(
         };
         let status = match next {
             Some(Out::Frame(frame, claims)) => {
-                let Some(bytes) = encode(KIND_MESSAGE, &frame) else {
+                let results = frame.results.len();
+                let Some(mut chunks) = encode_results(KIND_MESSAGE, frame) else {
                     tracing::error!(
-                        results = frame.results.len(),
+                        results,
                         "a result frame too large to frame; ending the stream"
                     );
                     let status = tonic::Status::internal("a result frame over 4 GiB");
@@ -245,7 +247,7 @@ async fn write_results(
                 let written = tokio::select! {
                     biased;
                     () = gone.cancelled() => return false,
-                    written = write.write_all(&bytes) => written,
+                    written = write.write_all_buf(&mut chunks) => written,
                 };
                 // The results have left the sidecar: their slots and bytes
                 // are free once the socket took them.
@@ -280,7 +282,8 @@ async fn write_end(write: &mut OwnedWriteHalf, status: &tonic::Status) -> io::Re
 }
 
 /// `message` framed: its length (with the kind byte), the kind, the message.
-/// `None` when it does not fit a 4-byte length.
+/// `None` when it does not fit a 4-byte length. (Result frames are framed
+/// by `result_chunks`, which leaves the bodies where they are.)
 fn encode(kind: u8, message: &impl Message) -> Option<BytesMut> {
     let len = message.encoded_len() + 1;
     let header = u32::try_from(len).ok()?;

@@ -9,6 +9,7 @@ pub mod dispatch;
 pub mod drain;
 pub mod frames;
 pub mod linger;
+mod result_chunks;
 
 use std::future::Future;
 use std::net::SocketAddr;

@@ -231,6 +231,31 @@ mod tests {
     }
 
     #[test]
+    fn scalar_keywords_are_judged_under_the_root_draft() {
+        // A leaf is read under the schema's own `$schema` (here draft 4,
+        // whose `exclusiveMinimum` is a boolean), not the default draft.
+        let schema = json!({
+            "$schema": "http://json-schema.org/draft-04/schema#",
+            "type": "array",
+            "items": {"type": "number", "minimum": 1.5, "exclusiveMinimum": true, "pattern": "x"}
+        });
+        let schema = Schema::compile(&schema).expect("compiles");
+        assert!(schema.has_plan());
+        assert_eq!(schema.check_streaming(b"[1.6, 2]", 64), Verdict::Valid);
+        assert_eq!(schema.check_streaming(b"[1.5]", 64), Verdict::Invalid);
+        // A pattern the `regex` engine cannot compile (a lookahead) still
+        // gets its leaf, on fancy-regex.
+        let lookahead = json!({"type": "array", "items": {"type": "string", "pattern": "^(?!no)"}});
+        let lookahead = Schema::compile(&lookahead).expect("compiles");
+        assert!(lookahead.has_plan());
+        assert_eq!(lookahead.check_streaming(br#"["yes"]"#, 64), Verdict::Valid);
+        assert_eq!(
+            lookahead.check_streaming(br#"["nope"]"#, 64),
+            Verdict::Invalid
+        );
+    }
+
+    #[test]
     fn what_the_walk_cannot_reproduce_gets_no_plan() {
         for schema in [
             json!({"not": {"type": "string"}}),
