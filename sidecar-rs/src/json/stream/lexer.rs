@@ -1,5 +1,6 @@
 //! A strict JSON reader over the received bytes: one pass, no tree, no
-//! allocation except a reused buffer for strings that carry escapes.
+//! allocation except a reused buffer for the escaped strings a check reads
+//! (and a copy of each escaped item of a `uniqueItems` array).
 //!
 //! It accepts exactly what serde_json accepts and nothing more (RFC 8259:
 //! no trailing commas, no leading zeros, no control characters or invalid
