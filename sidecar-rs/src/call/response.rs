@@ -36,11 +36,13 @@ impl Executor {
 /// schema is OK, anything else an error.
 fn check(tool: &Tool, status: u16, body: Bytes) -> Result<(u16, Bytes), CallError> {
     let ok_status = (200..300).contains(&status);
+    // Past serde_json's recursion limit only the exact path may answer.
+    let fast_paths = tool.max_json_depth <= document::SERDE_DEPTH_LIMIT;
     // The hot path: one pass over the bytes, validating as it reads
     // (`json::stream`). Only a certain "valid" ends here; everything else
     // is decided, and every error worded, by the tree paths below.
     let mut verdict = Verdict::Unsure;
-    if ok_status && tool.max_json_depth <= document::SERDE_DEPTH_LIMIT {
+    if ok_status && fast_paths {
         verdict = match &tool.output_schema {
             Some(schema) => schema.check_streaming(&body, tool.max_json_depth),
             None => ANY_JSON.check(&body, tool.max_json_depth),
@@ -68,8 +70,7 @@ fn check(tool: &Tool, status: u16, body: Bytes) -> Result<(u16, Bytes), CallErro
             status,
         });
     }
-    if !is_blank && verdict == Verdict::Unsure && tool.max_json_depth <= document::SERDE_DEPTH_LIMIT
-    {
+    if !is_blank && verdict == Verdict::Unsure && fast_paths {
         // The tree hot path: one sonic-rs parse, validated in place. A
         // document it cannot judge, or finds invalid, takes the exact path
         // below, which words the error exactly as it always has.

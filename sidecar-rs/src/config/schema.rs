@@ -202,13 +202,10 @@ impl<'a> SchemaOptions<'a> {
     fn plan(&self, schema: &Value) -> Option<Plan> {
         let draft = self.draft_of(schema).ok()??;
         let ref_overrides = matches!(draft, Draft::Draft4 | Draft::Draft6 | Draft::Draft7);
+        // The plan hands each leaf the root's `$schema`, so `configure`
+        // reads it under the schema's own draft.
         let leaf = |scalar: &Value| -> Option<Leaf> {
-            // Read under the root's draft, not the default one.
-            let mut scalar = scalar.clone();
-            if let (Some(uri), Some(keywords)) = (schema.get("$schema"), scalar.as_object_mut()) {
-                keywords.insert("$schema".to_owned(), uri.clone());
-            }
-            let options = self.configure(jsonschema::options(), &scalar).ok()?;
+            let options = self.configure(jsonschema::options(), scalar).ok()?;
             // The `regex` engine where the pattern needs nothing more: the
             // same translation and matches as fancy-regex, which delegates
             // such patterns to it, without its layer per match (perf: 2%
@@ -217,8 +214,8 @@ impl<'a> SchemaOptions<'a> {
             options
                 .clone()
                 .with_pattern_options(PatternOptions::regex())
-                .build(&scalar)
-                .or_else(|_| options.build(&scalar))
+                .build(scalar)
+                .or_else(|_| options.build(scalar))
                 .ok()
         };
         Plan::compile(schema, ref_overrides, &leaf)

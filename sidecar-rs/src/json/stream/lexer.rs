@@ -16,7 +16,7 @@
 use super::Stop;
 
 /// What the next value is, from its first byte.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(super) enum Kind {
     Null,
     Bool,
@@ -32,7 +32,6 @@ pub(super) struct Reader<'a> {
     /// check is exactly serde_json's, and strings are then borrowed as
     /// `str` without a check each.
     text: &'a str,
-    bytes: &'a [u8],
     at: usize,
     /// Decoded text of the last string read that carried escapes.
     scratch: String,
@@ -56,7 +55,6 @@ impl<'a> Reader<'a> {
         let text = simdutf8::basic::from_utf8(document).ok()?;
         Some(Self {
             text,
-            bytes: document,
             at: 0,
             scratch: String::new(),
         })
@@ -74,7 +72,7 @@ impl<'a> Reader<'a> {
 
     #[inline]
     pub(super) fn skip_whitespace(&mut self) {
-        while let Some(&b) = self.bytes.get(self.at) {
+        while let Some(&b) = self.text.as_bytes().get(self.at) {
             if !matches!(b, b' ' | b'\n' | b'\r' | b'\t') {
                 break;
             }
@@ -85,14 +83,14 @@ impl<'a> Reader<'a> {
     /// Whether every byte has been read (trailing whitespace skipped).
     pub(super) fn at_end(&mut self) -> bool {
         self.skip_whitespace();
-        self.at == self.bytes.len()
+        self.at == self.text.len()
     }
 
     /// The kind of the value that starts at the next non-blank byte.
     #[inline]
     pub(super) fn peek_kind(&mut self) -> Result<Kind, Stop> {
         self.skip_whitespace();
-        Ok(match self.bytes.get(self.at) {
+        Ok(match self.text.as_bytes().get(self.at) {
             Some(b'{') => Kind::Object,
             Some(b'[') => Kind::Array,
             Some(b'"') => Kind::String,
@@ -117,7 +115,7 @@ impl<'a> Reader<'a> {
     #[inline]
     pub(super) fn eat(&mut self, byte: u8) -> bool {
         self.skip_whitespace();
-        if self.bytes.get(self.at) == Some(&byte) {
+        if self.text.as_bytes().get(self.at) == Some(&byte) {
             self.at += 1;
             true
         } else {
@@ -127,7 +125,7 @@ impl<'a> Reader<'a> {
 
     /// `true`, `false` or `null` (the kind was peeked).
     pub(super) fn literal(&mut self) -> Result<Option<bool>, Stop> {
-        let rest = &self.bytes[self.at..];
+        let rest = &self.text.as_bytes()[self.at..];
         let (value, len) = if rest.starts_with(b"true") {
             (Some(true), 4)
         } else if rest.starts_with(b"false") {
@@ -144,7 +142,7 @@ impl<'a> Reader<'a> {
     /// A number's text, by the JSON grammar:
     /// `-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?`.
     pub(super) fn number(&mut self) -> Result<&'a str, Stop> {
-        let bytes = self.bytes;
+        let bytes = self.text.as_bytes();
         let start = self.at;
         let mut i = start;
         if bytes.get(i) == Some(&b'-') {
@@ -182,7 +180,7 @@ impl<'a> Reader<'a> {
     /// high-low pairs (UTF-8 was checked for the whole document). Escapes
     /// are decoded only when the text is asked for ([`Reader::text`]).
     pub(super) fn string(&mut self) -> Result<Raw<'a>, Stop> {
-        let bytes = self.bytes;
+        let bytes = self.text.as_bytes();
         let start = self.at + 1; // after the opening quote
         let mut i = start;
         let mut escape_overhead = 0;

@@ -69,8 +69,8 @@ pub(super) struct Checks {
     pub items: NodeId,
     pub min_items: Option<u64>,
     pub max_items: Option<u64>,
-    /// `uniqueItems: true`: judged here for strings without escapes,
-    /// booleans and null; other items leave the document unsure.
+    /// `uniqueItems: true`: judged here for strings, booleans and null;
+    /// other items leave the document unsure.
     pub unique_items: bool,
 }
 
@@ -176,8 +176,7 @@ impl Plan {
             following: Vec::new(),
         };
         if let Value::Object(map) = schema {
-            // A root `$id` only names the document; `#...` refs still
-            // resolve within it.
+            // A `$schema` that is not a string is jsonschema's error to word.
             if map.get("$schema").is_some_and(|s| !s.is_string()) {
                 return None;
             }
@@ -203,9 +202,7 @@ impl Compiler<'_, '_> {
             _ => return None,
         };
         if let Some(target) = map.get("$ref") {
-            let others = map.keys().any(|k| {
-                k != "$ref" && !is_annotation(k) && !(is_root && (k == "$schema" || k == "$id"))
-            });
+            let others = map.keys().any(|k| k != "$ref" && !is_inert(k, is_root));
             if others && !self.ref_overrides {
                 return None;
             }
@@ -239,10 +236,9 @@ impl Compiler<'_, '_> {
     ) -> Option<Node> {
         let mut branches = None;
         for key in map.keys() {
-            let known = is_annotation(key)
+            let known = is_inert(key, is_root)
                 || SCALAR.contains(&key.as_str())
-                || STRUCTURAL.contains(&key.as_str())
-                || (is_root && (key == "$schema" || key == "$id"));
+                || STRUCTURAL.contains(&key.as_str());
             if key == "anyOf" || key == "oneOf" {
                 if branches.is_some() {
                     return None;
@@ -255,9 +251,7 @@ impl Compiler<'_, '_> {
         if let Some(keyword) = branches {
             // Beside the branches, only annotations: the value is then
             // judged by its branch alone.
-            if map.keys().any(|k| {
-                k != keyword && !is_annotation(k) && !(is_root && (k == "$schema" || k == "$id"))
-            }) {
+            if map.keys().any(|k| k != keyword && !is_inert(k, is_root)) {
                 return None;
             }
             return self.dispatch(map[keyword].as_array()?, &format!("{pointer}/{keyword}"));
@@ -432,8 +426,11 @@ fn kinds_of(admitted: u8) -> u8 {
     kinds
 }
 
-fn is_annotation(key: &str) -> bool {
-    ANNOTATIONS.contains(&key)
+/// A keyword that does not change validity here: an annotation, or at the
+/// root `$schema` and `$id` (which only name the document; `#...` refs
+/// still resolve within it).
+fn is_inert(key: &str, is_root: bool) -> bool {
+    ANNOTATIONS.contains(&key) || (is_root && (key == "$schema" || key == "$id"))
 }
 
 fn type_bits(value: &Value) -> Option<u8> {

@@ -3,6 +3,7 @@
 
 use std::borrow::Cow;
 use std::cmp::Ordering;
+use std::collections::HashSet;
 
 use serde_json::Value;
 
@@ -92,7 +93,8 @@ impl<'p, 'a> Walk<'p, 'a> {
         }
         let mut count = 0u64;
         let max = checks.max_items.unwrap_or(u64::MAX);
-        let mut seen: Vec<(Kind, Cow<'a, str>)> = Vec::new();
+        // Hashed: an array may hold many thousands of items.
+        let mut seen: HashSet<(Kind, Cow<'a, str>)> = HashSet::new();
         self.elements(depth, |walk, depth| {
             count += 1;
             if count > max {
@@ -118,10 +120,9 @@ impl<'p, 'a> Walk<'p, 'a> {
                     Kind::Bool | Kind::Null => Cow::Borrowed(text),
                     _ => return Err(Stop::Unsure),
                 };
-                if seen.iter().any(|(k, seen)| *k == kind && *seen == item) {
+                if !seen.insert((kind, item)) {
                     return Err(Stop::Invalid);
                 }
-                seen.push((kind, item));
             }
             Ok(())
         })?;
