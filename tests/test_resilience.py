@@ -344,3 +344,45 @@ async def test_tool_concurrency_limit_waits_within_the_deadline_then_sheds(
     upstream.open(gate)
     assert {r.status for r in await asyncio.gather(*first, waiting)} == {Status.OK}
     assert upstream.requests["/held"] == 3
+
+
+async def test_connections_to_a_busy_upstream_are_kept_not_churned(
+    upstream: Upstream, start_sidecar: Start, client_for: MakeClient
+) -> None:
+    """A wave of calls above the old idle-pool bound (256) leaves its connections in the
+    pool, and the next wave of the same size reuses them instead of opening new ones
+    (each new one costs both sides a TCP handshake and leaves a socket in TIME_WAIT)."""
+    wave = 400
+    peers: set[tuple[str, int]] = set()
+    gate = upstream.gate()
+
+    async def held(request: web.Request) -> web.StreamResponse:
+        assert request.transport is not None
+        peers.add(request.transport.get_extra_info("peername"))
+        await gate.wait()
+        return web.json_response({"ok": True})
+
+    upstream.route("GET", "/held", held)
+    sidecar = start_sidecar(tools_file(tool("held", f"{upstream.url}/held", timeout="20s")))
+    client = client_for(sidecar.unix_target)
+
+    async def one_wave(target: int) -> None:
+        nonlocal gate
+        gate = upstream.gate()
+        calls = [asyncio.create_task(client.call("held", timeout=20)) for _ in range(wave)]
+        # Every call holds a connection of its own until the gate opens.
+        assert await asyncio.to_thread(
+            upstream.wait_for, lambda: upstream.requests["/held"] >= target, 15
+        )
+        upstream.open(gate)
+        results = await asyncio.gather(*calls)
+        assert {r.status for r in results} == {Status.OK}
+
+    await one_wave(wave)
+    assert len(peers) == wave
+    # A connection goes back to the pool just after its response; give that a moment.
+    await asyncio.sleep(0.5)
+    await one_wave(2 * wave)
+    # With 256 idle connections kept per host, the second wave had to open >= 144.
+    new = len(peers) - wave
+    assert new < 40, f"the second wave opened {new} new connections"

@@ -77,7 +77,7 @@ impl Default for UpstreamOptions {
         Self {
             max_hold: Duration::from_secs(600),
             connect_timeout: Duration::from_secs(5),
-            pool_max_idle_per_host: 256,
+            pool_max_idle_per_host: 4096,
         }
     }
 }
