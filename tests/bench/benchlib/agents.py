@@ -12,8 +12,8 @@ and reports every latency (``raw_latencies``) for the orchestrator to merge.
 
 Modes:
 
-* ``think``: ``agents`` agents, each: think ``think_ms``, make one call, repeat (start
-  times spread over one think time). Scenario 1.
+* ``think``: ``agents`` agents, each: think ``think_ms`` (times 1 ± ``think_jitter``,
+  uniform), make one call, repeat (start times spread over one think time). Scenario 1.
 * ``burst``: ``concurrency`` workers make ``calls`` calls back to back (after
   ``warmup_calls`` unmeasured ones). Scenarios 2, 4, 5.
 * ``memory``: ``agents`` agents make one call each, all at once, held in flight until the
@@ -73,12 +73,18 @@ async def _timed_call(
 
 async def think_mode(d: Dispatcher, cfg: dict[str, Any], rec: Recorder) -> float:
     think = cfg["think_ms"] / 1000
+    # Each think drawn from think x [1 - jitter, 1 + jitter] (the mean stays `think`): with
+    # one fixed think time, agents that a slow moment delayed together stay in step and
+    # come back as a burst, every think time, which a real model's varying step times
+    # would not do.
+    jitter = float(cfg.get("think_jitter", 0.0))
 
     async def agent(a: int) -> None:
-        await asyncio.sleep(random.Random(a).uniform(0, think))
+        rng = random.Random(a)
+        await asyncio.sleep(rng.uniform(0, think))
         for step in itertools.count():
             await _timed_call(d, cfg, a * 1_000_000 + step, a, rec)
-            await asyncio.sleep(think)
+            await asyncio.sleep(think * rng.uniform(1 - jitter, 1 + jitter))
 
     tasks = [asyncio.create_task(agent(a)) for a in range(cfg["agents"])]
     try:
