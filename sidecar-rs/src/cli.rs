@@ -10,7 +10,7 @@ use clap::{Parser, ValueEnum};
 use crate::server::auth::BearerAuth;
 use crate::server::dispatch::Admission;
 use crate::server::{ListenAddr, ServerConfig};
-use crate::upstream::client::UpstreamOptions;
+use crate::upstream::client::{UpstreamOptions, DEFAULT_MAX_IDLE_PER_HOST};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -103,7 +103,7 @@ pub struct Cli {
     #[arg(
         long,
         env = "SIDECAR_UPSTREAM_MAX_IDLE_PER_HOST",
-        default_value_t = 4096
+        default_value_t = DEFAULT_MAX_IDLE_PER_HOST
     )]
     pub upstream_max_idle_per_host: usize,
 

@@ -72,12 +72,17 @@ pub struct UpstreamOptions {
     pub pool_max_idle_per_host: usize,
 }
 
+/// Idle keep-alive connections kept per host unless configured otherwise:
+/// above an origin's default `max_concurrency` (1024), so a busy origin's
+/// connections are reused rather than closed and opened again.
+pub const DEFAULT_MAX_IDLE_PER_HOST: usize = 4096;
+
 impl Default for UpstreamOptions {
     fn default() -> Self {
         Self {
             max_hold: Duration::from_secs(600),
             connect_timeout: Duration::from_secs(5),
-            pool_max_idle_per_host: 4096,
+            pool_max_idle_per_host: DEFAULT_MAX_IDLE_PER_HOST,
         }
     }
 }
