@@ -13,6 +13,8 @@
 //! walk are the cost this module exists to avoid; the reader is driven by
 //! the schema's plan (`walk.rs`), token by token.
 
+use wide::u8x16;
+
 use super::Stop;
 
 /// What the next value is, from its first byte.
@@ -41,12 +43,32 @@ pub(super) struct Reader<'a> {
 /// carries escapes) before it is compared, whether the raw text is all
 /// ASCII, and how many characters its escapes add to the decoded text's
 /// (`\n` is two characters for one, a `\u` surrogate pair twelve).
+///
+/// Two words and no `bool`, so an `Option<Raw>` is the two words with no
+/// tag (see [`Reader::string`]).
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Raw<'a> {
     text: &'a str,
-    escaped: bool,
-    ascii: bool,
-    escape_overhead: usize,
+    /// The escapes' extra characters, shifted left once; the low bit is set
+    /// when the raw text is not all ASCII.
+    packed: usize,
+}
+
+impl Raw<'_> {
+    #[inline]
+    fn escaped(&self) -> bool {
+        self.packed > 1
+    }
+
+    #[inline]
+    fn ascii(&self) -> bool {
+        self.packed & 1 == 0
+    }
+
+    #[inline]
+    fn escape_overhead(&self) -> usize {
+        self.packed >> 1
+    }
 }
 
 impl<'a> Reader<'a> {
@@ -179,29 +201,38 @@ impl<'a> Reader<'a> {
     /// would: no raw control characters, valid escapes, `\u` surrogates in
     /// high-low pairs (UTF-8 was checked for the whole document). Escapes
     /// are decoded only when the text is asked for ([`Reader::text`]).
-    pub(super) fn string(&mut self) -> Result<Raw<'a>, Stop> {
+    ///
+    /// Inlined: most strings (names, short values) end at the first byte
+    /// that needs a look, and the caller then keeps the result in registers;
+    /// escapes and the document's last bytes go out of line. (A plain
+    /// `#[inline]` was not taken.) `None` is a string serde_json refuses, so
+    /// [`Stop::Unsure`]; an `Option` rather than a `Result` because the
+    /// compiler moved the `Result` through memory in pieces and stalled on
+    /// reading it back (perf: a fifth of the walk, at each member name).
+    #[inline(always)]
+    pub(super) fn string(&mut self) -> Option<Raw<'a>> {
         let bytes = self.text.as_bytes();
         let start = self.at + 1; // after the opening quote
-        let mut i = start;
+        let (i, high) = scan(bytes, start);
+        if bytes.get(i) == Some(&b'"') {
+            self.at = i + 1;
+            return Some(Raw {
+                text: &self.text[start..i],
+                packed: usize::from(high != 0),
+            });
+        }
+        self.string_rest(start, i, high != 0)
+    }
+
+    /// The rest of [`Reader::string`] from `i`, a byte that is not the
+    /// closing quote: escapes, control characters, the end of the document.
+    #[inline(never)]
+    fn string_rest(&mut self, start: usize, mut i: usize, mut high: bool) -> Option<Raw<'a>> {
+        let bytes = self.text.as_bytes();
         let mut escape_overhead = 0;
-        // The high bits of every byte passed over: zero for ASCII text.
-        let mut high = 0u64;
         loop {
-            // Eight bytes at a time up to the first that needs a look.
-            while let Some(word) = bytes.get(i..i + 8) {
-                let word = u64::from_le_bytes(word.try_into().unwrap_or_default());
-                let hits = needs_a_look(word);
-                if hits != 0 {
-                    let before = hits.trailing_zeros() / 8;
-                    high |= word & ((1u64 << (8 * before)) - 1);
-                    i += before as usize;
-                    break;
-                }
-                high |= word;
-                i += 8;
-            }
             match bytes.get(i) {
-                None => return Err(Stop::Unsure),
+                None => return None,
                 Some(b'"') => break,
                 Some(b'\\') => match bytes.get(i + 1) {
                     Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => {
@@ -209,41 +240,43 @@ impl<'a> Reader<'a> {
                         escape_overhead += 1;
                     }
                     Some(b'u') => {
-                        let unit = hex4(bytes.get(i + 2..i + 6))?;
+                        let unit = hex4(bytes.get(i + 2..i + 6)).ok()?;
                         i += 6;
                         escape_overhead += 5;
                         match unit {
                             0xD800..=0xDBFF => {
                                 if bytes.get(i..i + 2) != Some(b"\\u") {
-                                    return Err(Stop::Unsure);
+                                    return None;
                                 }
-                                if !(0xDC00..=0xDFFF).contains(&hex4(bytes.get(i + 2..i + 6))?) {
-                                    return Err(Stop::Unsure);
+                                if !(0xDC00..=0xDFFF).contains(&hex4(bytes.get(i + 2..i + 6)).ok()?)
+                                {
+                                    return None;
                                 }
                                 i += 6;
                                 escape_overhead += 6;
                             }
-                            0xDC00..=0xDFFF => return Err(Stop::Unsure),
+                            0xDC00..=0xDFFF => return None,
                             _ => {}
                         }
                     }
-                    _ => return Err(Stop::Unsure),
+                    _ => return None,
                 },
                 // Control characters must be escaped.
-                Some(0..=0x1f) => return Err(Stop::Unsure),
-                // The last few bytes of the document, one at a time.
+                Some(0..=0x1f) => return None,
+                // The document's last few bytes, one at a time.
                 Some(&b) => {
-                    high |= u64::from(b);
+                    high |= b >= 0x80;
                     i += 1;
                 }
             }
+            let (next, more_high) = scan(bytes, i);
+            i = next;
+            high |= more_high != 0;
         }
         self.at = i + 1;
-        Ok(Raw {
+        Some(Raw {
             text: &self.text[start..i],
-            escaped: escape_overhead > 0,
-            ascii: high & 0x8080_8080_8080_8080 == 0,
-            escape_overhead,
+            packed: escape_overhead << 1 | usize::from(high),
         })
     }
 
@@ -251,19 +284,19 @@ impl<'a> Reader<'a> {
     /// counts `minLength`/`maxLength`, without decoding it.
     #[inline]
     pub(super) fn length(raw: &Raw<'_>) -> usize {
-        let raw_length = if raw.ascii {
+        let raw_length = if raw.ascii() {
             raw.text.len()
         } else {
             raw.text.chars().count()
         };
-        raw_length - raw.escape_overhead
+        raw_length - raw.escape_overhead()
     }
 
     /// The decoded text of `raw`: borrowed from the document, or (when it
     /// carries escapes) decoded into the reader's buffer.
     #[inline]
     pub(super) fn text<'r>(&'r mut self, raw: &Raw<'r>) -> &'r str {
-        if !raw.escaped {
+        if !raw.escaped() {
             return raw.text;
         }
         decode(raw.text, &mut self.scratch);
@@ -315,19 +348,32 @@ fn decode(raw: &str, out: &mut String) {
     out.push_str(&raw[i..]);
 }
 
-/// The bytes of `word` (little-endian) that are a quote, a backslash or a
-/// control character (below 0x20), as their high bits. The classic SWAR
-/// tests (a byte is zero after xor-ing with the one sought; a byte is below
-/// n): bits past the first hit may be false alarms, the lowest set bit is
-/// always the first real hit.
-fn needs_a_look(word: u64) -> u64 {
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    const HIGH: u64 = 0x8080_8080_8080_8080;
-    let zero = |v: u64| v.wrapping_sub(ONES) & !v & HIGH;
-    let quote = zero(word ^ (ONES * u64::from(b'"')));
-    let backslash = zero(word ^ (ONES * u64::from(b'\\')));
-    let control = word.wrapping_sub(ONES * 0x20) & !word & HIGH;
-    quote | backslash | control
+/// From `i`, sixteen bytes at a time, to the first byte that is a quote, a
+/// backslash or a control character (below 0x20), or to the last sixteen
+/// bytes of `bytes`: that position, and non-zero when a byte passed over
+/// is not ASCII.
+#[inline(always)]
+fn scan(bytes: &[u8], mut i: usize) -> (usize, u32) {
+    let quote = u8x16::splat(b'"');
+    let backslash = u8x16::splat(b'\\');
+    let below_space = u8x16::splat(0x1f);
+    let mut high = 0;
+    while let Some(chunk) = bytes.get(i..i + 16) {
+        let v = u8x16::new(chunk.try_into().unwrap_or_default());
+        // `min(v, 0x1f) == v` is `v <= 0x1f`, unsigned.
+        let hits =
+            (v.simd_eq(quote) | v.simd_eq(backslash) | v.min(below_space).simd_eq(v)).to_bitmask();
+        // Lanes with the top bit set: the bytes that are not ASCII.
+        let top = v.to_bitmask();
+        if hits != 0 {
+            let before = hits.trailing_zeros();
+            high |= top & ((1 << before) - 1);
+            return (i + before as usize, high);
+        }
+        high |= top;
+        i += 16;
+    }
+    (i, high)
 }
 
 fn digits(bytes: &[u8], mut i: usize) -> usize {
@@ -349,4 +395,78 @@ fn hex4(hex: Option<&[u8]>) -> Result<u32, Stop> {
         };
         Ok((n << 4) | u32::from(digit))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Strings are scanned sixteen bytes at a time: every kind of byte that
+    /// needs a look, at every offset around those steps, and with the
+    /// document ending right after the string or later, must read as
+    /// serde_json reads it (or be refused where serde_json refuses it).
+    #[test]
+    fn strings_read_as_serde_json_reads_them_at_every_offset() {
+        let pieces = [
+            "a",
+            "é",
+            "€",
+            "😀",
+            "\\n",
+            "\\\"",
+            "\\\\",
+            "\\u00e9",
+            "\\ud83d\\ude00",
+            // Refused by both:
+            "\u{1}",
+            "\u{1f}",
+            "\\x",
+            "\\ud800",
+            "\\udc00",
+            "\\u12",
+        ];
+        for len in 0..40 {
+            for at in 0..=len {
+                for piece in pieces {
+                    let body = format!("{}{piece}{}", "x".repeat(at), "y".repeat(len - at));
+                    let expected: Result<String, _> = serde_json::from_str(&format!("\"{body}\""));
+                    for tail in ["", ",", " 1234567890123456789", ",\"é€\""] {
+                        let document = format!("\"{body}\"{tail}");
+                        let mut reader = Reader::new(document.as_bytes()).expect("UTF-8");
+                        match (reader.string(), &expected) {
+                            (Some(raw), Ok(text)) => {
+                                assert_eq!(
+                                    Reader::length(&raw),
+                                    text.chars().count(),
+                                    "{document}"
+                                );
+                                assert_eq!(reader.position(), body.len() + 2, "{document}");
+                                assert_eq!(reader.text(&raw), text, "{document}");
+                            }
+                            (None, Err(_)) => {}
+                            (got, expected) => {
+                                panic!("{document:?}: read {got:?}, serde_json {expected:?}")
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn an_unterminated_string_is_refused_wherever_it_stops() {
+        for len in 0..40 {
+            let document = format!("\"{}", "x".repeat(len));
+            assert!(Reader::new(document.as_bytes())
+                .expect("UTF-8")
+                .string()
+                .is_none());
+            let escaped = format!("\"{}\\", "x".repeat(len));
+            assert!(Reader::new(escaped.as_bytes())
+                .expect("UTF-8")
+                .string()
+                .is_none());
+        }
+    }
 }

@@ -11,6 +11,7 @@
 //! the error as they always have (`call/response.rs`).
 
 mod lexer;
+mod pattern;
 mod plan;
 mod walk;
 

@@ -8,7 +8,8 @@
 //! local `$ref`,
 //! `anyOf`/`oneOf` whose branches admit disjoint types; and on scalars
 //! `minLength`/`maxLength`, integer bounds, `enum`/`const` of strings,
-//! booleans and null). Scalar keywords beyond those (`pattern`, `format`,
+//! booleans and null, and `pattern` where a DFA can run it; see
+//! `pattern.rs`). Scalar keywords beyond those (`format`,
 //! `multipleOf`, numeric `enum`s, fractional bounds, ...) are left to a
 //! jsonschema validator compiled for that node's scalar keywords alone, so
 //! they keep jsonschema's exact semantics. A schema using anything else
@@ -17,6 +18,8 @@
 use std::collections::HashMap;
 
 use serde_json::{Map, Value};
+
+use super::pattern::Pattern;
 
 /// Index of a node in [`Plan::nodes`].
 pub(super) type NodeId = usize;
@@ -62,6 +65,8 @@ pub(super) struct Checks {
     pub bounds: Bounds,
     /// `enum`/`const` members, all strings, booleans or null.
     pub one_of_values: Option<Vec<Value>>,
+    /// `pattern`, for strings.
+    pub pattern: Option<Pattern>,
     pub properties: Vec<(String, NodeId)>,
     /// Bit `i` set: `properties[i]` is required.
     pub required: u64,
@@ -348,8 +353,14 @@ impl Compiler<'_, '_> {
             }
             checks.one_of_values = Some(members);
         }
+        match map.get("pattern") {
+            None => {}
+            Some(pattern) => match pattern.as_str().and_then(Pattern::compile) {
+                Some(compiled) => checks.pattern = Some(compiled),
+                None => needs_leaf = true,
+            },
+        }
         needs_leaf |= [
-            "pattern",
             "format",
             "multipleOf",
             "contentEncoding",
@@ -367,6 +378,8 @@ impl Compiler<'_, '_> {
                 scalar.insert("$schema".to_owned(), draft.clone());
             }
             checks.leaf = Some((self.leaf)(&Value::Object(scalar))?);
+            // The leaf judges every scalar keyword, `pattern` included.
+            checks.pattern = None;
         }
         Some(())
     }

@@ -57,7 +57,7 @@ impl<'p, 'a> Walk<'p, 'a> {
         match kind {
             Kind::Object => self.members(depth, None, |walk, _, depth| walk.value(ANY, depth)),
             Kind::Array => self.elements(depth, |walk, depth| walk.value(ANY, depth)),
-            Kind::String => self.reader.string().map(drop),
+            Kind::String => self.reader.string().map(drop).ok_or(Stop::Unsure),
             Kind::Number => self.reader.number().map(drop),
             Kind::Null | Kind::Bool => self.reader.literal().map(drop),
         }
@@ -161,7 +161,9 @@ impl<'p, 'a> Walk<'p, 'a> {
             if self.reader.peek_kind()? != Kind::String {
                 return Err(Stop::Unsure);
             }
-            let raw = self.reader.string()?;
+            let Some(raw) = self.reader.string() else {
+                return Err(Stop::Unsure);
+            };
             let index = lookup
                 .filter(|c| !c.properties.is_empty())
                 .and_then(|checks| {
@@ -204,7 +206,9 @@ impl<'p, 'a> Walk<'p, 'a> {
     fn scalar(&mut self, kind: Kind, checks: &Checks) -> Result<(), Stop> {
         match kind {
             Kind::String => {
-                let raw = self.reader.string()?;
+                let Some(raw) = self.reader.string() else {
+                    return Err(Stop::Unsure);
+                };
                 if let Some(leaf) = &checks.leaf {
                     let text = self.reader.text(&raw);
                     return judge(leaf, &Value::String(text.to_owned()));
@@ -220,15 +224,18 @@ impl<'p, 'a> Walk<'p, 'a> {
                         return Err(Stop::Invalid);
                     }
                 }
-                match &checks.one_of_values {
-                    Some(members) => {
-                        let text = self.reader.text(&raw);
-                        if members.iter().any(|m| m.as_str() == Some(text)) {
-                            Ok(())
-                        } else {
-                            Err(Stop::Invalid)
-                        }
+                if let Some(members) = &checks.one_of_values {
+                    let text = self.reader.text(&raw);
+                    if !members.iter().any(|m| m.as_str() == Some(text)) {
+                        return Err(Stop::Invalid);
                     }
+                }
+                match &checks.pattern {
+                    Some(pattern) => match pattern.is_match(self.reader.text(&raw)) {
+                        Some(true) => Ok(()),
+                        Some(false) => Err(Stop::Invalid),
+                        None => Err(Stop::Unsure),
+                    },
                     None => Ok(()),
                 }
             }
