@@ -44,8 +44,8 @@ pub(super) struct Reader<'a> {
 /// ASCII, and how many characters its escapes add to the decoded text's
 /// (`\n` is two characters for one, a `\u` surrogate pair twelve).
 ///
-/// Two words and no `bool`, so an `Option<Raw>` is the two words with no
-/// tag (see [`Reader::string`]).
+/// Words only, no `bool`: an `Option<Raw>` then needs no tag byte (the
+/// reference's null is `None`), see [`Reader::string`].
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Raw<'a> {
     text: &'a str,
@@ -349,9 +349,9 @@ fn decode(raw: &str, out: &mut String) {
 }
 
 /// From `i`, sixteen bytes at a time, to the first byte that is a quote, a
-/// backslash or a control character (below 0x20), or to the last sixteen
-/// bytes of `bytes`: that position, and non-zero when a byte passed over
-/// is not ASCII.
+/// backslash or a control character (below 0x20), or to where fewer than
+/// sixteen bytes are left: that position, and non-zero when a byte passed
+/// over is not ASCII.
 #[inline(always)]
 fn scan(bytes: &[u8], mut i: usize) -> (usize, u32) {
     let quote = u8x16::splat(b'"');
