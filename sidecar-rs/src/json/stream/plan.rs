@@ -353,13 +353,6 @@ impl Compiler<'_, '_> {
             }
             checks.one_of_values = Some(members);
         }
-        match map.get("pattern") {
-            None => {}
-            Some(pattern) => match pattern.as_str().and_then(Pattern::compile) {
-                Some(compiled) => checks.pattern = Some(compiled),
-                None => needs_leaf = true,
-            },
-        }
         needs_leaf |= [
             "format",
             "multipleOf",
@@ -368,6 +361,12 @@ impl Compiler<'_, '_> {
         ]
         .iter()
         .any(|k| map.contains_key(*k));
+        // A leaf judges every scalar keyword, `pattern` included: its DFA is
+        // built only where there is no leaf.
+        if let (Some(pattern), false) = (map.get("pattern"), needs_leaf) {
+            checks.pattern = pattern.as_str().and_then(Pattern::compile);
+            needs_leaf = checks.pattern.is_none();
+        }
         if needs_leaf {
             let mut scalar: Map<String, Value> = map
                 .iter()
@@ -378,8 +377,6 @@ impl Compiler<'_, '_> {
                 scalar.insert("$schema".to_owned(), draft.clone());
             }
             checks.leaf = Some((self.leaf)(&Value::Object(scalar))?);
-            // The leaf judges every scalar keyword, `pattern` included.
-            checks.pattern = None;
         }
         Some(())
     }
