@@ -7,8 +7,12 @@ on asyncio's loop and on uvloop's, whose transports differ (``conftest.py``)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
+import os
+import socket
 import struct
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -16,7 +20,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from messages import as_frame
 
-from brain._frames import PREFACE, FramedStream, FramedStreamError, _Protocol
+from brain._frames import (
+    PREFACE,
+    PREFACE_SHARED,
+    FramedStream,
+    FramedStreamError,
+    _Protocol,
+    _Region,
+)
 from brain._proto.dispatch.v1 import dispatch_pb2 as pb
 
 
@@ -27,6 +38,10 @@ class FakeTransport(asyncio.Transport):
         super().__init__()
         self.aborted = False
         self.paused = False
+        self.written = bytearray()
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.written.extend(data)
 
     def pause_reading(self) -> None:
         self.paused = True
@@ -164,9 +179,12 @@ async def test_unread_frames_stop_the_socket_being_read_until_taken() -> None:
     assert not transport.paused
 
 
+@pytest.mark.parametrize("shared_memory", [False, True])
 async def test_the_stream_writes_the_preface_then_length_kind_and_message(
-    tmp_path: Path,
+    tmp_path: Path, shared_memory: bool
 ) -> None:
+    """Also a version 2 client (``shared_memory``) that a version 1 sidecar answers: the
+    stream is then version 1's."""
     received = bytearray()
     got_end = asyncio.Event()
 
@@ -186,8 +204,9 @@ async def test_the_stream_writes_the_preface_then_length_kind_and_message(
     path = str(tmp_path / "f.sock")
     server = await asyncio.start_unix_server(sidecar, path)
     async with server:
-        stream = FramedStream(path, max_receive_bytes=1 << 20)
+        stream = FramedStream(path, max_receive_bytes=1 << 20, shared_memory=shared_memory)
         await stream.wait_for_connection()
+        assert stream.shared_region_bytes == 0
         calls = pb.DispatchFrame(calls=[pb.ToolCall(call_id="1", tool="t", arguments=b"{}")])
         await stream.write(calls.SerializeToString())
         await stream.done_writing()
@@ -196,7 +215,8 @@ async def test_the_stream_writes_the_preface_then_length_kind_and_message(
         assert as_frame(results) == result_frame("r")
         assert await stream.read() is None
         stream.cancel()
-    assert bytes(received) == (PREFACE + frame(1, calls.SerializeToString()) + frame(2, b""))
+    preface = PREFACE_SHARED if shared_memory else PREFACE
+    assert bytes(received) == (preface + frame(1, calls.SerializeToString()) + frame(2, b""))
 
 
 async def test_connecting_where_no_sidecar_answers_fails_with_the_reason(tmp_path: Path) -> None:
@@ -219,3 +239,162 @@ async def test_connecting_where_no_sidecar_answers_fails_with_the_reason(tmp_pat
             await silent.wait_for_connection()
         # The stream gave up and closed: the mute server sees it hang up.
         await asyncio.wait_for(hung_up.wait(), 5)
+
+
+REGION = 256 * 1024
+
+
+class Placer:
+    """What the sidecar does with a region: each body after the last, at the start when
+    it would cross the end (the offset counts the skipped tail)."""
+
+    def __init__(self) -> None:
+        self.fd = os.memfd_create("test-region")
+        os.ftruncate(self.fd, REGION)
+        self.written = 0
+
+    def region(self) -> _Region:
+        return _Region(os.dup(self.fd))
+
+    def place(self, body: bytes) -> pb.SharedSpan:
+        at = self.written % REGION
+        if at + len(body) > REGION:
+            self.written += REGION - at
+            at = 0
+        os.pwrite(self.fd, body, at)
+        span = pb.SharedSpan(offset=self.written, length=len(body))
+        self.written += len(body)
+        return span
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+def shared_frame(*spans: pb.SharedSpan) -> bytes:
+    message = pb.ResultFrame(
+        results=[
+            pb.ToolResult(call_id=str(i), status=pb.STATUS_OK, shared_result=span)
+            for i, span in enumerate(spans)
+        ]
+    )
+    return frame(1, message.SerializeToString())
+
+
+def released(transport: FakeTransport) -> list[int]:
+    """The offsets of the release frames the client wrote."""
+    data = bytes(transport.written)
+    assert len(data) % 13 == 0, data
+    out = []
+    for at in range(0, len(data), 13):
+        length, kind, through = struct.unpack_from(">IBQ", data, at)
+        assert (length, kind) == (9, 3)
+        out.append(through)
+    return out
+
+
+async def test_results_in_the_shared_region_are_copied_out_and_released_in_steps() -> None:
+    """Fifteen 40 KB results through a 256 KiB region, round it twice: each comes out byte
+    for byte, and the region is released once an eighth of it (32 KiB) more was copied,
+    through the end of the last span copied; one release per read, however many frames
+    the read brought."""
+    placer = Placer()
+    proto = _Protocol(1 << 20, placer.region(), preface_read=True)
+    transport = FakeTransport()
+    proto.connection_made(transport)
+    bodies = [bytes([65 + i]) * 40_000 for i in range(15)]
+    got: list[bytes] = []
+    for batch in (bodies[i : i + 3] for i in range(0, len(bodies), 3)):
+        spans = [placer.place(body) for body in batch]
+        feed(proto, shared_frame(*spans[:2]) + shared_frame(*spans[2:]))
+        for _ in range(2):
+            got += [r.result_bytes for r in await proto.next_frame() or []]
+        assert released(transport)[-1] == spans[-1].offset + spans[-1].length
+    assert got == bodies
+    assert len(released(transport)) == 5
+    assert placer.written > 2 * REGION
+    placer.close()
+
+
+async def test_a_span_outside_the_region_or_already_released_fails_the_stream() -> None:
+    placer = Placer()
+    outside = pb.SharedSpan(offset=REGION - 10, length=20_000)
+    proto = _Protocol(1 << 20, placer.region(), preface_read=True)
+    transport = FakeTransport()
+    proto.connection_made(transport)
+    feed(proto, shared_frame(outside))
+    with pytest.raises(FramedStreamError, match="outside the 262144-byte region"):
+        await proto.next_frame()
+    assert transport.aborted
+
+    spans = [placer.place(b"y" * 40_000) for _ in range(2)]
+    proto = _Protocol(1 << 20, placer.region(), preface_read=True)
+    transport = FakeTransport()
+    proto.connection_made(transport)
+    feed(proto, shared_frame(*spans))
+    assert len(await proto.next_frame() or []) == 2
+    assert released(transport) == [80_000]
+    feed(proto, shared_frame(spans[0]))
+    with pytest.raises(FramedStreamError, match="already released"):
+        await proto.next_frame()
+    placer.close()
+
+
+Answer = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+@contextlib.asynccontextmanager
+async def fake_sidecar(path: str, answer: Answer) -> AsyncIterator[None]:
+    """A unix server whose one connection gets ``answer``, then is read until the client
+    closes; leaving waits for that (the handler must not outlive the test's loop)."""
+    finished = asyncio.Event()
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await answer(reader, writer)
+        await reader.read()
+        writer.close()
+        await writer.wait_closed()
+        finished.set()
+
+    async with await asyncio.start_unix_server(serve, path):
+        yield
+        await asyncio.wait_for(finished.wait(), 5)
+
+
+async def test_a_sidecar_that_passes_a_region_gets_it_mapped_and_used(tmp_path: Path) -> None:
+    """A version 2 sidecar by hand: the preface with a memfd attached; the stream maps it
+    and reads a result out of it."""
+    body = b'{"k": "' + b"v" * 30_000 + b'"}'
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        assert await reader.readexactly(8) == PREFACE_SHARED
+        fd = os.memfd_create("region")
+        os.ftruncate(fd, REGION)
+        os.pwrite(fd, body, 0)
+        # asyncio's transports cannot pass a descriptor: a duplicate of the socket can.
+        # (Non-blocking like the original: 8 bytes into an empty socket buffer.)
+        with socket.socket(fileno=os.dup(writer.get_extra_info("socket").fileno())) as sock:
+            socket.send_fds(sock, [PREFACE_SHARED], [fd])
+        os.close(fd)
+        writer.write(shared_frame(pb.SharedSpan(offset=0, length=len(body))))
+
+    path = str(tmp_path / "v2.sock")
+    async with fake_sidecar(path, answer):
+        stream = FramedStream(path, max_receive_bytes=1 << 20)
+        await stream.wait_for_connection()
+        assert stream.shared_region_bytes == REGION
+        results = await stream.read()
+        assert results is not None
+        assert [r.result_bytes for r in results] == [body]
+        stream.cancel()
+
+
+async def test_a_version_2_answer_without_a_region_is_refused(tmp_path: Path) -> None:
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readexactly(8)
+        writer.write(PREFACE_SHARED)
+
+    path = str(tmp_path / "bad.sock")
+    async with fake_sidecar(path, answer):
+        stream = FramedStream(path, max_receive_bytes=1 << 20)
+        with pytest.raises(FramedStreamError, match="without passing its shared region"):
+            await stream.wait_for_connection()

@@ -86,6 +86,15 @@ pub struct Cli {
     #[arg(long, env = "SIDECAR_MAX_UNDELIVERED_BYTES_PER_STREAM", default_value = "64MiB", value_parser = byte_size)]
     pub max_undelivered_bytes_per_stream: usize,
 
+    /// Shared memory for large results on each frames stream whose client
+    /// asks for it (the brain does): a ring of this size that both map, so a
+    /// result of 16 KiB or more is written once and copied out once instead
+    /// of crossing the socket. It counts toward this container's memory; 0
+    /// turns it off (results then travel on the socket, as they also do
+    /// while the ring is full).
+    #[arg(long, env = "SIDECAR_FRAMES_SHARED_REGION", default_value = "16MiB", value_parser = region_size)]
+    pub frames_shared_region: usize,
+
     /// On SIGTERM, how long calls in flight may take to finish before they
     /// are cancelled, e.g. `20s`.
     #[arg(long, env = "SIDECAR_DRAIN_TIMEOUT", default_value = "20s", value_parser = humantime_duration)]
@@ -162,6 +171,20 @@ fn byte_size(s: &str) -> Result<usize, String> {
         .ok_or_else(|| format!("{s:?}: expected a positive byte count, e.g. 256MiB"))
 }
 
+/// A shared region's size: 0 (none), or at least 64 KiB (a region holds
+/// only results of 16 KiB or more).
+fn region_size(s: &str) -> Result<usize, String> {
+    if s.trim() == "0" {
+        return Ok(0);
+    }
+    match byte_size(s)? {
+        n if n < 64 << 10 => Err(format!(
+            "{s:?}: a shared region takes at least 64KiB (or 0 to turn it off)"
+        )),
+        n => Ok(n),
+    }
+}
+
 impl Cli {
     /// The server's settings; fails on an unreadable or too short token.
     pub fn server_config(&self) -> Result<ServerConfig, String> {
@@ -187,6 +210,7 @@ impl Cli {
                 max_undelivered_bytes_per_stream: self.max_undelivered_bytes_per_stream,
             },
             drain_timeout: self.drain_timeout,
+            frames_shared_region_bytes: self.frames_shared_region as u64,
             upstream: UpstreamOptions {
                 connect_timeout: self.connect_timeout,
                 max_hold: self.max_upstream_hold,
@@ -211,5 +235,14 @@ mod tests {
             .unwrap_err()
             .contains("B, KiB, MiB or GiB"));
         assert!(byte_size("MiB").is_err());
+    }
+
+    #[test]
+    fn a_shared_region_is_off_or_at_least_64_kib() {
+        assert_eq!(region_size("0"), Ok(0));
+        assert_eq!(region_size("16MiB"), Ok(16 << 20));
+        assert_eq!(region_size("64KiB"), Ok(64 << 10));
+        assert!(region_size("32KiB").unwrap_err().contains("at least 64KiB"));
+        assert!(region_size("12MB").is_err());
     }
 }

@@ -43,6 +43,10 @@ pub struct Metrics {
     /// away (cancelled the RPC, or its connection dropped) before the stream
     /// ended; their calls were cancelled at once.
     pub streams_abandoned: IntCounter,
+    /// `sidecar_frames_shared_results_total{outcome}`: results of at least
+    /// 16 KiB on frames streams with a shared region: `shared` (through the
+    /// region) or `full` (the region had no room; on the socket).
+    pub frames_shared_results: IntCounterVec,
     /// `sidecar_undelivered_results`: results produced and not yet taken by
     /// the transport (their client has not read them).
     pub undelivered_results: IntGauge,
@@ -163,6 +167,11 @@ impl Metrics {
             "Calls held or refused because the upstream announced its quota was spent.",
             &["upstream"],
         );
+        let frames_shared_results = counter(
+            "sidecar_frames_shared_results_total",
+            "Results of 16 KiB or more on frames streams with a shared region: shared (through it) or full (no room; on the socket).",
+            &["outcome"],
+        );
         let fleet = crate::policy::fleet::FleetMetrics {
             commands: counter(
                 "sidecar_fleet_redis_commands_total",
@@ -209,6 +218,7 @@ impl Metrics {
             Box::new(config_reloads.clone()),
             Box::new(rate_limit_shadow.clone()),
             Box::new(upstream_throttled.clone()),
+            Box::new(frames_shared_results.clone()),
             Box::new(fleet.commands.clone()),
             Box::new(fleet.errors.clone()),
             Box::new(fleet.connected.clone()),
@@ -233,6 +243,7 @@ impl Metrics {
             config_reloads,
             rate_limit_shadow,
             upstream_throttled,
+            frames_shared_results,
             fleet,
         }
     }

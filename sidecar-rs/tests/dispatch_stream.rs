@@ -128,6 +128,7 @@ async fn one_stream_one_result_per_call_and_cancellation_reaches_the_upstream() 
                 max_undelivered_bytes_per_stream: 16 << 20,
             },
             drain_timeout: Duration::from_secs(5),
+            frames_shared_region_bytes: 0,
             upstream: UpstreamOptions::default(),
         },
         async move {

@@ -97,6 +97,12 @@ class ClientOptions:
     #: stream travels there, framed without gRPC (``_frames``), at a fraction of grpc.aio's
     #: cost per frame; ``Invoke`` and ``ListTools`` still use ``target``.
     frames_socket: str | None = None
+    #: On the frames socket, ask the sidecar for a shared memory region for large results
+    #: (framing version 2, Linux): a 100 KB result is then copied once out of memory both
+    #: processes map instead of crossing the socket. The sidecar may decline (its
+    #: ``--frames-shared-region 0``); the stream then carries everything, as it also does
+    #: while the region is full.
+    frames_shared_memory: bool = True
     #: Bearer token for a sidecar listening on TCP (the unix socket needs none). This is
     #: the brain's own credential to its sidecar, never a tool's.
     auth_token: str | None = None
@@ -455,7 +461,9 @@ class SidecarClient:
         """A new Dispatch stream: framed when a frames socket is configured, else gRPC."""
         if self.options.frames_socket:
             return FramedStream(
-                self.options.frames_socket, max_receive_bytes=self.options.max_receive_bytes
+                self.options.frames_socket,
+                max_receive_bytes=self.options.max_receive_bytes,
+                shared_memory=self.options.frames_shared_memory,
             )
         assert self._dispatch is not None
         return self._dispatch(wait_for_ready=True, metadata=self._metadata)

@@ -24,7 +24,7 @@ sliced out of the read buffer once, and protobuf parses the rest of its message.
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import cast
 
 from ._proto.dispatch.v1 import dispatch_pb2 as pb
@@ -35,6 +35,7 @@ __all__ = [
     "CANCEL_TAG",
     "LARGE_RESULT",
     "MAX_TIMEOUT_MS",
+    "TakeShared",
     "decode_results",
     "encode_call",
     "frame_field",
@@ -149,18 +150,32 @@ _RESULTS_KEY = 0x0A
 _RESULT_FIELD = 3
 
 
+#: Copies a result's bytes out of a framed stream's shared region (``_frames``).
+TakeShared = Callable[[pb.SharedSpan], bytes]
+
+
 class _NotPlain(Exception):
     """The bytes are not what the sidecar writes; protobuf's parser decides what they are."""
 
 
-def parse_results(frame: bytes | memoryview) -> list[ToolResult]:
-    """The results of an encoded ``ResultFrame``, whichever transport brought it."""
+def parse_results(frame: bytes | memoryview, take: TakeShared | None = None) -> list[ToolResult]:
+    """The results of an encoded ``ResultFrame``, whichever transport brought it. On a
+    stream with a shared region, ``take`` copies out the results that lie there."""
     if len(frame) > LARGE_FRAME:
-        return decode_results(memoryview(frame))
-    return [ToolResult(m) for m in pb.ResultFrame.FromString(cast(bytes, frame)).results]
+        return decode_results(memoryview(frame), take)
+    messages = pb.ResultFrame.FromString(cast(bytes, frame)).results
+    if take is None:
+        return [ToolResult(m) for m in messages]
+    return [_result(m, take) for m in messages]
 
 
-def decode_results(frame: memoryview) -> list[ToolResult]:
+def _result(message: pb.ToolResult, take: TakeShared | None) -> ToolResult:
+    if take is not None and message.HasField("shared_result"):
+        return ToolResult(message, take(message.shared_result))
+    return ToolResult(message)
+
+
+def decode_results(frame: memoryview, take: TakeShared | None = None) -> list[ToolResult]:
     """The results of an encoded ``ResultFrame``, exactly as protobuf would parse them;
     those of at least :data:`LARGE_RESULT` bytes keep their JSON as a separate ``bytes``
     (one copy from ``frame``). Anything unexpected (another field, a malformed length)
@@ -177,12 +192,12 @@ def decode_results(frame: memoryview) -> list[ToolResult]:
                 raise _NotPlain
             message = frame[pos:stop]
             if length < LARGE_RESULT:
-                results.append(ToolResult(pb.ToolResult.FromString(_bytes(message))))
+                results.append(_result(pb.ToolResult.FromString(_bytes(message)), take))
             else:
                 results.append(_large_result(message))
             pos = stop
     except _NotPlain:
-        return [ToolResult(m) for m in pb.ResultFrame.FromString(_bytes(frame)).results]
+        return [_result(m, take) for m in pb.ResultFrame.FromString(_bytes(frame)).results]
     return results
 
 

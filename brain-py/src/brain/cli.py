@@ -26,6 +26,7 @@ from ._brain import Brain, BrainOptions
 from ._client import ClientOptions, SidecarClient
 from ._exceptions import AdmissionRefused, BrainError
 from ._logging import setup_logging
+from ._malloc import tune_malloc
 from ._metrics import BrainMetrics
 from ._planners.factory import PLANNERS, ROUTER_ANSWERS, PlannerConfig, build_planner
 from ._planners.openai import TOOL_FORMATS, OpenAIOptions
@@ -320,6 +321,7 @@ async def _tools(target: str) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     setup_logging(args.log_level, args.log_format)
+    tune_malloc()
     try:
         if args.command == "serve":
             return uvloop.run(_serve(args))

@@ -39,6 +39,7 @@ use tonic::{Request, Response, Streaming};
 
 use crate::call::Executor;
 use crate::error::CallError;
+use crate::metrics::Metrics;
 use crate::pb::dispatcher_server::Dispatcher;
 use crate::pb::{
     DispatchFrame, ListToolsRequest, ListToolsResponse, ResultFrame, ToolCall, ToolResult,
@@ -126,6 +127,10 @@ pub struct DispatchService {
 }
 
 impl DispatchService {
+    pub fn metrics(&self) -> &Metrics {
+        self.exec.metrics()
+    }
+
     pub fn new(exec: Arc<Executor>, admission: Admission, drain: Drain) -> Self {
         let undelivered_bytes = exec.metrics().undelivered_bytes.clone();
         Self {

@@ -15,6 +15,9 @@
 //! through [`FramedInbound`], and [`write_results`] drains what the session
 //! sends onto the socket. A client that closes without saying it has
 //! finished ("end of calls") went away: its calls are cancelled.
+//!
+//! A client that opens with version 2's preface gets a shared region for
+//! large results ([`Region`]), passed to it with the answer.
 
 use std::io;
 use std::sync::Arc;
@@ -26,19 +29,39 @@ use prost::Message;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::codec::{FramedRead, LengthDelimitedCodec};
 use tokio_util::sync::CancellationToken;
 
+use crate::metrics::Metrics;
 use crate::pb::{DispatchFrame, StreamEnd};
 use crate::server::dispatch::{DispatchService, Inbound, Out, UNANSWERED};
 use crate::server::drain::Drain;
 use crate::server::linger::LINGER_MAX;
 use crate::server::result_chunks::encode_results;
+use crate::server::shared_region::{Placed, Region, Released};
 
 /// What each side sends first: "tandem", then "F1" for framing version 1.
 pub const PREFACE: &[u8; 8] = b"tandemF1";
+
+/// Version 2's preface: version 1 plus a shared region for large results.
+/// The sidecar answers it with this (and the region) or with [`PREFACE`].
+pub const PREFACE_SHARED: &[u8; 8] = b"tandemF2";
+
+/// How the frames socket serves its streams.
+#[derive(Debug, Clone, Copy)]
+pub struct FramesOptions {
+    /// Largest frame the client may send.
+    pub max_frame_bytes: usize,
+    /// Size of each version 2 stream's shared result region; 0: none (such
+    /// clients are answered with version 1).
+    pub shared_region_bytes: u64,
+    /// Regions at once, in the whole process: results placed in a region
+    /// count as delivered, so each region is memory a client may leave
+    /// full. Streams past it are answered with version 1.
+    pub max_shared_regions: usize,
+}
 
 /// How long a new connection has to send its preface.
 const PREFACE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -48,6 +71,9 @@ const PREFACE_TIMEOUT: Duration = Duration::from_secs(5);
 /// StreamEnd that closes the stream.
 const KIND_MESSAGE: u8 = 1;
 const KIND_END: u8 = 2;
+/// Client to sidecar, version 2: "released through" an offset of the shared
+/// region (8 bytes, big-endian).
+const KIND_RELEASED: u8 = 3;
 
 /// Serves framed Dispatch streams on `listener` until draining starts, then
 /// waits for its connections' streams to end (each ends once its calls have
@@ -57,15 +83,16 @@ pub async fn serve(
     listener: UnixListener,
     service: Arc<DispatchService>,
     drain: Drain,
-    max_frame_bytes: usize,
+    options: FramesOptions,
 ) -> anyhow::Result<()> {
     let mut connections = JoinSet::new();
+    let regions = Arc::new(Semaphore::new(options.max_shared_regions));
     loop {
         tokio::select! {
             () = drain.draining() => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
-                    connections.spawn(connection(stream, service.clone(), max_frame_bytes));
+                    connections.spawn(connection(stream, service.clone(), options, regions.clone()));
                 }
                 Err(e) => {
                     // Out of file descriptors, typically: wait instead of
@@ -83,11 +110,15 @@ pub async fn serve(
 }
 
 /// One framed connection: the prefaces, then one Dispatch session.
-async fn connection(stream: UnixStream, service: Arc<DispatchService>, max_frame_bytes: usize) {
-    let (mut read, mut write) = stream.into_split();
+async fn connection(
+    mut stream: UnixStream,
+    service: Arc<DispatchService>,
+    options: FramesOptions,
+    regions: Arc<Semaphore>,
+) {
     let mut preface = [0u8; PREFACE.len()];
-    match tokio::time::timeout(PREFACE_TIMEOUT, read.read_exact(&mut preface)).await {
-        Ok(Ok(_)) if &preface == PREFACE => {}
+    match tokio::time::timeout(PREFACE_TIMEOUT, stream.read_exact(&mut preface)).await {
+        Ok(Ok(_)) if &preface == PREFACE || &preface == PREFACE_SHARED => {}
         Ok(Ok(_)) => {
             tracing::warn!(
                 preface = %String::from_utf8_lossy(&preface).escape_debug(),
@@ -105,9 +136,20 @@ async fn connection(stream: UnixStream, service: Arc<DispatchService>, max_frame
             return;
         }
     }
-    if write.write_all(PREFACE).await.is_err() {
+    let region = if &preface == PREFACE_SHARED {
+        shared_region(options.shared_region_bytes, &regions)
+    } else {
+        None
+    };
+    let answered = match &region {
+        Some((region, _)) => send_with_fd(&mut stream, PREFACE_SHARED, region.fd()).await,
+        None => stream.write_all(PREFACE).await,
+    };
+    if answered.is_err() {
         return;
     }
+    let released = region.as_ref().map(|(region, _)| region.released());
+    let (read, mut write) = stream.into_split();
     let gone = CancellationToken::new();
     let (give_back, read_back) = oneshot::channel();
     let inbound = FramedInbound {
@@ -117,14 +159,19 @@ async fn connection(stream: UnixStream, service: Arc<DispatchService>, max_frame
             LengthDelimitedCodec::builder()
                 .length_field_length(4)
                 .big_endian()
-                .max_frame_length(max_frame_bytes)
+                .max_frame_length(options.max_frame_bytes)
                 .new_codec(),
         )),
-        max_frame_bytes,
+        max_frame_bytes: options.max_frame_bytes,
         gone: gone.clone(),
+        released,
+    };
+    let writer = Writer {
+        region,
+        counted: SharedCounts::new(service.metrics()),
     };
     let ended = match service.open(inbound) {
-        Ok(out) => write_results(out, &mut write, gone).await,
+        Ok(out) => writer.write_results(out, &mut write, gone).await,
         Err(status) => {
             write_end(&mut write, &status).await.is_ok() && write.shutdown().await.is_ok()
         }
@@ -132,6 +179,62 @@ async fn connection(stream: UnixStream, service: Arc<DispatchService>, max_frame
     if ended {
         linger(read_back, write).await;
     }
+}
+
+/// A region for a version 2 stream, with its place among the process's
+/// regions, unless shared memory is off, every place is taken, or it cannot
+/// be had here (then the stream is version 1's).
+fn shared_region(bytes: u64, regions: &Arc<Semaphore>) -> Option<(Region, OwnedSemaphorePermit)> {
+    if bytes == 0 {
+        return None;
+    }
+    let Ok(place) = regions.clone().try_acquire_owned() else {
+        tracing::warn!(
+            "every shared result region is taken (--max-undelivered-bytes over \
+             --frames-shared-region); this stream's results travel on the socket"
+        );
+        return None;
+    };
+    match Region::create(bytes) {
+        Ok(region) => Some((region, place)),
+        Err(e) => {
+            tracing::warn!(error = %e, bytes, "could not make a shared result region; \
+                           the stream's results travel on the socket");
+            None
+        }
+    }
+}
+
+/// Sends `bytes` with `fd` attached (SCM_RIGHTS): the descriptor travels
+/// with the first byte the socket takes, the rest follows plainly.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+async fn send_with_fd(
+    stream: &mut UnixStream,
+    bytes: &[u8],
+    fd: std::os::fd::BorrowedFd<'_>,
+) -> io::Result<()> {
+    use rustix::net::{sendmsg, SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
+    use std::mem::MaybeUninit;
+    let sent = stream
+        .async_io(tokio::io::Interest::WRITABLE, || {
+            let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+            let mut control = SendAncillaryBuffer::new(&mut space);
+            let fds = [fd];
+            control.push(SendAncillaryMessage::ScmRights(&fds));
+            let iov = [io::IoSlice::new(bytes)];
+            Ok(sendmsg(&*stream, &iov, &mut control, SendFlags::NOSIGNAL)?)
+        })
+        .await?;
+    stream.write_all(&bytes[sent..]).await
+}
+
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+async fn send_with_fd(
+    _stream: &mut UnixStream,
+    _bytes: &[u8],
+    _fd: std::os::fd::BorrowedFd<'_>,
+) -> io::Result<()> {
+    Err(io::Error::new(io::ErrorKind::Unsupported, "SCM_RIGHTS"))
 }
 
 /// Closes a connection whose stream ended the way nginx closes one ("lingering
@@ -163,6 +266,18 @@ struct FramedInbound {
     /// Cancelled when the client went away; the writer then drops the
     /// session's receiver, which is how a session learns it.
     gone: CancellationToken,
+    /// Version 2: where the client's releases of the shared region go.
+    released: Option<Arc<Released>>,
+}
+
+/// What the client sent.
+#[derive(Debug, PartialEq)]
+enum Incoming {
+    Calls(DispatchFrame),
+    /// "End of calls".
+    End,
+    /// Version 2: the shared region is free through this offset.
+    Released(u64),
 }
 
 impl Inbound for FramedInbound {
@@ -172,18 +287,35 @@ impl Inbound for FramedInbound {
         let Some(frames) = self.frames.as_mut() else {
             return Ok(None);
         };
-        match frames.next().await {
-            Some(Ok(frame)) => decode(frame),
-            Some(Err(e)) if e.kind() == io::ErrorKind::InvalidData => {
-                Err(tonic::Status::out_of_range(format!(
-                    "a frame too large: over the {} byte limit",
-                    self.max_frame_bytes
-                )))
-            }
-            // Closed (or broken) without "end of calls": the client is gone.
-            Some(Err(_)) | None => {
-                self.gone.cancel();
-                std::future::pending().await
+        loop {
+            match frames.next().await {
+                Some(Ok(frame)) => match decode(frame)? {
+                    Incoming::Calls(calls) => return Ok(Some(calls)),
+                    Incoming::End => return Ok(None),
+                    // Taken here, so the session never sees them; a release
+                    // is synchronous, so this stays cancel-safe.
+                    Incoming::Released(offset) => match &self.released {
+                        Some(released) => released
+                            .release(offset)
+                            .map_err(tonic::Status::invalid_argument)?,
+                        None => {
+                            return Err(tonic::Status::invalid_argument(
+                                "a release frame (kind 3) on a stream without a shared region",
+                            ))
+                        }
+                    },
+                },
+                Some(Err(e)) if e.kind() == io::ErrorKind::InvalidData => {
+                    return Err(tonic::Status::out_of_range(format!(
+                        "a frame too large: over the {} byte limit",
+                        self.max_frame_bytes
+                    )))
+                }
+                // Closed (or broken) without "end of calls": the client is gone.
+                Some(Err(_)) | None => {
+                    self.gone.cancel();
+                    return std::future::pending().await;
+                }
             }
         }
     }
@@ -197,7 +329,7 @@ impl Drop for FramedInbound {
     }
 }
 
-fn decode(mut frame: BytesMut) -> Result<Option<DispatchFrame>, tonic::Status> {
+fn decode(mut frame: BytesMut) -> Result<Incoming, tonic::Status> {
     if frame.is_empty() {
         return Err(tonic::Status::invalid_argument(
             "an empty frame: every frame starts with its kind byte",
@@ -205,67 +337,108 @@ fn decode(mut frame: BytesMut) -> Result<Option<DispatchFrame>, tonic::Status> {
     }
     match frame.get_u8() {
         KIND_MESSAGE => DispatchFrame::decode(frame.freeze())
-            .map(Some)
+            .map(Incoming::Calls)
             .map_err(|e| {
                 tonic::Status::invalid_argument(format!("a malformed DispatchFrame: {e}"))
             }),
-        KIND_END if frame.is_empty() => Ok(None),
+        KIND_END if frame.is_empty() => Ok(Incoming::End),
         KIND_END => Err(tonic::Status::invalid_argument(
             "an end-of-calls frame (kind 2) carries no message",
         )),
+        KIND_RELEASED if frame.len() == 8 => Ok(Incoming::Released(frame.get_u64())),
+        KIND_RELEASED => Err(tonic::Status::invalid_argument(format!(
+            "a release frame (kind 3) carries 8 bytes, not {}",
+            frame.len()
+        ))),
         kind => Err(tonic::Status::invalid_argument(format!(
-            "unknown frame kind {kind} (1: DispatchFrame, 2: end of calls)"
+            "unknown frame kind {kind} (1: DispatchFrame, 2: end of calls, 3: released)"
         ))),
     }
 }
 
-/// Writes what the session sends until its end (then shuts the write side
-/// and returns true), or until the client is gone (false). Dropping `out` on
-/// return tells the session.
-async fn write_results(
-    mut out: mpsc::Receiver<Out>,
-    write: &mut OwnedWriteHalf,
-    gone: CancellationToken,
-) -> bool {
-    loop {
-        let next = tokio::select! {
-            biased;
-            () = gone.cancelled() => return false,
-            next = out.recv() => next,
-        };
-        let status = match next {
-            Some(Out::Frame(frame, claims)) => {
-                let results = frame.results.len();
-                let Some(mut chunks) = encode_results(KIND_MESSAGE, frame) else {
-                    tracing::error!(
-                        results,
-                        "a result frame too large to frame; ending the stream"
-                    );
-                    let status = tonic::Status::internal("a result frame over 4 GiB");
-                    return write_end(write, &status).await.is_ok();
-                };
-                let written = tokio::select! {
-                    biased;
-                    () = gone.cancelled() => return false,
-                    written = write.write_all_buf(&mut chunks) => written,
-                };
-                // The results have left the sidecar: their slots and bytes
-                // are free once the socket took them.
-                drop(claims);
-                if let Err(e) = written {
-                    tracing::debug!(error = %e, "writing to a frames client failed; it is gone");
-                    return false;
-                }
-                continue;
-            }
-            Some(Out::End(status)) => status.unwrap_or_else(|| tonic::Status::ok("")),
-            None => tonic::Status::internal(UNANSWERED),
-        };
-        if write_end(write, &status).await.is_err() {
-            return false;
+/// `sidecar_frames_shared_results_total`, resolved once per stream.
+struct SharedCounts {
+    shared: prometheus::IntCounter,
+    full: prometheus::IntCounter,
+}
+
+impl SharedCounts {
+    fn new(metrics: &Metrics) -> Self {
+        let by = |outcome| metrics.frames_shared_results.with_label_values(&[outcome]);
+        Self {
+            shared: by("shared"),
+            full: by("full"),
         }
-        let _ = write.shutdown().await;
-        return true;
+    }
+}
+
+/// The stream's sending side.
+struct Writer {
+    /// Version 2's region, when the stream has one, and its place among the
+    /// process's regions.
+    region: Option<(Region, OwnedSemaphorePermit)>,
+    counted: SharedCounts,
+}
+
+impl Writer {
+    /// Writes what the session sends until its end (then shuts the write side
+    /// and returns true), or until the client is gone (false). Dropping `out` on
+    /// return tells the session.
+    async fn write_results(
+        mut self,
+        mut out: mpsc::Receiver<Out>,
+        write: &mut OwnedWriteHalf,
+        gone: CancellationToken,
+    ) -> bool {
+        loop {
+            let next = tokio::select! {
+                biased;
+                () = gone.cancelled() => return false,
+                next = out.recv() => next,
+            };
+            let status = match next {
+                Some(Out::Frame(mut frame, claims)) => {
+                    if let Some((region, _)) = self.region.as_mut() {
+                        for result in &mut frame.results {
+                            match region.place(result) {
+                                Placed::Shared => self.counted.shared.inc(),
+                                Placed::Inline => self.counted.full.inc(),
+                                Placed::Small => {}
+                            }
+                        }
+                    }
+                    let results = frame.results.len();
+                    let Some(mut chunks) = encode_results(KIND_MESSAGE, frame) else {
+                        tracing::error!(
+                            results,
+                            "a result frame too large to frame; ending the stream"
+                        );
+                        let status = tonic::Status::internal("a result frame over 4 GiB");
+                        return write_end(write, &status).await.is_ok();
+                    };
+                    let written = tokio::select! {
+                        biased;
+                        () = gone.cancelled() => return false,
+                        written = write.write_all_buf(&mut chunks) => written,
+                    };
+                    // The results have left the sidecar: their slots and bytes
+                    // are free once the socket took them.
+                    drop(claims);
+                    if let Err(e) = written {
+                        tracing::debug!(error = %e, "writing to a frames client failed; it is gone");
+                        return false;
+                    }
+                    continue;
+                }
+                Some(Out::End(status)) => status.unwrap_or_else(|| tonic::Status::ok("")),
+                None => tonic::Status::internal(UNANSWERED),
+            };
+            if write_end(write, &status).await.is_err() {
+                return false;
+            }
+            let _ = write.shutdown().await;
+            return true;
+        }
     }
 }
 
@@ -318,14 +491,26 @@ mod tests {
             cancel_call_ids: vec!["7".into()],
         };
         let frame = decode(framed(KIND_MESSAGE, &message.encode_to_vec())).unwrap();
-        assert_eq!(frame, Some(message));
+        assert_eq!(frame, Incoming::Calls(message));
     }
 
     #[test]
     fn end_of_calls_is_the_half_close() {
-        assert_eq!(decode(framed(KIND_END, b"")).unwrap(), None);
+        assert_eq!(decode(framed(KIND_END, b"")).unwrap(), Incoming::End);
         let err = decode(framed(KIND_END, b"x")).unwrap_err();
         assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    }
+
+    #[test]
+    fn a_release_carries_its_offset() {
+        let frame = decode(framed(KIND_RELEASED, &300_000u64.to_be_bytes())).unwrap();
+        assert_eq!(frame, Incoming::Released(300_000));
+        let err = decode(framed(KIND_RELEASED, b"1234")).unwrap_err();
+        assert!(
+            err.message().contains("8 bytes, not 4"),
+            "{}",
+            err.message()
+        );
     }
 
     #[test]

@@ -10,6 +10,7 @@ pub mod drain;
 pub mod frames;
 pub mod linger;
 mod result_chunks;
+mod shared_region;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -49,6 +50,18 @@ const MAX_MESSAGE_BYTES: usize = 64 << 20;
 
 /// How often idle per-agent rate-limit buckets are forgotten.
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
+
+/// How many frames streams may hold a shared result region at once: as many
+/// as fit in the bytes of undelivered results the process allows (a region
+/// is results a client has not read), and at least one.
+fn max_shared_regions(max_undelivered_bytes: usize, region_bytes: u64) -> usize {
+    match region_bytes {
+        0 => 0,
+        n => usize::try_from(max_undelivered_bytes as u64 / n)
+            .unwrap_or(usize::MAX)
+            .max(1),
+    }
+}
 
 /// Where to serve: gRPC on `host:port` or `unix:/path/to.sock`, or the
 /// framed Dispatch stream alone on `frames:/path/to.sock` ([`frames`]).
@@ -104,6 +117,9 @@ pub struct ServerConfig {
     pub admission: Admission,
     pub drain_timeout: Duration,
     pub upstream: UpstreamOptions,
+    /// Size of the shared result region each version 2 frames stream gets;
+    /// 0: none ([`frames`]).
+    pub frames_shared_region_bytes: u64,
 }
 
 /// Serves until `shutdown` resolves, then drains. Returns once every listener
@@ -270,7 +286,14 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> an
                     listener,
                     dispatch.clone(),
                     drain.clone(),
-                    MAX_MESSAGE_BYTES,
+                    frames::FramesOptions {
+                        max_frame_bytes: MAX_MESSAGE_BYTES,
+                        shared_region_bytes: config.frames_shared_region_bytes,
+                        max_shared_regions: max_shared_regions(
+                            config.admission.max_undelivered_bytes,
+                            config.frames_shared_region_bytes,
+                        ),
+                    },
                 ));
             }
         }

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\'brain/_proto/dispatch/v1/dispatch.proto\x12\x0b\x64ispatch.v1\"N\n\rDispatchFrame\x12$\n\x05\x63\x61lls\x18\x01 \x03(\x0b\x32\x15.dispatch.v1.ToolCall\x12\x17\n\x0f\x63\x61ncel_call_ids\x18\x02 \x03(\t\"7\n\x0bResultFrame\x12(\n\x07results\x18\x01 \x03(\x0b\x32\x17.dispatch.v1.ToolResult\"\xda\x01\n\x08ToolCall\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\t\x12\x10\n\x08\x61gent_id\x18\x02 \x01(\t\x12\x0c\n\x04tool\x18\x03 \x01(\t\x12\x11\n\targuments\x18\x04 \x01(\x0c\x12\x12\n\ntimeout_ms\x18\x05 \x01(\r\x12\x35\n\x08metadata\x18\x06 \x03(\x0b\x32#.dispatch.v1.ToolCall.MetadataEntry\x12\x0e\n\x06select\x18\x07 \x03(\t\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"H\n\tViolation\x12\x15\n\rinstance_path\x18\x01 \x01(\t\x12\x13\n\x0bschema_path\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\"\x91\x01\n\x06Timing\x12\x11\n\tqueued_us\x18\x01 \x01(\x04\x12\x13\n\x0bupstream_us\x18\x02 \x01(\x04\x12\x15\n\rvalidation_us\x18\x03 \x01(\x04\x12\x10\n\x08total_us\x18\x04 \x01(\x04\x12\x10\n\x08\x61ttempts\x18\x05 \x01(\r\x12\x11\n\tcache_hit\x18\x06 \x01(\x08\x12\x11\n\tcoalesced\x18\x07 \x01(\x08\"\xf7\x01\n\nToolResult\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\t\x12#\n\x06status\x18\x02 \x01(\x0e\x32\x13.dispatch.v1.Status\x12\x0e\n\x06result\x18\x03 \x01(\x0c\x12\x17\n\x0fupstream_status\x18\x04 \x01(\r\x12\r\n\x05\x65rror\x18\x05 \x01(\t\x12*\n\nviolations\x18\x06 \x03(\x0b\x32\x16.dispatch.v1.Violation\x12\x16\n\x0eretry_after_ms\x18\x07 \x01(\x04\x12#\n\x06timing\x18\x08 \x01(\x0b\x32\x13.dispatch.v1.Timing\x12\x12\n\nlimited_by\x18\t \x01(\t\"*\n\tStreamEnd\x12\x0c\n\x04\x63ode\x18\x01 \x01(\r\x12\x0f\n\x07message\x18\x02 \x01(\t\"\x12\n\x10ListToolsRequest\"9\n\x11ListToolsResponse\x12$\n\x05tools\x18\x01 \x03(\x0b\x32\x15.dispatch.v1.ToolInfo\"\x88\x01\n\tRateLimit\x12\r\n\x05scope\x18\x01 \x01(\t\x12\x0c\n\x04rate\x18\x02 \x01(\r\x12\x11\n\tperiod_ms\x18\x03 \x01(\x04\x12\r\n\x05\x62urst\x18\x04 \x01(\r\x12\x10\n\x08on_limit\x18\x05 \x01(\t\x12\x0b\n\x03key\x18\x06 \x01(\t\x12\x0c\n\x04unit\x18\x07 \x01(\t\x12\x0f\n\x07\x65nforce\x18\x08 \x01(\x08\"\xb9\x01\n\x08ToolInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x14\n\x0cinput_schema\x18\x03 \x01(\t\x12\x15\n\routput_schema\x18\x04 \x01(\t\x12\x12\n\ntimeout_ms\x18\x05 \x01(\r\x12+\n\x0brate_limits\x18\x06 \x03(\x0b\x32\x16.dispatch.v1.RateLimit\x12\x1c\n\x14input_schema_inlined\x18\x07 \x01(\t*\x91\x03\n\x06Status\x12\x16\n\x12STATUS_UNSPECIFIED\x10\x00\x12\r\n\tSTATUS_OK\x10\x01\x12\x1c\n\x18STATUS_INVALID_ARGUMENTS\x10\x02\x12\x17\n\x13STATUS_UNKNOWN_TOOL\x10\x03\x12\x17\n\x13STATUS_RATE_LIMITED\x10\x04\x12\x12\n\x0eSTATUS_TIMEOUT\x10\x05\x12\x19\n\x15STATUS_UPSTREAM_ERROR\x10\x06\x12\x1b\n\x17STATUS_INVALID_RESPONSE\x10\x07\x12\x14\n\x10STATUS_CANCELLED\x10\x08\x12\x15\n\x11STATUS_OVERLOADED\x10\t\x12\x13\n\x0fSTATUS_INTERNAL\x10\n\x12\x1a\n\x16STATUS_INVALID_REQUEST\x10\x0b\x12\x13\n\x0fSTATUS_DRAINING\x10\x0c\x12\x18\n\x14STATUS_EGRESS_DENIED\x10\r\x12\x17\n\x13STATUS_CIRCUIT_OPEN\x10\x0e\x12\x1e\n\x1aSTATUS_LIMITER_UNAVAILABLE\x10\x0f\x32\xd8\x01\n\nDispatcher\x12\x44\n\x08\x44ispatch\x12\x1a.dispatch.v1.DispatchFrame\x1a\x18.dispatch.v1.ResultFrame(\x01\x30\x01\x12\x38\n\x06Invoke\x12\x15.dispatch.v1.ToolCall\x1a\x17.dispatch.v1.ToolResult\x12J\n\tListTools\x12\x1d.dispatch.v1.ListToolsRequest\x1a\x1e.dispatch.v1.ListToolsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\'brain/_proto/dispatch/v1/dispatch.proto\x12\x0b\x64ispatch.v1\"N\n\rDispatchFrame\x12$\n\x05\x63\x61lls\x18\x01 \x03(\x0b\x32\x15.dispatch.v1.ToolCall\x12\x17\n\x0f\x63\x61ncel_call_ids\x18\x02 \x03(\t\"7\n\x0bResultFrame\x12(\n\x07results\x18\x01 \x03(\x0b\x32\x17.dispatch.v1.ToolResult\"\xda\x01\n\x08ToolCall\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\t\x12\x10\n\x08\x61gent_id\x18\x02 \x01(\t\x12\x0c\n\x04tool\x18\x03 \x01(\t\x12\x11\n\targuments\x18\x04 \x01(\x0c\x12\x12\n\ntimeout_ms\x18\x05 \x01(\r\x12\x35\n\x08metadata\x18\x06 \x03(\x0b\x32#.dispatch.v1.ToolCall.MetadataEntry\x12\x0e\n\x06select\x18\x07 \x03(\t\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"H\n\tViolation\x12\x15\n\rinstance_path\x18\x01 \x01(\t\x12\x13\n\x0bschema_path\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\"\x91\x01\n\x06Timing\x12\x11\n\tqueued_us\x18\x01 \x01(\x04\x12\x13\n\x0bupstream_us\x18\x02 \x01(\x04\x12\x15\n\rvalidation_us\x18\x03 \x01(\x04\x12\x10\n\x08total_us\x18\x04 \x01(\x04\x12\x10\n\x08\x61ttempts\x18\x05 \x01(\r\x12\x11\n\tcache_hit\x18\x06 \x01(\x08\x12\x11\n\tcoalesced\x18\x07 \x01(\x08\"\xa7\x02\n\nToolResult\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\t\x12#\n\x06status\x18\x02 \x01(\x0e\x32\x13.dispatch.v1.Status\x12\x0e\n\x06result\x18\x03 \x01(\x0c\x12\x17\n\x0fupstream_status\x18\x04 \x01(\r\x12\r\n\x05\x65rror\x18\x05 \x01(\t\x12*\n\nviolations\x18\x06 \x03(\x0b\x32\x16.dispatch.v1.Violation\x12\x16\n\x0eretry_after_ms\x18\x07 \x01(\x04\x12#\n\x06timing\x18\x08 \x01(\x0b\x32\x13.dispatch.v1.Timing\x12\x12\n\nlimited_by\x18\t \x01(\t\x12.\n\rshared_result\x18\n \x01(\x0b\x32\x17.dispatch.v1.SharedSpan\",\n\nSharedSpan\x12\x0e\n\x06offset\x18\x01 \x01(\x04\x12\x0e\n\x06length\x18\x02 \x01(\x04\"*\n\tStreamEnd\x12\x0c\n\x04\x63ode\x18\x01 \x01(\r\x12\x0f\n\x07message\x18\x02 \x01(\t\"\x12\n\x10ListToolsRequest\"9\n\x11ListToolsResponse\x12$\n\x05tools\x18\x01 \x03(\x0b\x32\x15.dispatch.v1.ToolInfo\"\x88\x01\n\tRateLimit\x12\r\n\x05scope\x18\x01 \x01(\t\x12\x0c\n\x04rate\x18\x02 \x01(\r\x12\x11\n\tperiod_ms\x18\x03 \x01(\x04\x12\r\n\x05\x62urst\x18\x04 \x01(\r\x12\x10\n\x08on_limit\x18\x05 \x01(\t\x12\x0b\n\x03key\x18\x06 \x01(\t\x12\x0c\n\x04unit\x18\x07 \x01(\t\x12\x0f\n\x07\x65nforce\x18\x08 \x01(\x08\"\xb9\x01\n\x08ToolInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x14\n\x0cinput_schema\x18\x03 \x01(\t\x12\x15\n\routput_schema\x18\x04 \x01(\t\x12\x12\n\ntimeout_ms\x18\x05 \x01(\r\x12+\n\x0brate_limits\x18\x06 \x03(\x0b\x32\x16.dispatch.v1.RateLimit\x12\x1c\n\x14input_schema_inlined\x18\x07 \x01(\t*\x91\x03\n\x06Status\x12\x16\n\x12STATUS_UNSPECIFIED\x10\x00\x12\r\n\tSTATUS_OK\x10\x01\x12\x1c\n\x18STATUS_INVALID_ARGUMENTS\x10\x02\x12\x17\n\x13STATUS_UNKNOWN_TOOL\x10\x03\x12\x17\n\x13STATUS_RATE_LIMITED\x10\x04\x12\x12\n\x0eSTATUS_TIMEOUT\x10\x05\x12\x19\n\x15STATUS_UPSTREAM_ERROR\x10\x06\x12\x1b\n\x17STATUS_INVALID_RESPONSE\x10\x07\x12\x14\n\x10STATUS_CANCELLED\x10\x08\x12\x15\n\x11STATUS_OVERLOADED\x10\t\x12\x13\n\x0fSTATUS_INTERNAL\x10\n\x12\x1a\n\x16STATUS_INVALID_REQUEST\x10\x0b\x12\x13\n\x0fSTATUS_DRAINING\x10\x0c\x12\x18\n\x14STATUS_EGRESS_DENIED\x10\r\x12\x17\n\x13STATUS_CIRCUIT_OPEN\x10\x0e\x12\x1e\n\x1aSTATUS_LIMITER_UNAVAILABLE\x10\x0f\x32\xd8\x01\n\nDispatcher\x12\x44\n\x08\x44ispatch\x12\x1a.dispatch.v1.DispatchFrame\x1a\x18.dispatch.v1.ResultFrame(\x01\x30\x01\x12\x38\n\x06Invoke\x12\x15.dispatch.v1.ToolCall\x1a\x17.dispatch.v1.ToolResult\x12J\n\tListTools\x12\x1d.dispatch.v1.ListToolsRequest\x1a\x1e.dispatch.v1.ListToolsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,8 +33,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_TOOLCALL_METADATAENTRY']._loaded_options = None
   _globals['_TOOLCALL_METADATAENTRY']._serialized_options = b'8\001'
-  _globals['_STATUS']._serialized_start=1337
-  _globals['_STATUS']._serialized_end=1738
+  _globals['_STATUS']._serialized_start=1431
+  _globals['_STATUS']._serialized_end=1832
   _globals['_DISPATCHFRAME']._serialized_start=56
   _globals['_DISPATCHFRAME']._serialized_end=134
   _globals['_RESULTFRAME']._serialized_start=136
@@ -48,17 +48,19 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TIMING']._serialized_start=489
   _globals['_TIMING']._serialized_end=634
   _globals['_TOOLRESULT']._serialized_start=637
-  _globals['_TOOLRESULT']._serialized_end=884
-  _globals['_STREAMEND']._serialized_start=886
-  _globals['_STREAMEND']._serialized_end=928
-  _globals['_LISTTOOLSREQUEST']._serialized_start=930
-  _globals['_LISTTOOLSREQUEST']._serialized_end=948
-  _globals['_LISTTOOLSRESPONSE']._serialized_start=950
-  _globals['_LISTTOOLSRESPONSE']._serialized_end=1007
-  _globals['_RATELIMIT']._serialized_start=1010
-  _globals['_RATELIMIT']._serialized_end=1146
-  _globals['_TOOLINFO']._serialized_start=1149
-  _globals['_TOOLINFO']._serialized_end=1334
-  _globals['_DISPATCHER']._serialized_start=1741
-  _globals['_DISPATCHER']._serialized_end=1957
+  _globals['_TOOLRESULT']._serialized_end=932
+  _globals['_SHAREDSPAN']._serialized_start=934
+  _globals['_SHAREDSPAN']._serialized_end=978
+  _globals['_STREAMEND']._serialized_start=980
+  _globals['_STREAMEND']._serialized_end=1022
+  _globals['_LISTTOOLSREQUEST']._serialized_start=1024
+  _globals['_LISTTOOLSREQUEST']._serialized_end=1042
+  _globals['_LISTTOOLSRESPONSE']._serialized_start=1044
+  _globals['_LISTTOOLSRESPONSE']._serialized_end=1101
+  _globals['_RATELIMIT']._serialized_start=1104
+  _globals['_RATELIMIT']._serialized_end=1240
+  _globals['_TOOLINFO']._serialized_start=1243
+  _globals['_TOOLINFO']._serialized_end=1428
+  _globals['_DISPATCHER']._serialized_start=1835
+  _globals['_DISPATCHER']._serialized_end=2051
 # @@protoc_insertion_point(module_scope)

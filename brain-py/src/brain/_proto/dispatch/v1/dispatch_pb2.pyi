@@ -110,7 +110,7 @@ class Timing(_message.Message):
     def __init__(self, queued_us: _Optional[int] = ..., upstream_us: _Optional[int] = ..., validation_us: _Optional[int] = ..., total_us: _Optional[int] = ..., attempts: _Optional[int] = ..., cache_hit: _Optional[bool] = ..., coalesced: _Optional[bool] = ...) -> None: ...
 
 class ToolResult(_message.Message):
-    __slots__ = ("call_id", "status", "result", "upstream_status", "error", "violations", "retry_after_ms", "timing", "limited_by")
+    __slots__ = ("call_id", "status", "result", "upstream_status", "error", "violations", "retry_after_ms", "timing", "limited_by", "shared_result")
     CALL_ID_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
     RESULT_FIELD_NUMBER: _ClassVar[int]
@@ -120,6 +120,7 @@ class ToolResult(_message.Message):
     RETRY_AFTER_MS_FIELD_NUMBER: _ClassVar[int]
     TIMING_FIELD_NUMBER: _ClassVar[int]
     LIMITED_BY_FIELD_NUMBER: _ClassVar[int]
+    SHARED_RESULT_FIELD_NUMBER: _ClassVar[int]
     call_id: str
     status: Status
     result: bytes
@@ -129,7 +130,16 @@ class ToolResult(_message.Message):
     retry_after_ms: int
     timing: Timing
     limited_by: str
-    def __init__(self, call_id: _Optional[str] = ..., status: _Optional[_Union[Status, str]] = ..., result: _Optional[bytes] = ..., upstream_status: _Optional[int] = ..., error: _Optional[str] = ..., violations: _Optional[_Iterable[_Union[Violation, _Mapping]]] = ..., retry_after_ms: _Optional[int] = ..., timing: _Optional[_Union[Timing, _Mapping]] = ..., limited_by: _Optional[str] = ...) -> None: ...
+    shared_result: SharedSpan
+    def __init__(self, call_id: _Optional[str] = ..., status: _Optional[_Union[Status, str]] = ..., result: _Optional[bytes] = ..., upstream_status: _Optional[int] = ..., error: _Optional[str] = ..., violations: _Optional[_Iterable[_Union[Violation, _Mapping]]] = ..., retry_after_ms: _Optional[int] = ..., timing: _Optional[_Union[Timing, _Mapping]] = ..., limited_by: _Optional[str] = ..., shared_result: _Optional[_Union[SharedSpan, _Mapping]] = ...) -> None: ...
+
+class SharedSpan(_message.Message):
+    __slots__ = ("offset", "length")
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    LENGTH_FIELD_NUMBER: _ClassVar[int]
+    offset: int
+    length: int
+    def __init__(self, offset: _Optional[int] = ..., length: _Optional[int] = ...) -> None: ...
 
 class StreamEnd(_message.Message):
     __slots__ = ("code", "message")
