@@ -34,6 +34,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from brain._malloc import tune_malloc
+
 from .dispatchers import Dispatcher, make_dispatcher
 from .stats import summarize_ms
 from .tools import BY_NAME, arguments_for
@@ -185,6 +187,9 @@ async def main(cfg: dict[str, Any]) -> None:
 def run(cfg: dict[str, Any]) -> None:
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    # The brain's command line sets glibc's malloc for large results (brain._malloc); every
+    # Python dispatcher gets the same settings, so none is measured with the other's malloc.
+    tune_malloc()
     if cfg.get("loop", "uvloop") == "uvloop":
         import uvloop
 
