@@ -41,6 +41,8 @@ class SharedClient(FramesClient):
     def __init__(self, path: Path) -> None:
         super().__init__(path, preface=PREFACE_SHARED)
         self.region: mmap.mmap | None = None
+        #: The region's descriptor, kept (as a client may keep it).
+        self.region_fd: int | None = None
         self.copied = 0
 
     def open(self) -> SharedClient:
@@ -55,7 +57,7 @@ class SharedClient(FramesClient):
             assert len(fds) == 1, fds
             size = os.fstat(fds[0]).st_size
             self.region = mmap.mmap(fds[0], size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
-            os.close(fds[0])
+            self.region_fd = fds[0]
         else:
             assert (answer, fds) == (PREFACE, []), (answer, fds)
         return self
@@ -74,6 +76,14 @@ class SharedClient(FramesClient):
 
     def release(self, through: int | None = None) -> None:
         self.send(3, struct.pack(">Q", self.copied if through is None else through))
+
+    def close(self) -> None:
+        super().close()
+        if self.region is not None:
+            self.region.close()
+        if self.region_fd is not None:
+            os.close(self.region_fd)
+            self.region_fd = None
 
 
 def shared_counts(sidecar: SidecarProcess) -> dict[str, float]:
@@ -259,3 +269,32 @@ async def test_the_brains_client_copies_results_out_of_a_small_region_and_releas
         assert after["full"] == counts["full"], (counts, after)
     finally:
         await client.aclose()
+
+
+def test_a_stream_that_ends_gives_its_region_back_while_the_client_keeps_it(
+    slow: Upstream, start_sidecar: Start
+) -> None:
+    """A client that keeps the region's descriptor and mapping after its stream ends must
+    not keep the sidecar's memory: the region's pages are freed (it reads zeros), so a
+    client that reconnects again and again cannot pile up regions."""
+    sidecar = start_sidecar(config(slow), "--frames-shared-region", "1MiB")
+    kept = []
+    for round_ in range(3):
+        client = SharedClient(sidecar.frames_socket).open()
+        assert client.region is not None
+        assert client.region_fd is not None
+        client.calls(*(call(f"k{round_}-{i}", "big") for i in range(3)))
+        client.read_results(3)
+        assert all(client.body(r) == BIG for r in client.results)
+        assert os.fstat(client.region_fd).st_blocks * 512 >= 3 * len(BIG)
+        client.send(2)
+        assert client.read_to_end().code == 0
+        client.sock.close()  # the stream ends; the descriptor and the mapping stay
+        kept.append(client)
+    for client in kept:
+        assert client.region_fd is not None
+        assert wait_until(lambda c=client: os.fstat(c.region_fd).st_blocks == 0, 5)
+        span = client.results[0].shared_result
+        assert client.region is not None
+        assert client.region[span.offset : span.offset + 64] == bytes(64)
+        client.close()

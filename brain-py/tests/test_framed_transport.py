@@ -398,3 +398,26 @@ async def test_a_version_2_answer_without_a_region_is_refused(tmp_path: Path) ->
         stream = FramedStream(path, max_receive_bytes=1 << 20)
         with pytest.raises(FramedStreamError, match="without passing its shared region"):
             await stream.wait_for_connection()
+
+
+async def test_a_shared_result_in_a_large_message_is_taken_too() -> None:
+    """A shared result whose own message is over 16 KiB (a 20 KB call id) in a frame over
+    64 KiB goes through the large-frame path's fallback: it still comes out of the
+    region, not empty."""
+    placer = Placer()
+    bodies = [b"a" * 40_000, b"b" * 40_000]
+    spans = [placer.place(body) for body in bodies]
+    message = pb.ResultFrame(
+        results=[
+            pb.ToolResult(call_id="c" * 20_000, status=pb.STATUS_OK, shared_result=spans[0]),
+            pb.ToolResult(call_id="x", status=pb.STATUS_OK, result=b"i" * 50_000),
+            pb.ToolResult(call_id="y", status=pb.STATUS_OK, shared_result=spans[1]),
+        ]
+    )
+    proto = _Protocol(1 << 20, placer.region(), preface_read=True)
+    proto.connection_made(FakeTransport())
+    feed(proto, frame(1, message.SerializeToString()))
+    results = await proto.next_frame() or []
+    assert [r.result_bytes for r in results] == [bodies[0], b"i" * 50_000, bodies[1]]
+    assert results[0].call_id == "c" * 20_000
+    placer.close()

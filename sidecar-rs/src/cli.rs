@@ -188,6 +188,13 @@ fn region_size(s: &str) -> Result<usize, String> {
 impl Cli {
     /// The server's settings; fails on an unreadable or too short token.
     pub fn server_config(&self) -> Result<ServerConfig, String> {
+        if self.frames_shared_region > self.max_undelivered_bytes {
+            return Err(format!(
+                "--frames-shared-region ({} bytes) is larger than --max-undelivered-bytes \
+                 ({} bytes), which bounds the regions in total",
+                self.frames_shared_region, self.max_undelivered_bytes
+            ));
+        }
         let auth = match (&self.auth_token_file, std::env::var("SIDECAR_AUTH_TOKEN")) {
             (Some(path), _) => Some(BearerAuth::from_file(path)?),
             (None, Ok(token)) => Some(BearerAuth::new(&token)?),
@@ -235,6 +242,26 @@ mod tests {
             .unwrap_err()
             .contains("B, KiB, MiB or GiB"));
         assert!(byte_size("MiB").is_err());
+    }
+
+    #[test]
+    fn a_shared_region_fits_the_undelivered_bytes_budget() {
+        let cli = |region: &str| {
+            Cli::try_parse_from([
+                "sidecar",
+                "--config",
+                "tools.yaml",
+                "--max-undelivered-bytes",
+                "64MiB",
+                "--frames-shared-region",
+                region,
+            ])
+            .unwrap()
+        };
+        let err = cli("128MiB").server_config().unwrap_err();
+        assert!(err.contains("larger than --max-undelivered-bytes"), "{err}");
+        let config = cli("16MiB").server_config().unwrap();
+        assert_eq!(config.frames_shared_region_bytes, 16 << 20);
     }
 
     #[test]

@@ -11,7 +11,9 @@ this (``mallopt(3)``, also settable as ``MALLOC_*_`` environment variables), at 
 of up to :data:`TRIM_THRESHOLD` of freed memory the process keeps.
 
 Only the brain's command line applies them (a library does not change its host's malloc);
-``BRAIN_MALLOC_TUNING=0`` leaves glibc's defaults. Other C libraries are left alone.
+``BRAIN_MALLOC_TUNING=0`` (or ``false``, ``no``, ``off``) leaves glibc's defaults. Other C
+libraries are left alone. A ``MALLOC_*_`` variable or ``GLIBC_TUNABLES`` in the environment
+is overridden by these (``mallopt`` runs after glibc reads them).
 """
 
 from __future__ import annotations
@@ -46,7 +48,8 @@ SETTINGS = {
 def tune_malloc() -> bool:
     """Applies :data:`SETTINGS` to this process's glibc malloc. False when it did not: not
     glibc, or turned off with ``BRAIN_MALLOC_TUNING=0``."""
-    if os.environ.get("BRAIN_MALLOC_TUNING", "1") == "0" or not sys.platform.startswith("linux"):
+    setting = os.environ.get("BRAIN_MALLOC_TUNING", "1").strip().lower()
+    if setting in {"0", "false", "no", "off"} or not sys.platform.startswith("linux"):
         return False
     libc = ctypes.CDLL(None)
     # gnu_get_libc_version exists only in glibc; musl also has no mallopt to speak of.

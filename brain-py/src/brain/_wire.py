@@ -194,16 +194,17 @@ def decode_results(frame: memoryview, take: TakeShared | None = None) -> list[To
             if length < LARGE_RESULT:
                 results.append(_result(pb.ToolResult.FromString(_bytes(message)), take))
             else:
-                results.append(_large_result(message))
+                results.append(_large_result(message, take))
             pos = stop
     except _NotPlain:
         return [_result(m, take) for m in pb.ResultFrame.FromString(_bytes(frame)).results]
     return results
 
 
-def _large_result(message: memoryview) -> ToolResult:
+def _large_result(message: memoryview, take: TakeShared | None) -> ToolResult:
     """One ``ToolResult``: its ``result`` field copied out once, the rest (call id,
-    status, timing...) parsed by protobuf."""
+    status, timing...) parsed by protobuf. One without a ``result`` field (a shared one
+    with a very long call id, say) is protobuf's to parse, and ``take``'s to complete."""
     pos, end = 0, len(message)
     body: tuple[int, int, int] | None = None
     try:
@@ -231,7 +232,7 @@ def _large_result(message: memoryview) -> ToolResult:
         if body is None:
             raise _NotPlain
     except _NotPlain:
-        return ToolResult(pb.ToolResult.FromString(_bytes(message)))
+        return _result(pb.ToolResult.FromString(_bytes(message)), take)
     field, start, stop = body
     rest = b"".join((message[:field], message[stop:]))
     return ToolResult(pb.ToolResult.FromString(rest), bytes(message[start:stop]))

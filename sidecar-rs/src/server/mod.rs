@@ -53,13 +53,12 @@ const PRUNE_EVERY: Duration = Duration::from_secs(60);
 
 /// How many frames streams may hold a shared result region at once: as many
 /// as fit in the bytes of undelivered results the process allows (a region
-/// is results a client has not read), and at least one.
+/// is results a client has not read). The command line refuses a region
+/// larger than that budget.
 fn max_shared_regions(max_undelivered_bytes: usize, region_bytes: u64) -> usize {
     match region_bytes {
         0 => 0,
-        n => usize::try_from(max_undelivered_bytes as u64 / n)
-            .unwrap_or(usize::MAX)
-            .max(1),
+        n => usize::try_from(max_undelivered_bytes as u64 / n).unwrap_or(usize::MAX),
     }
 }
 

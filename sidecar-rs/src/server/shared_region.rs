@@ -17,6 +17,11 @@
 //! (writes go through the file), so this module needs no `unsafe`, and a
 //! client cannot make it fault by shrinking the file: the memfd is sealed
 //! at its size.
+//!
+//! The pages the sidecar writes are charged to its memory, and a client
+//! keeps them alive as long as it keeps the descriptor or the mapping, past
+//! the end of its stream. So a region gives its pages back when its stream
+//! ends ([`Region`]'s `Drop`): whatever a client still maps reads as zeros.
 
 use std::fs::File;
 use std::io;
@@ -77,7 +82,7 @@ pub(crate) struct Region {
     broken: bool,
 }
 
-/// Where a result went, for `sidecar_frames_large_results_total`.
+/// Where a result went, for `sidecar_frames_shared_results_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Placed {
     /// Too small to bother, or nothing to place.
@@ -122,6 +127,8 @@ impl Region {
             return Placed::Inline;
         };
         let at = span.offset % self.size;
+        // A blocking write on the runtime's thread, like the socket write it
+        // replaces: tmpfs pages, no disk.
         if let Err(e) = self.file.write_all_at(body, at) {
             tracing::warn!(error = %e, "writing a result into the shared region failed; \
                                         this stream's results travel inline from now on");
@@ -155,6 +162,32 @@ impl Region {
             length: len,
         })
     }
+}
+
+impl Drop for Region {
+    /// Gives the pages back even while the client keeps the memfd: the seals
+    /// forbid shrinking, not punching holes.
+    fn drop(&mut self) {
+        if let Err(e) = release_pages(&self.file, self.size) {
+            tracing::warn!(error = %e, "could not free a shared result region's pages");
+        }
+    }
+}
+
+#[cfg(any(target_os = "linux", target_os = "android"))]
+fn release_pages(file: &File, size: u64) -> io::Result<()> {
+    use rustix::fs::{fallocate, FallocateFlags};
+    Ok(fallocate(
+        file,
+        FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE,
+        0,
+        size,
+    )?)
+}
+
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+fn release_pages(_file: &File, _size: u64) -> io::Result<()> {
+    Ok(())
 }
 
 #[cfg(any(target_os = "linux", target_os = "android"))]
@@ -282,6 +315,20 @@ mod tests {
         released.release(20_000).unwrap();
         let err = released.release(10).unwrap_err();
         assert!(err.contains("behind the 20000 already released"), "{err}");
+    }
+
+    #[test]
+    fn a_dropped_region_gives_its_pages_back_while_the_client_keeps_it() {
+        let mut region = Region::create(256 * 1024).unwrap();
+        let mut result = large(b'a', 200_000);
+        assert_eq!(region.place(&mut result), Placed::Shared);
+        let client = region.file.try_clone().unwrap();
+        let blocks =
+            |file: &File| std::os::unix::fs::MetadataExt::blocks(&file.metadata().unwrap());
+        assert!(blocks(&client) * 512 >= 200_000, "{}", blocks(&client));
+        drop(region);
+        assert_eq!(blocks(&client), 0);
+        assert_eq!(client.metadata().unwrap().len(), 256 * 1024);
     }
 
     #[test]
