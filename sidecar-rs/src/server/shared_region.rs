@@ -74,8 +74,8 @@ impl Released {
 pub(crate) struct Region {
     file: File,
     size: u64,
-    /// Bytes placed so far (spans, and the tails skipped before wrapping).
-    written: u64,
+    /// Also holds the bytes placed so far (spans, and the tails skipped
+    /// before wrapping), which only this writer changes.
     released: Arc<Released>,
     /// A write failed (the memory cgroup refused a page, say): every result
     /// travels inline from then on.
@@ -100,7 +100,6 @@ impl Region {
         Ok(Self {
             file: memfd(size)?,
             size,
-            written: 0,
             released: Arc::default(),
             broken: false,
         })
@@ -135,8 +134,9 @@ impl Region {
             self.broken = true;
             return Placed::Inline;
         }
-        self.written = span.offset + span.length;
-        self.released.placed.store(self.written, Ordering::Release);
+        self.released
+            .placed
+            .store(span.offset + span.length, Ordering::Release);
         result.result = Bytes::new();
         result.shared_result = Some(span);
         Placed::Shared
@@ -149,13 +149,14 @@ impl Region {
         if self.broken || len > self.size {
             return None;
         }
-        let at = self.written % self.size;
+        let written = self.released.placed.load(Ordering::Relaxed);
+        let at = written % self.size;
         let skip = if at + len > self.size {
             self.size - at
         } else {
             0
         };
-        let offset = self.written + skip;
+        let offset = written + skip;
         let released = self.released.through.load(Ordering::Acquire);
         (offset + len - released <= self.size).then_some(SharedSpan {
             offset,
