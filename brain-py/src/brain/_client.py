@@ -281,9 +281,13 @@ class SidecarClient:
         self._closed = True
         for task in self._tasks:
             task.cancel()
+        # Not ``await task`` under suppress(CancelledError): that also swallowed a
+        # cancellation of aclose itself, so a task that did not end hung it for good.
+        if self._tasks:
+            await asyncio.wait(self._tasks)
         for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            if not task.cancelled():
+                task.result()  # what it died of, if anything
         self._fail_calls(lambda c: True, ClientClosed("client closed"))
         if self._channel is not None:
             await self._channel.close()
@@ -408,7 +412,10 @@ class SidecarClient:
         """Keep one Dispatch stream open; on failure fail its calls and reconnect."""
         assert self._dispatch is not None
         backoff = Backoff(self.options.backoff_initial, self.options.backoff_max)
-        while True:
+        # Closing cancels this task, but a stream being opened may turn the cancellation
+        # into an error of its own (grpc.aio's AioRpcError CANCELLED): the flag ends the
+        # loop then.
+        while not self._closed:
             self._generation += 1
             generation = self._generation
             stream = self._open_stream()
