@@ -25,6 +25,8 @@ from typing import Any
 
 from aiohttp import web
 
+from loop_server import LoopServer
+
 REPO = Path(__file__).resolve().parents[1]
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -43,22 +45,16 @@ def sidecar_binary() -> Path:
     return path
 
 
-class Upstream:
+class Upstream(LoopServer):
     """A loopback HTTP server whose routes a test defines."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.requests: collections.Counter[str] = collections.Counter()
         self.disconnects: collections.Counter[str] = collections.Counter()
         self.headers: list[dict[str, str]] = []
         self._routes: dict[tuple[str, str], Handler] = {}
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._runner: web.AppRunner | None = None
-        self.port = 0
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
 
     def route(self, method: str, path: str, handler: Handler) -> None:
         self._routes[(method, path)] = handler
@@ -77,11 +73,6 @@ class Upstream:
 
     def open(self, gate: asyncio.Event) -> None:
         self._loop.call_soon_threadsafe(gate.set)
-
-    def start(self) -> Upstream:
-        self._thread.start()
-        asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(10)
-        return self
 
     async def _start(self) -> None:
         app = web.Application()
@@ -107,20 +98,11 @@ class Upstream:
             self.disconnects[key] += 1
             raise
 
-    def stop(self) -> None:
-        asyncio.run_coroutine_threadsafe(self._stop(), self._loop).result(30)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
-        self._loop.close()
-
     async def _stop(self) -> None:
         if self._runner is not None:
             await self._runner.cleanup()
+        await super()._stop()
         # Let connections reset by a killed client finish closing before the loop does.
-        others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-        for task in others:
-            task.cancel()
-        await asyncio.gather(*others, return_exceptions=True)
         await asyncio.sleep(0.2)
 
     def wait_for(self, predicate: Callable[[], bool], timeout: float = 5.0) -> bool:

@@ -13,7 +13,8 @@ use sidecar::upstream::origins::Upstreams;
 
 /// mimalloc rather than the system allocator: building each response's JSON tree is
 /// allocation-heavy, and `make bench` measured about 29% less sidecar CPU per 100 KB
-/// call with it (glibc malloc and free were about 30% of a call's profile).
+/// call with it (glibc malloc and free were about 30% of a call's profile). Built
+/// without its transparent-huge-page advice (Cargo.toml says why).
 #[cfg(feature = "mimalloc")]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;

@@ -1,6 +1,7 @@
 """Where the sidecar's memory per in-flight call goes: ``make profile-heap``.
 
     .venv/bin/python tests/bench/profile_heap.py [--agents 10000] [--sidecar-bin PATH]
+        [--tool slow_search_h2]
 
 Runs scenario 3's tandem row (``AGENTS`` calls held in flight on nginx's slow location)
 with the sidecar under heaptrack, then prints the heap's peak consumers, each with its
@@ -80,6 +81,12 @@ def main() -> int:
         "--out", type=Path, default=Path(__file__).resolve().parent / "results/profiles"
     )
     parser.add_argument("--top", type=int, default=15)
+    parser.add_argument(
+        "--tool",
+        choices=("slow_search", "slow_search_h2"),
+        default="slow_search",
+        help="slow_search_h2: the calls on nginx's HTTP/2 listener (one connection)",
+    )
     args = parser.parse_args()
     if not PRELOAD.exists() or shutil.which("heaptrack_print") is None:
         print("needs heaptrack (Debian: heaptrack)")
@@ -109,7 +116,7 @@ def main() -> int:
                 {
                     "dispatcher": "tandem",
                     "mode": "memory",
-                    "tool": "slow_search",
+                    "tool": args.tool,
                     "agents": args.agents,
                     "hold_s": 2.0,
                     "hold_deadline_s": 120.0,

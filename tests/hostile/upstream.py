@@ -21,8 +21,9 @@ import json
 import os
 import socket
 import struct
-import threading
 from collections.abc import Awaitable, Callable
+
+from loop_server import LoopServer
 
 Scenario = Callable[[asyncio.StreamWriter], Awaitable[None]]
 
@@ -42,14 +43,11 @@ def reset(writer: asyncio.StreamWriter) -> None:
     writer.transport.abort()
 
 
-class HostileUpstream:
+class HostileUpstream(LoopServer):
     def __init__(self) -> None:
+        super().__init__()
         self.requests: collections.Counter[str] = collections.Counter()
         self.sent: collections.Counter[str] = collections.Counter()
-        self.port = 0
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
-        self._server: asyncio.Server | None = None
         self._scenarios: dict[str, Scenario] = {
             "truncated": self.truncated,
             "drip": self.drip,
@@ -69,33 +67,6 @@ class HostileUpstream:
             "nan-retry-after": self.nan_retry_after,
             "ok": self.ok,
         }
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> HostileUpstream:
-        self._thread.start()
-        asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(10)
-        return self
-
-    async def _start(self) -> None:
-        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-
-    def stop(self) -> None:
-        asyncio.run_coroutine_threadsafe(self._stop(), self._loop).result(30)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
-        self._loop.close()
-
-    async def _stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
-        others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-        for task in others:
-            task.cancel()
-        await asyncio.gather(*others, return_exceptions=True)
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:

@@ -13,21 +13,29 @@ use crate::json;
 use crate::pb::Timing;
 use crate::upstream::cache::{FetchStats, Outcome};
 
+/// The key calls share cached and in-flight work by: the tool and its
+/// canonical arguments (key order does not matter). `None` for a tool that
+/// shares nothing, so its arguments need not be kept or rendered again.
+pub(super) fn key(tool: &Tool, args: &Value) -> Option<String> {
+    (tool.cache.is_some() || tool.coalesce)
+        .then(|| format!("{}\u{0}{}", tool.name, json::canonical(args)))
+}
+
 impl Executor {
-    /// The cache, then single-flight, around [`Executor::fetch`].
+    /// The cache, then single-flight (both under `key`, from [`key`]),
+    /// around [`Executor::fetch`].
     pub(super) async fn shared(
         &self,
         tool: &Arc<Tool>,
         agent_id: &str,
-        args: &Value,
+        key: Option<String>,
         request: RenderedRequest,
         ctx: &CallContext,
         timing: &mut Timing,
     ) -> Outcome {
-        if tool.cache.is_none() && !tool.coalesce {
+        let Some(key) = key else {
             return self.fetch(tool, agent_id, &request, ctx).await;
-        }
-        let key = format!("{}\u{0}{}", tool.name, json::canonical(args));
+        };
         let count = |result: &str| {
             self.metrics
                 .cache_requests

@@ -403,7 +403,13 @@ impl Tool {
             (None, None) => RedirectRules::default(),
         };
         let client = upstreams
-            .client(request.origin(), &policy, &redirects, request.credentials())
+            .client(
+                request.origin(),
+                upstream_spec.http,
+                &policy,
+                &redirects,
+                request.credentials(),
+            )
             .map_err(|e| err("request", format!("cannot build the HTTP client: {e}")))?;
         let origin = request.origin().origin().ascii_serialization();
         let upstream = upstreams.state(&origin, upstream_spec);
@@ -775,6 +781,23 @@ schemas:
         ))
         .unwrap_err();
         assert!(e.contains("defaults.upstream.max_concurrency"), "{e}");
+    }
+
+    #[test]
+    fn an_upstreams_http_version_is_one_of_three() {
+        let origin = "http://127.0.0.1:9";
+        let with = |policy: &str| format!("upstreams:\n  \"{origin}\": {policy}\n{GOOD}");
+        for version in ["auto", "http1", "http2"] {
+            assert!(
+                load(&with(&format!("{{http: {version}}}"))).is_ok(),
+                "{version}"
+            );
+        }
+        let e = load(&with("{http: http3}")).unwrap_err();
+        assert!(
+            e.contains("http3") && e.contains("auto") && e.contains("http2"),
+            "the error names the value and the choices: {e}"
+        );
     }
 
     #[test]

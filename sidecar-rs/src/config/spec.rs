@@ -179,6 +179,9 @@ pub struct UpstreamSpec {
     pub circuit_breaker: BreakerSpec,
     #[serde(default)]
     pub retry_budget: RetryBudgetSpec,
+    /// The HTTP version spoken to this origin.
+    #[serde(default)]
+    pub http: HttpVersion,
 }
 
 impl Default for UpstreamSpec {
@@ -187,8 +190,27 @@ impl Default for UpstreamSpec {
             max_concurrency: default_upstream_concurrency(),
             circuit_breaker: BreakerSpec::default(),
             retry_budget: RetryBudgetSpec::default(),
+            http: HttpVersion::default(),
         }
     }
+}
+
+/// Which HTTP version the sidecar speaks to an origin (`upstreams.<origin>.http`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HttpVersion {
+    /// HTTP/1.1 to `http://` origins; over `https://`, HTTP/2 when the
+    /// server picks it through ALPN, else HTTP/1.1.
+    #[default]
+    Auto,
+    /// HTTP/1.1 only, over TLS too: one connection per request in flight.
+    Http1,
+    /// HTTP/2 only: with prior knowledge (h2c) on `http://`, ALPN `h2` on
+    /// `https://`. Every request in flight to the origin is a stream on one
+    /// connection, which costs far less memory per request than an HTTP/1.1
+    /// connection each; an origin that does not speak HTTP/2 fails every
+    /// call with UPSTREAM_ERROR.
+    Http2,
 }
 
 fn default_upstream_concurrency() -> usize {

@@ -1,11 +1,13 @@
 //! The HTTP side: shared `reqwest` clients (connection pooling, keep-alive,
-//! HTTP/2 via ALPN where the upstream offers it), one per egress policy and
-//! port; redirects followed hop by hop, each checked, with the tool's
+//! HTTP/2 via ALPN where the upstream offers it, or by prior knowledge where
+//! the operator says the origin speaks it), one per egress policy, port and
+//! HTTP version; redirects followed hop by hop, each checked, with the tool's
 //! credentials kept to its own origin; and a body reader that stops at the
 //! tool's size cap instead of buffering whatever arrives.
 //!
 //! Dropping the future returned by [`Upstream::send`] drops the request: the
-//! connection is closed and the upstream sees the disconnect. Deadlines and
+//! upstream sees the disconnect (HTTP/1.1: the connection is closed; HTTP/2:
+//! the stream is reset with CANCEL). Deadlines and
 //! cancellation are applied by the caller that way.
 
 use std::collections::HashMap;
@@ -19,6 +21,7 @@ use http::header::{
 use http::{HeaderMap, Method, StatusCode};
 use url::Url;
 
+use crate::config::spec::HttpVersion;
 use crate::config::template::{Credentials, RenderedRequest};
 use crate::error::CallError;
 use crate::upstream::egress::{self, EgressDenied, EgressPolicy, GuardedResolver, RedirectRules};
@@ -53,6 +56,12 @@ struct Route {
     /// For hops to any other port (`allow_origins: ["*"]`): admits only
     /// addresses that are public or allowed on every port.
     any_port: reqwest::Client,
+    /// For the tool's own origin: the one of `by_port` unless the origin's
+    /// `http` version is set, which applies to it alone (a redirect to
+    /// another origin on the same port gets the default negotiation).
+    own: reqwest::Client,
+    /// The HTTP version `own` speaks.
+    version: HttpVersion,
     /// Configured for the tool's origin only: dropped on any hop elsewhere.
     credentials: Credentials,
 }
@@ -88,7 +97,7 @@ impl Default for UpstreamOptions {
 }
 
 /// An HTTP client whose connections go only where `policy` permits on
-/// `port` (`None`: on every port). It never follows redirects itself:
+/// `port` (`None`: on every port), speaking `version`. It never follows redirects itself:
 /// [`Upstream::send`] does, hop by hop, because reqwest's redirect policy can
 /// stop a hop but cannot drop the headers it carries, and its `Referer`
 /// would copy the query (with any secret in it) to the next origin.
@@ -96,11 +105,17 @@ pub fn http_client(
     options: &UpstreamOptions,
     policy: &EgressPolicy,
     port: Option<u16>,
+    version: HttpVersion,
 ) -> Result<reqwest::Client, reqwest::Error> {
     // TLS uses ring (quick to build, no C toolchain needed beyond cc);
     // installing it twice is harmless.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    reqwest::Client::builder()
+    let builder = match version {
+        HttpVersion::Auto => reqwest::Client::builder(),
+        HttpVersion::Http1 => reqwest::Client::builder().http1_only(),
+        HttpVersion::Http2 => reqwest::Client::builder().http2_prior_knowledge(),
+    };
+    builder
         .user_agent(concat!("tandem-sidecar/", env!("CARGO_PKG_VERSION")))
         .connect_timeout(options.connect_timeout)
         .pool_max_idle_per_host(options.pool_max_idle_per_host)
@@ -108,6 +123,11 @@ pub fn http_client(
         .tcp_nodelay(true)
         .tcp_keepalive(Duration::from_secs(30))
         .http2_adaptive_window(true)
+        // Every call to an HTTP/2 origin rides one connection: a dead one
+        // (a peer gone without a FIN) must be found by a ping, not by every
+        // call waiting out its deadline until TCP keep-alive notices.
+        .http2_keep_alive_interval(HTTP2_PING_INTERVAL)
+        .http2_keep_alive_timeout(HTTP2_PING_TIMEOUT)
         // Egress goes where the operator configured it, never through a
         // proxy picked up from the environment.
         .no_proxy()
@@ -117,24 +137,36 @@ pub fn http_client(
         .build()
 }
 
+/// How often an idle-looking HTTP/2 connection to an upstream is pinged
+/// while requests are on it, and how long the answer may take before the
+/// connection (and every request on it) fails.
+const HTTP2_PING_INTERVAL: Duration = Duration::from_secs(30);
+const HTTP2_PING_TIMEOUT: Duration = Duration::from_secs(10);
+
 impl Upstream {
-    /// The sender for a tool whose URL is at `origin`. `clients` gives the
-    /// HTTP client for a port (`None`: any port), see [`http_client`].
+    /// The sender for a tool whose URL is at `origin`, spoken to in
+    /// `version`. `clients` gives the HTTP client for a port (`None`: any
+    /// port) and version, see [`http_client`].
     pub fn new(
         origin: &Url,
+        version: HttpVersion,
         policy: EgressPolicy,
         redirects: RedirectRules,
         credentials: Credentials,
-        mut clients: impl FnMut(Option<u16>) -> Result<reqwest::Client, reqwest::Error>,
+        mut clients: impl FnMut(Option<u16>, HttpVersion) -> Result<reqwest::Client, reqwest::Error>,
     ) -> Result<Self, reqwest::Error> {
         let own_port = origin.port_or_known_default();
         let mut by_port = HashMap::new();
         for port in own_port.into_iter().chain(redirects.ports()) {
             if let std::collections::hash_map::Entry::Vacant(slot) = by_port.entry(port) {
-                slot.insert(clients(Some(port))?);
+                slot.insert(clients(Some(port), HttpVersion::Auto)?);
             }
         }
-        let any_port = clients(None)?;
+        let any_port = clients(None, HttpVersion::Auto)?;
+        let own = match own_port.and_then(|p| by_port.get(&p)) {
+            Some(client) if version == HttpVersion::Auto => client.clone(),
+            _ => clients(own_port, version)?,
+        };
         Ok(Self {
             route: Arc::new(Route {
                 origin: origin.origin(),
@@ -142,6 +174,8 @@ impl Upstream {
                 redirects,
                 by_port,
                 any_port,
+                own,
+                version,
                 credentials,
             }),
         })
@@ -160,28 +194,46 @@ impl Upstream {
         request: &RenderedRequest,
         max_body: usize,
     ) -> Result<UpstreamResponse, CallError> {
+        let response = self.respond(request).await?;
+        read_body(response, max_body).await
+    }
+
+    /// Sends `request` and follows the redirects the tool allows, up to the
+    /// final response's head. Its own copies of the request (for the next
+    /// hop) end with it, before the body is waited for.
+    async fn respond(&self, request: &RenderedRequest) -> Result<reqwest::Response, CallError> {
         let route = &self.route;
         let mut method = request.method.clone();
         let mut url = request.url.clone();
         let mut headers = request.headers.clone();
         let mut body = request.body.clone();
         let mut hops = 0u8;
-        let mut response = loop {
-            let port = url.port_or_known_default();
-            let client = port
-                .and_then(|p| route.by_port.get(&p))
-                .unwrap_or(&route.any_port);
+        loop {
+            let own = url.origin() == route.origin;
+            let client = if own {
+                &route.own
+            } else {
+                url.port_or_known_default()
+                    .and_then(|p| route.by_port.get(&p))
+                    .unwrap_or(&route.any_port)
+            };
             let mut builder = client
                 .request(method.clone(), url.clone())
                 .headers(headers.clone());
             if let Some(body) = &body {
                 builder = builder.body(body.clone());
             }
-            let response = builder.send().await.map_err(describe)?;
+            let response = builder.send().await.map_err(|e| {
+                if own && route.version == HttpVersion::Http2 {
+                    describe_http2(e)
+                } else {
+                    describe(e)
+                }
+            })?;
             let status = response.status();
             let location = match response.headers().get(LOCATION) {
                 Some(location) if route.redirects.max > 0 && is_followed(status) => location,
-                _ => break response,
+                _ => return Ok(response),
             };
             if hops == route.redirects.max {
                 return Err(CallError::UpstreamUnreachable(format!(
@@ -206,76 +258,85 @@ impl Upstream {
                 route.credentials.strip_headers(&mut headers);
             }
             url = next;
-        };
-        let status = response.status().as_u16();
-        let headers = response.headers().clone();
-        let success = response.status().is_success();
-        // An error status without its body: what the status says is all
-        // that is used of it.
-        let bodiless = |why: &str| {
-            tracing::debug!(status, why, "upstream error body left out");
-            Ok(UpstreamResponse {
-                status,
-                headers: headers.clone(),
-                body: Bytes::new(),
-            })
-        };
-        let too_large = CallError::ResponseTooLarge {
-            limit: max_body,
+        }
+    }
+}
+
+/// Reads the body of `response`, as [`Upstream::send`] describes.
+async fn read_body(
+    mut response: reqwest::Response,
+    max_body: usize,
+) -> Result<UpstreamResponse, CallError> {
+    let status = response.status().as_u16();
+    // Taken, not cloned: a call waiting on a slow body would hold two
+    // copies.
+    let headers = std::mem::take(response.headers_mut());
+    let success = response.status().is_success();
+    // An error status without its body: what the status says is all
+    // that is used of it.
+    let bodiless = |why: &str| {
+        tracing::debug!(status, why, "upstream error body left out");
+        Ok(UpstreamResponse {
             status,
+            headers: headers.clone(),
+            body: Bytes::new(),
+        })
+    };
+    let too_large = CallError::ResponseTooLarge {
+        limit: max_body,
+        status,
+    };
+    if response.content_length().unwrap_or(0) > max_body as u64 {
+        return if success {
+            Err(too_large)
+        } else {
+            bodiless("announced length over max_response_bytes")
         };
-        if response.content_length().unwrap_or(0) > max_body as u64 {
+    }
+    // Keep the chunks as they arrive and join them once at the end: memory
+    // follows what has been received, not what was announced (10,000 slow
+    // bodies in flight must not reserve 10,000 full buffers), and a body
+    // that arrives in one chunk is never copied. Each chunk pins the hyper
+    // read buffer it was cut from (8 KiB or more); copying small chunks
+    // into a buffer of our own was tried and measured (`make
+    // profile-heap`, scenario 3): 10 KiB less live heap per slow call on
+    // glibc, but 35 MiB more peak RSS under mimalloc with 10,000 in
+    // flight, so the chunks stay.
+    let mut chunks: Vec<Bytes> = Vec::new();
+    let mut received = 0usize;
+    loop {
+        let chunk = match response.chunk().await {
+            Ok(Some(chunk)) => chunk,
+            Ok(None) => break,
+            Err(e) if success => return Err(describe(e)),
+            Err(_) => return bodiless("body interrupted"),
+        };
+        received += chunk.len();
+        if received > max_body {
             return if success {
                 Err(too_large)
             } else {
-                bodiless("announced length over max_response_bytes")
+                bodiless("body over max_response_bytes")
             };
         }
-        // Keep the chunks as they arrive and join them once at the end: memory
-        // follows what has been received, not what was announced (10,000 slow
-        // bodies in flight must not reserve 10,000 full buffers), and a body
-        // that arrives in one chunk is never copied. Each chunk pins the hyper
-        // read buffer it was cut from (8 KiB or more); copying small chunks
-        // into a buffer of our own was tried and measured (`make
-        // profile-heap`, scenario 3): 10 KiB less live heap per slow call on
-        // glibc, but 35 MiB more peak RSS under mimalloc with 10,000 in
-        // flight, so the chunks stay.
-        let mut chunks: Vec<Bytes> = Vec::new();
-        let mut received = 0usize;
-        loop {
-            let chunk = match response.chunk().await {
-                Ok(Some(chunk)) => chunk,
-                Ok(None) => break,
-                Err(e) if success => return Err(describe(e)),
-                Err(_) => return bodiless("body interrupted"),
-            };
-            received += chunk.len();
-            if received > max_body {
-                return if success {
-                    Err(too_large)
-                } else {
-                    bodiless("body over max_response_bytes")
-                };
-            }
-            chunks.push(chunk);
-        }
-        let body = match chunks.len() {
-            0 => Bytes::new(),
-            1 => chunks.pop().unwrap_or_default(),
-            _ => {
-                let mut joined = BytesMut::with_capacity(received);
-                for chunk in &chunks {
-                    joined.extend_from_slice(chunk);
-                }
-                joined.freeze()
-            }
-        };
-        Ok(UpstreamResponse {
-            status,
-            headers,
-            body,
-        })
+        chunks.push(chunk);
     }
+    let body = match chunks.len() {
+        0 => Bytes::new(),
+        1 => chunks.pop().unwrap_or_default(),
+        _ => {
+            let mut joined = BytesMut::with_capacity(received);
+            for chunk in &chunks {
+                joined.extend_from_slice(chunk);
+            }
+            joined.freeze()
+        }
+    };
+    Ok(UpstreamResponse {
+        status,
+        headers,
+        body,
+    })
 }
 
 impl Route {
@@ -397,6 +458,51 @@ impl Credentials {
         }
         Ok(())
     }
+}
+
+/// A request to an origin set to `http: http2` that failed: as
+/// [`describe`], and where the failure is what an origin that speaks only
+/// HTTP/1.1 causes, saying so. Such an origin answers the connection preface
+/// with an error page, which HTTP/2 reads as a frame header (a framing
+/// error), or closes the connection before that is read. Neither a failure
+/// to connect nor one the origin reported in HTTP/2 (a reset, a GOAWAY)
+/// gets the hint.
+fn describe_http2(e: reqwest::Error) -> CallError {
+    let h2 = h2_error(&e);
+    if h2.is_some_and(|h2| {
+        h2.is_library()
+            && matches!(
+                h2.reason(),
+                Some(h2::Reason::FRAME_SIZE_ERROR | h2::Reason::PROTOCOL_ERROR)
+            )
+    }) {
+        return CallError::UpstreamUnreachable(format!(
+            "connection failed: the origin did not answer in HTTP/2 ({NOT_HTTP2})"
+        ));
+    }
+    // A connection refused or timed out says nothing about the protocol.
+    let about_http2 = !e.is_connect() && !h2.is_some_and(h2::Error::is_remote);
+    match describe(e) {
+        CallError::UpstreamUnreachable(message) if about_http2 => {
+            CallError::UpstreamUnreachable(format!("{message} ({NOT_HTTP2}, if it does not)"))
+        }
+        other => other,
+    }
+}
+
+const NOT_HTTP2: &str = "its `http` under `upstreams` is http2; set it to auto or http1 \
+                         if it speaks only HTTP/1.1";
+
+/// The HTTP/2 error under `e`, if there is one.
+fn h2_error(e: &reqwest::Error) -> Option<&h2::Error> {
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        if let Some(h2) = s.downcast_ref::<h2::Error>() {
+            return Some(h2);
+        }
+        source = s.source();
+    }
+    None
 }
 
 /// A transport error as the agent sees it: what failed, without the URL

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::config::spec::UpstreamSpec;
+use crate::config::spec::{HttpVersion, UpstreamSpec};
 use crate::config::template::Credentials;
 use crate::metrics::Metrics;
 use crate::policy::breaker::CircuitBreaker;
@@ -66,6 +66,10 @@ impl UpstreamState {
     }
 }
 
+/// What an HTTP client is shared by: egress policy, port (`None`: any
+/// port) and HTTP version.
+type ClientKey = (EgressPolicy, Option<u16>, HttpVersion);
+
 /// Every origin's state and every client, by key.
 pub struct Upstreams {
     metrics: Metrics,
@@ -77,9 +81,10 @@ pub struct Upstreams {
     /// they arrive before the config is compiled); applied when the origin's
     /// state is created.
     pending_holds: Mutex<HashMap<String, Instant>>,
-    /// HTTP clients by egress policy and port (`None`: any port), shared by
-    /// every tool with that policy so connection pools stay warm.
-    clients: Mutex<HashMap<(EgressPolicy, Option<u16>), reqwest::Client>>,
+    /// HTTP clients by egress policy, port (`None`: any port) and HTTP
+    /// version, shared by every tool with that policy so connection pools
+    /// stay warm.
+    clients: Mutex<HashMap<ClientKey, reqwest::Client>>,
 }
 
 impl Upstreams {
@@ -164,11 +169,12 @@ impl Upstreams {
         state
     }
 
-    /// The sender for a tool at `origin` with this egress policy, redirect
-    /// rules and credentials.
+    /// The sender for a tool at `origin`, spoken to in `version`, with this
+    /// egress policy, redirect rules and credentials.
     pub fn client(
         &self,
         origin: &url::Url,
+        version: HttpVersion,
         policy: &EgressPolicy,
         redirects: &RedirectRules,
         credentials: Credentials,
@@ -176,15 +182,16 @@ impl Upstreams {
         let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
         Upstream::new(
             origin,
+            version,
             policy.clone(),
             redirects.clone(),
             credentials,
-            |port| {
-                let key = (policy.clone(), port);
+            |port, version| {
+                let key = (policy.clone(), port, version);
                 if let Some(client) = clients.get(&key) {
                     return Ok(client.clone());
                 }
-                let client = http_client(&self.options, policy, port)?;
+                let client = http_client(&self.options, policy, port, version)?;
                 clients.insert(key, client.clone());
                 Ok(client)
             },

@@ -3,7 +3,10 @@
 It must not be the bottleneck: ``sendfile``, an open-file cache, keep-alive with no
 request cap, one worker per core, no access log. ``/slow/...`` serves the same files
 through ``limit_rate`` (a slow upstream for scenario 3: the body trickles in, so calls
-stay in flight). Its CPU is reported separately from the dispatchers'.
+stay in flight). A second listener serves ``/slow/...`` over HTTP/2 without TLS (h2c,
+prior knowledge), for the sidecar's ``http: http2`` row of scenario 3; it admits more
+concurrent streams than scenario 3 has calls, so every call is in flight at nginx, as on
+the HTTP/1.1 listener. Its CPU is reported separately from the dispatchers'.
 """
 
 from __future__ import annotations
@@ -62,6 +65,15 @@ http {{
             limit_rate {slow_rate};
         }}
     }}
+    server {{
+        listen 127.0.0.1:{h2_port} http2 backlog=65535;
+        http2_max_concurrent_streams 16384;
+        root {root}/www;
+        location /slow/ {{
+            alias {root}/www/;
+            limit_rate {slow_rate};
+        }}
+    }}
 }}
 """
 
@@ -86,11 +98,17 @@ class Nginx:
         self.workers = workers
         self.root = Path(tempfile.mkdtemp(prefix="tandem-bench-nginx-"))
         self.port = 0
+        self.h2_port = 0
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def h2_base_url(self) -> str:
+        """The HTTP/2-only (h2c) listener: ``/slow/...`` only."""
+        return f"http://127.0.0.1:{self.h2_port}"
 
     @property
     def pid(self) -> int:
@@ -109,10 +127,15 @@ class Nginx:
         deadline = time.monotonic() + timeout
         while True:
             self.port = _free_port()
+            self.h2_port = _free_port()
             conf = self.root / "nginx.conf"
             conf.write_text(
                 _CONF.format(
-                    workers=self.workers, root=self.root, port=self.port, slow_rate=SLOW_RATE
+                    workers=self.workers,
+                    root=self.root,
+                    port=self.port,
+                    h2_port=self.h2_port,
+                    slow_rate=SLOW_RATE,
                 )
             )
             with (self.root / "stderr.log").open("wb") as stderr:

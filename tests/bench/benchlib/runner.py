@@ -177,7 +177,12 @@ def sidecar_for(nginx: Nginx, binary: Path) -> Iterator[SidecarProcess]:
     # cross-language suite, whose other tests must keep their own SIDECAR_BIN.
     log = {"RUST_LOG": os.environ.get("RUST_LOG", "warn,sidecar=info")}
     with tempfile.TemporaryDirectory(prefix="tandem-bench-sidecar-") as tmp:
-        sidecar = SidecarProcess(Path(tmp), sidecar_config(nginx.base_url), env=log, binary=binary)
+        sidecar = SidecarProcess(
+            Path(tmp),
+            sidecar_config(nginx.base_url, h2_base_url=nginx.h2_base_url),
+            env=log,
+            binary=binary,
+        )
         sidecar.start(timeout=30)
         try:
             yield sidecar

@@ -43,6 +43,9 @@ class ToolSpec:
     query: Mapping[str, str] = field(default_factory=dict)
     #: Extra tools.yaml fields (e.g. ``rate_limits``), for scenarios that need them.
     sidecar_extra: Mapping[str, Any] = field(default_factory=dict)
+    #: The sidecar calls it on nginx's HTTP/2 listener (``http: http2``); only the
+    #: sidecar has such tools (aiohttp and httpx's default speak HTTP/1.1).
+    http2: bool = False
 
     def url(self, base: str) -> str:
         return base.rstrip("/") + self.path
@@ -57,13 +60,22 @@ SEARCH = ToolSpec("search", "/" + SEARCH_FILE, SEARCH_INPUT_SCHEMA, SEARCH_SCHEM
 SLOW_SEARCH = ToolSpec(
     "slow_search", "/slow/" + SEARCH_FILE, SEARCH_INPUT_SCHEMA, SEARCH_SCHEMA, {"q": "query"}
 )
+#: ``slow_search`` from nginx's HTTP/2 listener: every call a stream on one connection.
+SLOW_SEARCH_H2 = ToolSpec(
+    "slow_search_h2",
+    "/slow/" + SEARCH_FILE,
+    SEARCH_INPUT_SCHEMA,
+    SEARCH_SCHEMA,
+    {"q": "query"},
+    http2=True,
+)
 PING = ToolSpec("ping", "/" + TINY_FILE, TINY_INPUT_SCHEMA, TINY_SCHEMA, {"n": "n"})
 #: The second ~100 KB document (unicode, escapes, a ``$ref`` schema): issue 11.
 CATALOG = ToolSpec(
     "catalog", "/" + CATALOG_FILE, SEARCH_INPUT_SCHEMA, CATALOG_SCHEMA, {"q": "query"}
 )
 
-TOOLS: tuple[ToolSpec, ...] = (SEARCH, SLOW_SEARCH, PING, CATALOG)
+TOOLS: tuple[ToolSpec, ...] = (SEARCH, SLOW_SEARCH, SLOW_SEARCH_H2, PING, CATALOG)
 
 #: The ~100 KB documents every per-call CPU measurement runs on, by tool.
 DOCUMENT_TOOLS = ("search", "catalog")
@@ -77,10 +89,22 @@ def arguments_for(tool: str, i: int) -> dict[str, Any]:
     return {"query": f"agent tool latency {i}", "limit": 10}
 
 
-def sidecar_config(base_url: str, tools: Sequence[ToolSpec] = TOOLS) -> str:
-    """``tools.yaml`` (JSON is YAML) for the sidecar, pointed at ``base_url``."""
+def sidecar_config(
+    base_url: str, tools: Sequence[ToolSpec] = TOOLS, h2_base_url: str | None = None
+) -> str:
+    """``tools.yaml`` (JSON is YAML) for the sidecar, pointed at ``base_url``, and its
+    HTTP/2 tools at ``h2_base_url`` (left out without it)."""
     entries = []
+    upstreams: dict[str, dict[str, Any]] = {}
     for spec in tools:
+        if spec.http2 and h2_base_url is None:
+            continue
+        base = h2_base_url if spec.http2 and h2_base_url is not None else base_url
+        # The default per-origin bound (1024) would queue scenario 3's 10,000 calls; the
+        # Python dispatchers get the same MAX_CONNECTIONS.
+        upstream = upstreams.setdefault(base.rstrip("/"), {"max_concurrency": MAX_CONNECTIONS})
+        if spec.http2:
+            upstream["http"] = "http2"
         entries.append(
             {
                 "name": spec.name,
@@ -89,7 +113,7 @@ def sidecar_config(base_url: str, tools: Sequence[ToolSpec] = TOOLS) -> str:
                 "output_schema": dict(spec.output_schema),
                 "request": {
                     "method": "GET",
-                    "url": spec.url(base_url),
+                    "url": spec.url(base),
                     "query": {q: "{" + a + "}" for q, a in spec.query.items()},
                 },
                 "timeout": f"{int(CALL_TIMEOUT_S)}s",
@@ -100,9 +124,7 @@ def sidecar_config(base_url: str, tools: Sequence[ToolSpec] = TOOLS) -> str:
         )
     config = {
         "defaults": {"max_response_bytes": 4 * 1024 * 1024},
-        # The default per-origin bound (1024) would queue scenario 3's 10,000 calls; the
-        # Python dispatchers get the same MAX_CONNECTIONS.
-        "upstreams": {base_url.rstrip("/"): {"max_concurrency": MAX_CONNECTIONS}},
+        "upstreams": upstreams,
         "tools": entries,
     }
     return json.dumps(config, indent=2)
