@@ -34,6 +34,8 @@ class Route:
     delay: float = 0.0
     #: Never answer: the stream stays open until the client resets it.
     hold: bool = False
+    #: Drop the whole connection instead of answering (a peer restarting).
+    drop: bool = False
 
 
 class H2Upstream(LoopServer):
@@ -56,6 +58,9 @@ class H2Upstream(LoopServer):
 
     def hold(self, path: str) -> None:
         self._routes[path] = Route(b"", hold=True)
+
+    def drop(self, path: str) -> None:
+        self._routes[path] = Route(b"", drop=True)
 
     def route(self, path: str) -> Route:
         return self._routes.get(path) or Route(b'{"error": "no route"}', status=404)
@@ -128,6 +133,9 @@ class _Connection:
 
     async def answer(self, sid: int, path: str) -> None:
         route = self.server.route(path)
+        if route.drop:
+            self.writer.transport.abort()
+            return
         if route.hold:
             await asyncio.Event().wait()
         if route.delay:

@@ -105,6 +105,8 @@ async def test_a_call_cancelled_or_out_of_time_resets_its_stream(
     server.json("/answer", ANSWER)
     sidecar = start_sidecar(config(server.url))
     client = client_for(sidecar.unix_target)
+    warm = await client.call("answer", {}, timeout=10)  # the connection, set up
+    assert warm.status is Status.OK, warm
 
     timed_out = await client.call("held", {}, timeout=0.5)
     assert timed_out.status is Status.TIMEOUT, timed_out
@@ -122,6 +124,25 @@ async def test_a_call_cancelled_or_out_of_time_resets_its_stream(
     assert server.connections == 1, "a reset stream leaves the connection to the others"
 
 
+async def test_a_connection_lost_after_answers_gets_no_hint_about_the_version(
+    h2_upstream: Callable[..., H2Upstream], start_sidecar: Start, client_for: MakeClient
+) -> None:
+    server = h2_upstream()
+    server.json("/answer", ANSWER)
+    server.drop("/held")
+    sidecar = start_sidecar(config(server.url))
+    client = client_for(sidecar.unix_target)
+    warm = await client.call("answer", {}, timeout=10)
+    assert warm.status is Status.OK, warm
+
+    r = await client.call("held", {}, timeout=5)
+
+    assert r.status is Status.UPSTREAM_ERROR, r
+    assert "http2" not in r.error, "the origin has spoken HTTP/2: the version is not the fault"
+    after = await client.call("answer", {}, timeout=5)
+    assert after.status is Status.OK, after
+
+
 async def test_http2_to_an_origin_that_speaks_only_http1_fails_clearly(
     upstream: Upstream, start_sidecar: Start, client_for: MakeClient
 ) -> None:
@@ -133,7 +154,7 @@ async def test_http2_to_an_origin_that_speaks_only_http1_fails_clearly(
 
     assert r.status is Status.UPSTREAM_ERROR, r
     # The error page read as frames, or the connection closed before it was read.
-    assert "is http2; set it to auto or http1" in r.error, r
+    assert "under `upstreams` is http2, which it must speak" in r.error, r
 
     told_the_truth = start_sidecar(config(upstream.url, http="http1"))
     ok = await client_for(told_the_truth.unix_target).call("answer", {}, timeout=5)

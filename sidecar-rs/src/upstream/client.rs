@@ -11,6 +11,7 @@
 //! cancellation are applied by the caller that way.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -62,6 +63,10 @@ struct Route {
     own: reqwest::Client,
     /// The HTTP version `own` speaks.
     version: HttpVersion,
+    /// Whether the origin has answered through `own` at least once (shared
+    /// by every tool calling it): after that, a failure is not the origin
+    /// failing to speak the version it was set to.
+    answered: Arc<AtomicBool>,
     /// Configured for the tool's origin only: dropped on any hop elsewhere.
     credentials: Credentials,
 }
@@ -145,11 +150,13 @@ const HTTP2_PING_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl Upstream {
     /// The sender for a tool whose URL is at `origin`, spoken to in
-    /// `version`. `clients` gives the HTTP client for a port (`None`: any
-    /// port) and version, see [`http_client`].
+    /// `version`; `answered` is the origin's (see [`Route`]). `clients` gives
+    /// the HTTP client for a port (`None`: any port) and version, see
+    /// [`http_client`].
     pub fn new(
         origin: &Url,
         version: HttpVersion,
+        answered: Arc<AtomicBool>,
         policy: EgressPolicy,
         redirects: RedirectRules,
         credentials: Credentials,
@@ -176,6 +183,7 @@ impl Upstream {
                 any_port,
                 own,
                 version,
+                answered,
                 credentials,
             }),
         })
@@ -224,12 +232,18 @@ impl Upstream {
                 builder = builder.body(body.clone());
             }
             let response = builder.send().await.map_err(|e| {
-                if own && route.version == HttpVersion::Http2 {
+                if own
+                    && route.version == HttpVersion::Http2
+                    && !route.answered.load(Ordering::Relaxed)
+                {
                     describe_http2(e)
                 } else {
                     describe(e)
                 }
             })?;
+            if own {
+                route.answered.store(true, Ordering::Relaxed);
+            }
             let status = response.status();
             let location = match response.headers().get(LOCATION) {
                 Some(location) if route.redirects.max > 0 && is_followed(status) => location,
@@ -460,13 +474,14 @@ impl Credentials {
     }
 }
 
-/// A request to an origin set to `http: http2` that failed: as
-/// [`describe`], and where the failure is what an origin that speaks only
-/// HTTP/1.1 causes, saying so. Such an origin answers the connection preface
-/// with an error page, which HTTP/2 reads as a frame header (a framing
-/// error), or closes the connection before that is read. Neither a failure
-/// to connect nor one the origin reported in HTTP/2 (a reset, a GOAWAY)
-/// gets the hint.
+/// A request to an origin set to `http: http2` that has never answered it,
+/// failed: as [`describe`], and where the failure is what an origin that
+/// speaks only HTTP/1.1 causes, saying so. Such an origin answers the
+/// connection preface with an error page, which HTTP/2 reads as a frame
+/// header (a framing error), or closes the connection before that is read.
+/// Neither a failure to connect nor one the origin reported in HTTP/2 (a
+/// reset, a GOAWAY) gets the hint, nor does any failure once the origin has
+/// answered (the caller checks that).
 fn describe_http2(e: reqwest::Error) -> CallError {
     let h2 = h2_error(&e);
     if h2.is_some_and(|h2| {
@@ -477,21 +492,21 @@ fn describe_http2(e: reqwest::Error) -> CallError {
             )
     }) {
         return CallError::UpstreamUnreachable(format!(
-            "connection failed: the origin did not answer in HTTP/2 ({NOT_HTTP2})"
+            "connection failed: the origin did not answer in HTTP/2; {NOT_HTTP2}"
         ));
     }
     // A connection refused or timed out says nothing about the protocol.
     let about_http2 = !e.is_connect() && !h2.is_some_and(h2::Error::is_remote);
     match describe(e) {
-        CallError::UpstreamUnreachable(message) if about_http2 => {
-            CallError::UpstreamUnreachable(format!("{message} ({NOT_HTTP2}, if it does not)"))
-        }
+        CallError::UpstreamUnreachable(message) if about_http2 => CallError::UpstreamUnreachable(
+            format!("{message}; the origin has not answered in HTTP/2 yet: {NOT_HTTP2}"),
+        ),
         other => other,
     }
 }
 
-const NOT_HTTP2: &str = "its `http` under `upstreams` is http2; set it to auto or http1 \
-                         if it speaks only HTTP/1.1";
+const NOT_HTTP2: &str = "its `http` under `upstreams` is http2, which it must speak \
+                         (set auto or http1 for an origin that speaks only HTTP/1.1)";
 
 /// The HTTP/2 error under `e`, if there is one.
 fn h2_error(e: &reqwest::Error) -> Option<&h2::Error> {

@@ -5,6 +5,7 @@
 //! stay warm.
 
 use std::collections::HashMap;
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::Semaphore;
@@ -85,6 +86,9 @@ pub struct Upstreams {
     /// version, shared by every tool with that policy so connection pools
     /// stay warm.
     clients: Mutex<HashMap<ClientKey, reqwest::Client>>,
+    /// Per origin: whether it has answered (error messages use it). One flag
+    /// per origin ever configured.
+    answered: Mutex<HashMap<String, Arc<AtomicBool>>>,
 }
 
 impl Upstreams {
@@ -96,6 +100,7 @@ impl Upstreams {
             states: Mutex::default(),
             pending_holds: Mutex::default(),
             clients: Mutex::default(),
+            answered: Mutex::default(),
         }
     }
 
@@ -179,10 +184,18 @@ impl Upstreams {
         redirects: &RedirectRules,
         credentials: Credentials,
     ) -> Result<Upstream, reqwest::Error> {
+        let answered = self
+            .answered
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(origin.origin().ascii_serialization())
+            .or_default()
+            .clone();
         let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
         Upstream::new(
             origin,
             version,
+            answered,
             policy.clone(),
             redirects.clone(),
             credentials,
