@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import h2.config
 import h2.connection
+import h2.errors
 import h2.events
 import h2.exceptions
 import h2.settings
@@ -52,6 +53,10 @@ class H2Upstream(LoopServer):
         self.max_open = 0
 
         self._routes: dict[str, Route] = {}
+        #: Requests still to refuse (RST_STREAM with REFUSED_STREAM), by path.
+        self._refusals: collections.Counter[str] = collections.Counter()
+        #: Streams refused, by path.
+        self.refused: collections.Counter[str] = collections.Counter()
 
     def json(self, path: str, body: bytes, *, status: int = 200, delay: float = 0.0) -> None:
         self._routes[path] = Route(body, status, delay)
@@ -61,6 +66,11 @@ class H2Upstream(LoopServer):
 
     def drop(self, path: str) -> None:
         self._routes[path] = Route(b"", drop=True)
+
+    def refuse(self, path: str, times: int) -> None:
+        """Refuse the next ``times`` requests for ``path`` unprocessed (REFUSED_STREAM, as
+        a server over its stream limit does); its route answers the ones after."""
+        self._refusals[path] = times
 
     def route(self, path: str) -> Route:
         return self._routes.get(path) or Route(b'{"error": "no route"}', status=404)
@@ -116,6 +126,11 @@ class _Connection:
             path = str(headers.get(":path", "/")).split("?", 1)[0]
             sid = event.stream_id
             self.server.requests[path] += 1
+            if self.server._refusals[path] > 0:
+                self.server._refusals[path] -= 1
+                self.server.refused[path] += 1
+                self.h2.reset_stream(sid, h2.errors.ErrorCodes.REFUSED_STREAM)
+                return
             self.paths[sid] = path
             self.server.max_open = max(self.server.max_open, len(self.paths))
             self.handlers[sid] = asyncio.create_task(self.answer(sid, path))

@@ -124,6 +124,37 @@ async def test_a_call_cancelled_or_out_of_time_resets_its_stream(
     assert server.connections == 1, "a reset stream leaves the connection to the others"
 
 
+async def test_a_stream_the_origin_refuses_unprocessed_is_sent_again(
+    h2_upstream: Callable[..., H2Upstream], start_sidecar: Start, client_for: MakeClient
+) -> None:
+    """REFUSED_STREAM means the origin did nothing with the request (RFC 9113 §8.7), so
+    it is sent again whatever its method, and that is not one of the tool's attempts:
+    a POST tool (never retried) still succeeds. Past two refusals the call fails."""
+    server = h2_upstream()
+    server.json("/answer", ANSWER)
+    server.json("/held", ANSWER)
+    sidecar = start_sidecar(config(server.url, method="POST"))
+    client = client_for(sidecar.unix_target)
+    warm = await client.call("held", {}, timeout=10)
+    assert warm.status is Status.OK, warm
+
+    server.refuse("/answer", 2)
+    r = await client.call("answer", {}, timeout=10)
+
+    assert r.status is Status.OK, r
+    assert json.loads(r.result_bytes) == json.loads(ANSWER)
+    assert server.refused["/answer"] == 2
+    assert server.requests["/answer"] == 3
+
+    server.refuse("/answer", 3)
+    refused = await client.call("answer", {}, timeout=10)
+
+    assert refused.status is Status.UPSTREAM_ERROR, refused
+    assert "refused" in refused.error.lower(), refused
+    assert server.refused["/answer"] == 5, "sent three times, then given up"
+    assert server.connections == 1
+
+
 async def test_a_connection_lost_after_answers_gets_no_hint_about_the_version(
     h2_upstream: Callable[..., H2Upstream], start_sidecar: Start, client_for: MakeClient
 ) -> None:

@@ -177,7 +177,9 @@ impl Executor {
         };
         tool.upstream.throttle(wait);
         if let Some(fleet) = &self.fleet {
-            fleet.publish_throttle(&tool.upstream.origin, wait).await;
+            // Boxed: rare, and inline its Redis round trip would size every
+            // call's task while it waits on its upstream.
+            Box::pin(fleet.publish_throttle(&tool.upstream.origin, wait)).await;
         }
     }
 }

@@ -9,7 +9,7 @@ use super::{CallContext, Executor};
 use crate::config::registry::Tool;
 use crate::config::template::RenderedRequest;
 use crate::error::CallError;
-use crate::policy::ratelimit::Caller;
+use crate::policy::ratelimit::{Admitted, Caller};
 use crate::upstream::cache::{FetchStats, Outcome};
 
 impl Executor {
@@ -39,28 +39,37 @@ impl Executor {
         stats: &mut FetchStats,
         started: Instant,
     ) -> Result<(u16, Bytes), CallError> {
-        let limited = tokio::time::timeout_at(
-            ctx.deadline,
-            tool.rate_limits.acquire(
-                &Caller {
-                    tool: &tool.name,
-                    agent: agent_id,
-                    tenant: &ctx.tenant,
-                    upstream: &tool.upstream.origin,
-                },
-                ctx.tokens,
-                ctx.deadline,
-            ),
-        )
-        .await
-        .map_err(|_| ctx.timeout("waiting for a rate-limit permit"))?;
-        if let Err(CallError::RateLimited { scope, .. }) = &limited {
-            self.metrics
-                .rate_limited
-                .with_label_values(&[tool.name.as_str(), scope])
-                .inc();
-        }
-        let admitted = limited?;
+        // Boxed, and only for a tool with limits: inline, the wait (over a
+        // KiB with its Redis round trip) would size every call's task for
+        // as long as the call waits on its upstream.
+        let admitted = {
+            let limited = if tool.rate_limits.is_empty() {
+                Ok(Admitted::default())
+            } else {
+                Box::pin(tokio::time::timeout_at(
+                    ctx.deadline,
+                    tool.rate_limits.acquire(
+                        &Caller {
+                            tool: &tool.name,
+                            agent: agent_id,
+                            tenant: &ctx.tenant,
+                            upstream: &tool.upstream.origin,
+                        },
+                        ctx.tokens,
+                        ctx.deadline,
+                    ),
+                ))
+                .await
+                .map_err(|_| ctx.timeout("waiting for a rate-limit permit"))?
+            };
+            if let Err(CallError::RateLimited { scope, .. }) = &limited {
+                self.metrics
+                    .rate_limited
+                    .with_label_values(&[tool.name.as_str(), scope])
+                    .inc();
+            }
+            limited?
+        };
         for scope in &admitted.shadowed {
             self.metrics
                 .rate_limit_shadow
@@ -77,7 +86,7 @@ impl Executor {
                 Ok((_, body)) => used_tokens(body).unwrap_or(ctx.tokens),
                 Err(_) => 0.0,
             };
-            tool.rate_limits.settle(admitted.charges, used).await;
+            Box::pin(tool.rate_limits.settle(admitted.charges, used)).await;
         }
         result
     }

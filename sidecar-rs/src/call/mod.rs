@@ -135,9 +135,13 @@ impl Executor {
     /// Runs `call` until it completes, `cancel` fires or its deadline passes.
     /// `transport_deadline` is the RPC's own deadline, if it has one. A panic
     /// inside the pipeline becomes an INTERNAL result rather than a lost call.
+    ///
+    /// The call is borrowed (its `call_id` is taken for the result): the
+    /// caller's task holds it, and an async fn keeps a by-value argument
+    /// twice in its state, which every call in flight would pay for.
     pub async fn execute(
         &self,
-        call: ToolCall,
+        call: &mut ToolCall,
         received: Instant,
         transport_deadline: Option<Instant>,
         cancel: &CancellationToken,
@@ -168,7 +172,7 @@ impl Executor {
             )
         };
         let work = AssertUnwindSafe(self.run(
-            &call,
+            call,
             tool.clone(),
             received,
             transport_deadline,
@@ -190,7 +194,7 @@ impl Executor {
         };
         timing.total_us = micros(received.elapsed());
         let result = ToolResult {
-            call_id: call.call_id,
+            call_id: std::mem::take(&mut call.call_id),
             timing: Some(timing),
             ..Default::default()
         };
@@ -260,17 +264,19 @@ impl Executor {
         if tool.rate_limits.counts_tokens() {
             ctx.tokens = input::estimate_tokens(&call.arguments, fields);
         }
-        let mut request = tool.request.render_call(fields, Some(&call.arguments))?;
-        trace::propagate(self.tracing, &call.metadata, &mut request.headers);
-        // The parsed arguments are not kept while the call waits on its
-        // upstream: with 10,000 calls in flight each tree is memory held for
-        // nothing (a map node alone is ~0.6 KiB).
-        let key = shared::key(&tool, &args);
-        drop(args);
-
-        let outcome = self
-            .shared(&tool, &call.agent_id, key, request, &ctx, timing)
-            .await;
+        // Neither the parsed arguments nor the request are kept in this
+        // function's state while the call waits on its upstream: with
+        // 10,000 calls in flight each is memory held for nothing (a map
+        // node alone is ~0.6 KiB). The request moves into the shared work,
+        // and its binding ends with this block, before the await.
+        let sharing = {
+            let mut request = tool.request.render_call(fields, Some(&call.arguments))?;
+            trace::propagate(self.tracing, &call.metadata, &mut request.headers);
+            let key = shared::key(&tool, &args);
+            drop(args);
+            self.shared(&tool, &call.agent_id, key, request, &ctx, timing)
+        };
+        let outcome = sharing.await;
         timing.attempts = outcome.stats.attempts;
         timing.queued_us = outcome.stats.queued_us;
         timing.upstream_us = outcome.stats.upstream_us;
@@ -319,4 +325,36 @@ impl Executor {
 
 fn micros(d: Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The most a call's pipeline future may take: 2,072 bytes when set
+    /// (rustc 1.95, test and release profiles alike), 3,232 before the waits
+    /// that are rare were boxed and the by-value arguments went.
+    const MAX_EXECUTE_FUTURE: usize = 2_560;
+
+    /// Every call in flight holds its future for as long as it waits on its
+    /// upstream (10,000 at once in scenario 3), and a future is as large as
+    /// its largest state. This catches a large wait awaited inline again (a
+    /// rate-limit wait, a Redis round trip, a by-value argument that an
+    /// async fn keeps twice): box such a wait instead. `cargo +nightly rustc
+    /// --lib -- -Zprint-type-sizes` shows where the bytes go.
+    #[test]
+    fn a_call_in_flight_is_a_small_future() {
+        let exec = Executor::new(
+            Arc::new(ArcSwap::from_pointee(Registry::default())),
+            Metrics::new(),
+        );
+        let mut call = ToolCall::default();
+        let cancel = CancellationToken::new();
+        let work = exec.execute(&mut call, Instant::now(), None, &cancel);
+        let size = std::mem::size_of_val(&work);
+        assert!(
+            size <= MAX_EXECUTE_FUTURE,
+            "the call pipeline's future grew to {size} bytes (bound {MAX_EXECUTE_FUTURE})"
+        );
+    }
 }

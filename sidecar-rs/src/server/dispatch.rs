@@ -198,7 +198,7 @@ impl Dispatcher for DispatchService {
     ) -> Result<Response<ToolResult>, tonic::Status> {
         let received = Instant::now();
         let transport_deadline = grpc_timeout(request.metadata()).map(|t| received + t);
-        let call = request.into_inner();
+        let mut call = request.into_inner();
         let result = match check_envelope(&call).and_then(|()| self.gate.admit()) {
             Err(e) => self.exec.reject(call, e, received),
             Ok(_permit) => {
@@ -207,7 +207,7 @@ impl Dispatcher for DispatchService {
                 // request; the token covers the drain timeout.
                 let token = self.gate.drain.child_token();
                 self.exec
-                    .execute(call, received, transport_deadline, &token)
+                    .execute(&mut call, received, transport_deadline, &token)
                     .await
             }
         };
@@ -457,7 +457,7 @@ impl Session {
 
     /// Admits or refuses each call of `frame` and applies its cancellations.
     fn accept(&mut self, frame: DispatchFrame, done: &mpsc::Sender<(ToolResult, Claim)>) {
-        for call in frame.calls {
+        for mut call in frame.calls {
             let received = Instant::now();
             let slots = check_envelope(&call).and_then(|()| self.admit(&call));
             let slots = match slots {
@@ -476,11 +476,20 @@ impl Session {
             let done = done.clone();
             tokio::spawn(async move {
                 let gauge = InflightGauge::new(&exec);
-                let result = exec.execute(call, received, None, &token).await;
-                drop(gauge);
-                let claim = backlog.claim(&result, Some(slots));
-                // Fails only when the session is gone, i.e. the client is.
-                let _ = done.send((result, claim)).await;
+                let done_call = {
+                    let result = exec.execute(&mut call, received, None, &token).await;
+                    drop(gauge);
+                    let claim = backlog.claim(&result, Some(slots));
+                    (result, claim)
+                };
+                // The channel holds a stream's whole in-flight bound, so it
+                // has room; waiting for room is the fallback, boxed so that
+                // its state (0.7 KiB) is not part of every call's task while
+                // the call runs. Either fails only when the session is gone,
+                // i.e. the client is.
+                if let Err(mpsc::error::TrySendError::Full(done_call)) = done.try_send(done_call) {
+                    let _ = Box::pin(done.send(done_call)).await;
+                }
             });
         }
         for call_id in frame.cancel_call_ids {

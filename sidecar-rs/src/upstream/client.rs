@@ -11,6 +11,7 @@
 //! cancellation are applied by the caller that way.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -138,6 +139,10 @@ pub fn http_client(
         .no_proxy()
         .dns_resolver(Arc::new(GuardedResolver::new(policy.clone(), port)))
         .redirect(reqwest::redirect::Policy::none())
+        // Retries are the tool's (`retry:`), and resending what the origin
+        // refused unprocessed is `respond`'s: reqwest's layer would clone
+        // every request up front in case it retries it.
+        .retry(reqwest::retry::never().max_retries_per_request(0))
         .referer(false)
         .build()
 }
@@ -211,13 +216,23 @@ impl Upstream {
     /// hop) end with it, before the body is waited for.
     async fn respond(&self, request: &RenderedRequest) -> Result<reqwest::Response, CallError> {
         let route = &self.route;
-        let mut method = request.method.clone();
-        let mut url = request.url.clone();
-        let mut headers = request.headers.clone();
-        let mut body = request.body.clone();
+        // The first hop sends the rendered request as it is (its origin is
+        // the tool's, fixed by the template); a redirect makes owned copies
+        // to change.
+        let mut hop: Option<Hop> = None;
         let mut hops = 0u8;
+        let mut nacks = 0u8;
         loop {
-            let own = url.origin() == route.origin;
+            let (method, url, headers, body, own) = match &hop {
+                None => (
+                    &request.method,
+                    &request.url,
+                    &request.headers,
+                    request.body.as_ref(),
+                    true,
+                ),
+                Some(h) => (&h.method, &h.url, &h.headers, h.body.as_ref(), h.own),
+            };
             let client = if own {
                 &route.own
             } else {
@@ -228,10 +243,22 @@ impl Upstream {
             let mut builder = client
                 .request(method.clone(), url.clone())
                 .headers(headers.clone());
-            if let Some(body) = &body {
+            if let Some(body) = body {
                 builder = builder.body(body.clone());
             }
-            let response = builder.send().await.map_err(|e| {
+            let response = match builder.send().await {
+                Ok(response) => Ok(response),
+                Err(e) if nacks < MAX_NACK_RESENDS && unprocessed(&e) => {
+                    nacks += 1;
+                    tracing::debug!(
+                        nacks,
+                        "upstream refused the request unprocessed; sending it again"
+                    );
+                    continue;
+                }
+                Err(e) => Err(e),
+            }
+            .map_err(|e| {
                 if own
                     && route.version == HttpVersion::Http2
                     && !route.answered.load(Ordering::Relaxed)
@@ -241,7 +268,9 @@ impl Upstream {
                     describe(e)
                 }
             })?;
-            if own {
+            // Read first: a store on every response would bounce the flag's
+            // cache line between the cores answering this origin.
+            if own && !route.answered.load(Ordering::Relaxed) {
                 route.answered.store(true, Ordering::Relaxed);
             }
             let status = response.status();
@@ -256,101 +285,148 @@ impl Upstream {
                 )));
             }
             hops += 1;
-            let next = route.next_hop(&url, location.as_bytes())?;
+            let next = route.next_hop(url, location.as_bytes())?;
+            let mut h = hop.take().unwrap_or_else(|| Hop {
+                method: request.method.clone(),
+                url: request.url.clone(),
+                headers: request.headers.clone(),
+                body: request.body.clone(),
+                own: true,
+            });
             // What browsers and reqwest do: 303 turns into a GET, and so do
             // 301/302 after a POST; 307/308 repeat the request as it was.
-            if (status == StatusCode::SEE_OTHER && method != Method::HEAD)
+            if (status == StatusCode::SEE_OTHER && h.method != Method::HEAD)
                 || (matches!(status, StatusCode::MOVED_PERMANENTLY | StatusCode::FOUND)
-                    && method == Method::POST)
+                    && h.method == Method::POST)
             {
-                method = Method::GET;
-                body = None;
-                headers.remove(CONTENT_TYPE);
-                headers.remove(CONTENT_LENGTH);
+                h.method = Method::GET;
+                h.body = None;
+                h.headers.remove(CONTENT_TYPE);
+                h.headers.remove(CONTENT_LENGTH);
             }
-            if next.origin() != route.origin {
-                route.credentials.strip_headers(&mut headers);
+            h.own = next.origin() == route.origin;
+            if !h.own {
+                route.credentials.strip_headers(&mut h.headers);
             }
-            url = next;
+            h.url = next;
+            hop = Some(h);
         }
     }
 }
 
+/// How many times one hop is sent again after the origin refused it
+/// unprocessed ([`unprocessed`]): reqwest's own default, which the clients
+/// turn off (its retry layer keeps a copy of every request in flight, 0.9 KiB
+/// each, in case it is needed).
+const MAX_NACK_RESENDS: u8 = 2;
+
+/// Whether the origin said it did not process the request, so sending it
+/// again is safe whatever its method (RFC 9113 §8.7): the stream was refused
+/// (REFUSED_STREAM), or the connection was shut down gracefully before the
+/// stream was taken (GOAWAY with NO_ERROR). The same test reqwest applies.
+fn unprocessed(e: &reqwest::Error) -> bool {
+    h2_error(e).is_some_and(|h2| {
+        h2.is_remote()
+            && ((h2.is_reset() && h2.reason() == Some(h2::Reason::REFUSED_STREAM))
+                || (h2.is_go_away() && h2.reason() == Some(h2::Reason::NO_ERROR)))
+    })
+}
+
+/// A redirect's next request: the rendered one, changed as the redirect
+/// says.
+struct Hop {
+    method: Method,
+    url: Url,
+    headers: HeaderMap,
+    body: Option<Bytes>,
+    /// Whether `url` is at the tool's own origin.
+    own: bool,
+}
+
 /// Reads the body of `response`, as [`Upstream::send`] describes.
-async fn read_body(
+///
+/// A plain fn returning an `async move` block: an async fn would keep
+/// `response` twice in its state (argument and local) while the body
+/// trickles in.
+#[allow(clippy::manual_async_fn)] // the async fn form is what costs the copy
+fn read_body(
     mut response: reqwest::Response,
     max_body: usize,
-) -> Result<UpstreamResponse, CallError> {
-    let status = response.status().as_u16();
-    // Taken, not cloned: a call waiting on a slow body would hold two
-    // copies.
-    let headers = std::mem::take(response.headers_mut());
-    let success = response.status().is_success();
-    // An error status without its body: what the status says is all
-    // that is used of it.
-    let bodiless = |why: &str| {
-        tracing::debug!(status, why, "upstream error body left out");
-        Ok(UpstreamResponse {
+) -> impl Future<Output = Result<UpstreamResponse, CallError>> + Send {
+    async move {
+        let status = response.status().as_u16();
+        // Taken, not cloned: a call waiting on a slow body would hold two
+        // copies.
+        let headers = std::mem::take(response.headers_mut());
+        let success = response.status().is_success();
+        // An error status without its body: what the status says is all
+        // that is used of it.
+        let bodiless = |why: &str| {
+            tracing::debug!(status, why, "upstream error body left out");
+            Ok(UpstreamResponse {
+                status,
+                headers: headers.clone(),
+                body: Bytes::new(),
+            })
+        };
+        let too_large = || CallError::ResponseTooLarge {
+            limit: max_body,
             status,
-            headers: headers.clone(),
-            body: Bytes::new(),
-        })
-    };
-    let too_large = CallError::ResponseTooLarge {
-        limit: max_body,
-        status,
-    };
-    if response.content_length().unwrap_or(0) > max_body as u64 {
-        return if success {
-            Err(too_large)
-        } else {
-            bodiless("announced length over max_response_bytes")
         };
-    }
-    // Keep the chunks as they arrive and join them once at the end: memory
-    // follows what has been received, not what was announced (10,000 slow
-    // bodies in flight must not reserve 10,000 full buffers), and a body
-    // that arrives in one chunk is never copied. Each chunk pins the hyper
-    // read buffer it was cut from (8 KiB or more); copying small chunks
-    // into a buffer of our own was tried and measured (`make
-    // profile-heap`, scenario 3): 10 KiB less live heap per slow call on
-    // glibc, but 35 MiB more peak RSS under mimalloc with 10,000 in
-    // flight, so the chunks stay.
-    let mut chunks: Vec<Bytes> = Vec::new();
-    let mut received = 0usize;
-    loop {
-        let chunk = match response.chunk().await {
-            Ok(Some(chunk)) => chunk,
-            Ok(None) => break,
-            Err(e) if success => return Err(describe(e)),
-            Err(_) => return bodiless("body interrupted"),
-        };
-        received += chunk.len();
-        if received > max_body {
+        if response.content_length().unwrap_or(0) > max_body as u64 {
             return if success {
-                Err(too_large)
+                Err(too_large())
             } else {
-                bodiless("body over max_response_bytes")
+                bodiless("announced length over max_response_bytes")
             };
         }
-        chunks.push(chunk);
-    }
-    let body = match chunks.len() {
-        0 => Bytes::new(),
-        1 => chunks.pop().unwrap_or_default(),
-        _ => {
-            let mut joined = BytesMut::with_capacity(received);
-            for chunk in &chunks {
-                joined.extend_from_slice(chunk);
+        // Keep the chunks as they arrive and join them once at the end: memory
+        // follows what has been received, not what was announced (10,000 slow
+        // bodies in flight must not reserve 10,000 full buffers), and a body
+        // that arrives in one chunk is never copied. Each chunk pins the hyper
+        // read buffer it was cut from (8 KiB or more); copying small chunks
+        // out was tried and measured twice in scenario 3: into one buffer of
+        // our own (10 KiB less live heap per slow call on glibc, 35 MiB more
+        // peak RSS under mimalloc), and, with mimalloc's huge-page advice
+        // off, each small chunk copied just before the call waits for more
+        // (peak RSS 401 vs 389 MiB, no gain), so the chunks stay.
+        let mut chunks: Vec<Bytes> = Vec::new();
+        let mut received = 0usize;
+        loop {
+            let next = response.chunk().await;
+            let chunk = match next {
+                Ok(Some(chunk)) => chunk,
+                Ok(None) => break,
+                Err(e) if success => return Err(describe(e)),
+                Err(_) => return bodiless("body interrupted"),
+            };
+            received += chunk.len();
+            if received > max_body {
+                return if success {
+                    Err(too_large())
+                } else {
+                    bodiless("body over max_response_bytes")
+                };
             }
-            joined.freeze()
+            chunks.push(chunk);
         }
-    };
-    Ok(UpstreamResponse {
-        status,
-        headers,
-        body,
-    })
+        let body = match chunks.len() {
+            0 => Bytes::new(),
+            1 => chunks.pop().unwrap_or_default(),
+            _ => {
+                let mut joined = BytesMut::with_capacity(received);
+                for chunk in &chunks {
+                    joined.extend_from_slice(chunk);
+                }
+                joined.freeze()
+            }
+        };
+        Ok(UpstreamResponse {
+            status,
+            headers,
+            body,
+        })
+    }
 }
 
 impl Route {
