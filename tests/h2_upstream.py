@@ -55,8 +55,11 @@ class H2Upstream(LoopServer):
         self._routes: dict[str, Route] = {}
         #: Requests still to refuse (RST_STREAM with REFUSED_STREAM), by path.
         self._refusals: collections.Counter[str] = collections.Counter()
+        self._refusal_code = h2.errors.ErrorCodes.REFUSED_STREAM
         #: Streams refused, by path.
         self.refused: collections.Counter[str] = collections.Counter()
+        #: Requests still to answer with a graceful shutdown of their connection, by path.
+        self._shutdowns: collections.Counter[str] = collections.Counter()
 
     def json(self, path: str, body: bytes, *, status: int = 200, delay: float = 0.0) -> None:
         self._routes[path] = Route(body, status, delay)
@@ -67,10 +70,23 @@ class H2Upstream(LoopServer):
     def drop(self, path: str) -> None:
         self._routes[path] = Route(b"", drop=True)
 
-    def refuse(self, path: str, times: int) -> None:
-        """Refuse the next ``times`` requests for ``path`` unprocessed (REFUSED_STREAM, as
-        a server over its stream limit does); its route answers the ones after."""
+    def refuse(
+        self,
+        path: str,
+        times: int,
+        code: h2.errors.ErrorCodes = h2.errors.ErrorCodes.REFUSED_STREAM,
+    ) -> None:
+        """Reset the next ``times`` requests for ``path`` with ``code``: by default
+        REFUSED_STREAM, unprocessed, as a server over its stream limit does; its route
+        answers the ones after."""
         self._refusals[path] = times
+        self._refusal_code = code
+
+    def shut_down_on(self, path: str, times: int) -> None:
+        """Answer the next ``times`` requests for ``path`` by shutting their connection
+        down gracefully before taking them (GOAWAY with NO_ERROR and a last stream before
+        theirs, as a server restarting does), then closing it."""
+        self._shutdowns[path] = times
 
     def route(self, path: str) -> Route:
         return self._routes.get(path) or Route(b'{"error": "no route"}', status=404)
@@ -129,7 +145,14 @@ class _Connection:
             if self.server._refusals[path] > 0:
                 self.server._refusals[path] -= 1
                 self.server.refused[path] += 1
-                self.h2.reset_stream(sid, h2.errors.ErrorCodes.REFUSED_STREAM)
+                self.h2.reset_stream(sid, self.server._refusal_code)
+                return
+            if self.server._shutdowns[path] > 0:
+                self.server._shutdowns[path] -= 1
+                self.server.refused[path] += 1
+                self.h2.close_connection(h2.errors.ErrorCodes.NO_ERROR, last_stream_id=sid - 2)
+                self.flush()
+                self.writer.close()
                 return
             self.paths[sid] = path
             self.server.max_open = max(self.server.max_open, len(self.paths))

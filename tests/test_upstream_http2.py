@@ -14,6 +14,7 @@ import asyncio
 import json
 from collections.abc import Callable, Iterator
 
+import h2.errors
 import pytest
 
 from brain import SidecarClient, Status, ToolResult
@@ -153,6 +154,49 @@ async def test_a_stream_the_origin_refuses_unprocessed_is_sent_again(
     assert "refused" in refused.error.lower(), refused
     assert server.refused["/answer"] == 5, "sent three times, then given up"
     assert server.connections == 1
+
+
+async def test_a_stream_reset_for_any_other_reason_is_not_sent_again(
+    h2_upstream: Callable[..., H2Upstream], start_sidecar: Start, client_for: MakeClient
+) -> None:
+    """INTERNAL_ERROR says nothing about whether the origin acted on the request: a POST
+    tool's call fails, sent once."""
+    server = h2_upstream()
+    server.json("/answer", ANSWER)
+    server.json("/held", ANSWER)
+    sidecar = start_sidecar(config(server.url, method="POST"))
+    client = client_for(sidecar.unix_target)
+    warm = await client.call("held", {}, timeout=10)
+    assert warm.status is Status.OK, warm
+
+    server.refuse("/answer", 1, code=h2.errors.ErrorCodes.INTERNAL_ERROR)
+    r = await client.call("answer", {}, timeout=10)
+
+    assert r.status is Status.UPSTREAM_ERROR, r
+    assert server.requests["/answer"] == 1
+
+
+async def test_a_request_the_origin_shut_down_before_taking_is_sent_again(
+    h2_upstream: Callable[..., H2Upstream], start_sidecar: Start, client_for: MakeClient
+) -> None:
+    """A graceful GOAWAY whose last stream is before the request's says the origin did
+    not take it: it goes again on a new connection, whatever the tool's method."""
+    server = h2_upstream()
+    server.json("/answer", ANSWER)
+    server.json("/held", ANSWER)
+    sidecar = start_sidecar(config(server.url, method="POST"))
+    client = client_for(sidecar.unix_target)
+    warm = await client.call("held", {}, timeout=10)
+    assert warm.status is Status.OK, warm
+
+    server.shut_down_on("/answer", 1)
+    r = await client.call("answer", {}, timeout=10)
+
+    assert r.status is Status.OK, r
+    assert json.loads(r.result_bytes) == json.loads(ANSWER)
+    assert server.refused["/answer"] == 1
+    assert server.requests["/answer"] == 2
+    assert server.connections == 2, "the request went again on a new connection"
 
 
 async def test_a_connection_lost_after_answers_gets_no_hint_about_the_version(

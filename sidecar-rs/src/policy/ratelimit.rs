@@ -270,12 +270,12 @@ impl RateLimits {
         }
     }
 
-    /// Whether any limit counts tokens (so the caller estimates them).
     /// Whether the tool has no limits: nothing to wait for.
     pub fn is_empty(&self) -> bool {
         self.limits.is_empty()
     }
 
+    /// Whether any limit counts tokens (so the caller estimates them).
     pub fn counts_tokens(&self) -> bool {
         self.limits.iter().any(|l| l.spec.unit == LimitUnit::Tokens)
     }

@@ -478,7 +478,7 @@ impl Session {
                 let gauge = InflightGauge::new(&exec);
                 let done_call = {
                     let result = exec.execute(&mut call, received, None, &token).await;
-                    drop(gauge);
+                    drop((gauge, call));
                     let claim = backlog.claim(&result, Some(slots));
                     (result, claim)
                 };

@@ -141,7 +141,9 @@ pub fn http_client(
         .redirect(reqwest::redirect::Policy::none())
         // Retries are the tool's (`retry:`), and resending what the origin
         // refused unprocessed is `respond`'s: reqwest's layer would clone
-        // every request up front in case it retries it.
+        // every request up front in case it retries it. `never()` alone
+        // still clones (reqwest 0.13 checks the scope only from the second
+        // try on); a budget of 0 retries per request is what stops it.
         .retry(reqwest::retry::never().max_retries_per_request(0))
         .referer(false)
         .build()
@@ -219,6 +221,10 @@ impl Upstream {
         // The first hop sends the rendered request as it is (its origin is
         // the tool's, fixed by the template); a redirect makes owned copies
         // to change.
+        debug_assert!(
+            request.url.origin() == route.origin,
+            "a rendered URL left its origin"
+        );
         let mut hop: Option<Hop> = None;
         let mut hops = 0u8;
         let mut nacks = 0u8;
@@ -310,6 +316,7 @@ impl Upstream {
             }
             h.url = next;
             hop = Some(h);
+            nacks = 0;
         }
     }
 }
