@@ -125,12 +125,11 @@ async def test_a_call_cancelled_or_out_of_time_resets_its_stream(
     assert server.connections == 1, "a reset stream leaves the connection to the others"
 
 
-async def test_a_stream_the_origin_refuses_unprocessed_is_sent_again(
+async def post_tools(
     h2_upstream: Callable[..., H2Upstream], start_sidecar: Start, client_for: MakeClient
-) -> None:
-    """REFUSED_STREAM means the origin did nothing with the request (RFC 9113 §8.7), so
-    it is sent again whatever its method, and that is not one of the tool's attempts:
-    a POST tool (never retried) still succeeds. Past two refusals the call fails."""
+) -> tuple[H2Upstream, SidecarClient]:
+    """An origin whose two routes answer, tools that POST to them (never retried), and a
+    client whose connection is set up (by a call to ``/held``)."""
     server = h2_upstream()
     server.json("/answer", ANSWER)
     server.json("/held", ANSWER)
@@ -138,6 +137,16 @@ async def test_a_stream_the_origin_refuses_unprocessed_is_sent_again(
     client = client_for(sidecar.unix_target)
     warm = await client.call("held", {}, timeout=10)
     assert warm.status is Status.OK, warm
+    return server, client
+
+
+async def test_a_stream_the_origin_refuses_unprocessed_is_sent_again(
+    h2_upstream: Callable[..., H2Upstream], start_sidecar: Start, client_for: MakeClient
+) -> None:
+    """REFUSED_STREAM means the origin did nothing with the request (RFC 9113 §8.7), so
+    it is sent again whatever its method, and that is not one of the tool's attempts:
+    a POST tool (never retried) still succeeds. Past two refusals the call fails."""
+    server, client = await post_tools(h2_upstream, start_sidecar, client_for)
 
     server.refuse("/answer", 2)
     r = await client.call("answer", {}, timeout=10)
@@ -161,13 +170,7 @@ async def test_a_stream_reset_for_any_other_reason_is_not_sent_again(
 ) -> None:
     """INTERNAL_ERROR says nothing about whether the origin acted on the request: a POST
     tool's call fails, sent once."""
-    server = h2_upstream()
-    server.json("/answer", ANSWER)
-    server.json("/held", ANSWER)
-    sidecar = start_sidecar(config(server.url, method="POST"))
-    client = client_for(sidecar.unix_target)
-    warm = await client.call("held", {}, timeout=10)
-    assert warm.status is Status.OK, warm
+    server, client = await post_tools(h2_upstream, start_sidecar, client_for)
 
     server.refuse("/answer", 1, code=h2.errors.ErrorCodes.INTERNAL_ERROR)
     r = await client.call("answer", {}, timeout=10)
@@ -181,13 +184,7 @@ async def test_a_request_the_origin_shut_down_before_taking_is_sent_again(
 ) -> None:
     """A graceful GOAWAY whose last stream is before the request's says the origin did
     not take it: it goes again on a new connection, whatever the tool's method."""
-    server = h2_upstream()
-    server.json("/answer", ANSWER)
-    server.json("/held", ANSWER)
-    sidecar = start_sidecar(config(server.url, method="POST"))
-    client = client_for(sidecar.unix_target)
-    warm = await client.call("held", {}, timeout=10)
-    assert warm.status is Status.OK, warm
+    server, client = await post_tools(h2_upstream, start_sidecar, client_for)
 
     server.shut_down_on("/answer", 1)
     r = await client.call("answer", {}, timeout=10)
