@@ -23,7 +23,7 @@ import pytest
 from brain import ClientOptions, SidecarClient
 from brain._frames import PREFACE, PREFACE_SHARED
 from brain._proto.dispatch.v1 import dispatch_pb2 as pb
-from hostile.streams import RESULT_BYTES, call, config, wait_until
+from hostile.streams import RESULT_BYTES, call, config, gauge, wait_until
 from test_hostile_frames import INVALID_ARGUMENT, FramesClient, assert_still_serves
 
 from harness import SidecarProcess, Upstream, scrape
@@ -125,9 +125,13 @@ def test_large_results_lie_in_the_region_byte_for_byte_as_it_wraps(
 def test_a_client_that_never_releases_gets_its_results_on_the_socket(
     slow: Upstream, start_sidecar: Start
 ) -> None:
-    """Nothing released: three results fill the region, the other five travel inline,
-    every one byte for byte; once released, results use the region again."""
-    sidecar = start_sidecar(config(slow), "--frames-shared-region", "1MiB")
+    """Nothing released: three results fill the region, the fourth waits out
+    ``--frames-shared-room-wait`` for room, and it and the other four travel inline
+    without waiting again, every one byte for byte; once released, results use the
+    region again."""
+    sidecar = start_sidecar(
+        config(slow), "--frames-shared-region", "1MiB", "--frames-shared-room-wait", "100ms"
+    )
     client = SharedClient(sidecar.frames_socket).open()
     client.calls(*(call(f"c{i}", "big") for i in range(8)))
     client.read_results(8)
@@ -140,6 +144,80 @@ def test_a_client_that_never_releases_gets_its_results_on_the_socket(
     client.read_results(9)
     assert client.results[-1].HasField("shared_result")
     assert client.body(client.results[-1]) == BIG
+    client.send(2)
+    assert client.read_to_end().code == 0
+    client.close()
+
+
+def test_a_large_result_waits_for_a_release_rather_than_take_the_socket(
+    slow: Upstream, start_sidecar: Start
+) -> None:
+    """The region holds three ~256 KB results. The fourth waits for the client to release
+    room, as a client that is behind (a pause) will, instead of travelling inline, which
+    costs the client more exactly while it is behind; released, it and the rest come
+    through the region."""
+    sidecar = start_sidecar(
+        config(slow), "--frames-shared-region", "1MiB", "--frames-shared-room-wait", "60s"
+    )
+    client = SharedClient(sidecar.frames_socket).open()
+    client.calls(*(call(f"w{i}", "big") for i in range(6)))
+    client.read_results(3)
+    assert [r.HasField("shared_result") for r in client.results] == [True] * 3
+    assert all(client.body(r) == BIG for r in client.results)
+    # Nothing more comes until the client releases.
+    assert client.buffer == b""
+    client.sock.settimeout(0.5)
+    with pytest.raises(TimeoutError):
+        client.sock.recv(1, socket.MSG_PEEK)
+    client.sock.settimeout(10)
+    client.release()
+    client.read_results(6)
+    assert [r.HasField("shared_result") for r in client.results] == [True] * 6
+    assert all(client.body(r) == BIG for r in client.results)
+    assert shared_counts(sidecar) == {"shared": 6, "full": 0}
+    client.send(2)
+    assert client.read_to_end().code == 0
+    client.close()
+
+
+def test_a_stream_past_its_backlog_bound_still_takes_the_releases_behind_its_calls(
+    slow: Upstream, start_sidecar: Start
+) -> None:
+    """Past its backlog bound a stream reads no more calls, yet the release its client
+    sends after a new call is still taken: the results waiting for room get it, the
+    backlog drains through the region, and the new call then runs. Read no further, the
+    release would sit behind the unread call while the results wait for it."""
+    sidecar = start_sidecar(
+        config(slow),
+        "--frames-shared-region",
+        "1MiB",
+        "--frames-shared-room-wait",
+        "60s",
+        "--max-undelivered-bytes-per-stream",
+        "256KiB",
+    )
+    client = SharedClient(sidecar.frames_socket).open()
+    client.calls(*(call(f"b{i}", "big") for i in range(6)))
+    client.read_results(3)
+    assert all(client.body(r) == BIG for r in client.results)
+    assert wait_until(
+        lambda: gauge(sidecar, "sidecar_undelivered_result_bytes") >= 3 * len(BIG), 10
+    )
+    released_before = gauge(sidecar, "sidecar_frames_shared_released_bytes_total")
+    client.calls(call("late", "fast"))
+    client.release()
+    client.read_results(7)
+    assert gauge(sidecar, "sidecar_frames_shared_released_bytes_total") - released_before == (
+        client.results[2].shared_result.offset + client.results[2].shared_result.length
+    )
+    big, late = client.results[:6], client.results[6]
+    assert [r.HasField("shared_result") for r in big] == [True] * 6
+    assert all(client.body(r) == BIG for r in big)
+    assert (late.call_id, late.status, json.loads(late.result)) == (
+        "late",
+        pb.STATUS_OK,
+        {"ok": True},
+    )
     client.send(2)
     assert client.read_to_end().code == 0
     client.close()
@@ -249,9 +327,9 @@ async def test_the_brains_client_copies_results_out_of_a_small_region_and_releas
     slow: Upstream, start_sidecar: Start
 ) -> None:
     """SidecarClient over version 2 with a 1 MiB region: 200 concurrent ~256 KB calls,
-    more than the region holds at once, come back byte for byte, some through the region
-    and some (while it is full) on the socket; then sequential calls all use the region
-    again, so the client released it."""
+    more than the region holds at once, come back byte for byte, each through the region
+    or (if the client were slower to release than the room wait) on the socket; then
+    sequential calls all use the region again, so the client released it."""
     sidecar = start_sidecar(config(slow), "--frames-shared-region", "1MiB")
     client = SidecarClient(
         sidecar.unix_target, options=ClientOptions(frames_socket=str(sidecar.frames_socket))

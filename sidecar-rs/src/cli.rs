@@ -91,9 +91,17 @@ pub struct Cli {
     /// result of 16 KiB or more is written once and copied out once instead
     /// of crossing the socket. It counts toward this container's memory; 0
     /// turns it off (results then travel on the socket, as they also do
-    /// while the ring is full).
+    /// when the client leaves the ring full).
     #[arg(long, env = "SIDECAR_FRAMES_SHARED_REGION", default_value = "16MiB", value_parser = region_size)]
     pub frames_shared_region: usize,
+
+    /// How long a large result waits for the client to release room in a
+    /// full shared region before it travels on the socket instead, e.g.
+    /// `200ms`. A client that only paused (a garbage collection) releases
+    /// within it; one that does not release costs its stream this wait
+    /// once, until it releases again.
+    #[arg(long, env = "SIDECAR_FRAMES_SHARED_ROOM_WAIT", default_value = "200ms", value_parser = humantime_duration)]
+    pub frames_shared_room_wait: Duration,
 
     /// On SIGTERM, how long calls in flight may take to finish before they
     /// are cancelled, e.g. `20s`.
@@ -218,6 +226,7 @@ impl Cli {
             },
             drain_timeout: self.drain_timeout,
             frames_shared_region_bytes: self.frames_shared_region as u64,
+            frames_shared_room_wait: self.frames_shared_room_wait,
             upstream: UpstreamOptions {
                 connect_timeout: self.connect_timeout,
                 max_hold: self.max_upstream_hold,

@@ -47,6 +47,10 @@ pub struct Metrics {
     /// 16 KiB on frames streams with a shared region: `shared` (through the
     /// region) or `full` (the region had no room; on the socket).
     pub frames_shared_results: IntCounterVec,
+    /// `sidecar_frames_shared_released_bytes_total`: bytes of shared regions
+    /// their clients released (copied out), so the sidecar may write them
+    /// again.
+    pub frames_shared_released_bytes: IntCounter,
     /// `sidecar_undelivered_results`: results produced and not yet taken by
     /// the transport (their client has not read them).
     pub undelivered_results: IntGauge,
@@ -172,6 +176,11 @@ impl Metrics {
             "Results of 16 KiB or more on frames streams with a shared region: shared (through it) or full (no room; on the socket).",
             &["outcome"],
         );
+        let frames_shared_released_bytes = IntCounter::new(
+            "sidecar_frames_shared_released_bytes_total",
+            "Bytes of shared result regions their clients released (copied out), free to be written again.",
+        )
+        .expect("static metric definition");
         let fleet = crate::policy::fleet::FleetMetrics {
             commands: counter(
                 "sidecar_fleet_redis_commands_total",
@@ -219,6 +228,7 @@ impl Metrics {
             Box::new(rate_limit_shadow.clone()),
             Box::new(upstream_throttled.clone()),
             Box::new(frames_shared_results.clone()),
+            Box::new(frames_shared_released_bytes.clone()),
             Box::new(fleet.commands.clone()),
             Box::new(fleet.errors.clone()),
             Box::new(fleet.connected.clone()),
@@ -244,6 +254,7 @@ impl Metrics {
             rate_limit_shadow,
             upstream_throttled,
             frames_shared_results,
+            frames_shared_released_bytes,
             fleet,
         }
     }

@@ -129,6 +129,7 @@ async fn one_stream_one_result_per_call_and_cancellation_reaches_the_upstream() 
             },
             drain_timeout: Duration::from_secs(5),
             frames_shared_region_bytes: 0,
+            frames_shared_room_wait: Duration::from_millis(200),
             upstream: UpstreamOptions::default(),
         },
         async move {

@@ -25,6 +25,7 @@ import uvloop
 from ._brain import Brain, BrainOptions
 from ._client import ClientOptions, SidecarClient
 from ._exceptions import AdmissionRefused, BrainError
+from ._gc import tune_gc
 from ._logging import setup_logging
 from ._malloc import tune_malloc
 from ._metrics import BrainMetrics
@@ -322,6 +323,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     setup_logging(args.log_level, args.log_format)
     tune_malloc()
+    tune_gc()
     try:
         if args.command == "serve":
             return uvloop.run(_serve(args))

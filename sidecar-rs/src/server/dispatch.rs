@@ -11,10 +11,12 @@
 //! result: its in-flight slots (process and stream) and, once it has a result,
 //! that result's bytes in the undelivered backlogs. A client that stops
 //! reading therefore runs out of slots and gets OVERLOADED, and past its
-//! stream's backlog bound the session stops reading its frames (HTTP/2 flow
-//! control pushes back). Memory held for unread results is bounded by
-//! `--max-inflight` results, about `--max-undelivered-bytes` bytes, plus per
-//! stream the refusals of one request frame and the frame being written.
+//! stream's backlog bound the session stops reading its calls (HTTP/2 flow
+//! control pushes back; the frames socket still takes the releases of its
+//! shared region, see [`Inbound::releases`]). Memory held for unread results
+//! is bounded by `--max-inflight` results, about `--max-undelivered-bytes`
+//! bytes, plus per stream the refusals of one request frame, the frame being
+//! written and, on the frames socket, about 1 MiB of calls read ahead.
 //!
 //! The session watches the client: when it cancels the RPC or its connection
 //! drops, the response side closes and every call of the stream is cancelled
@@ -24,6 +26,7 @@
 //! ends without saying how ends with INTERNAL, never OK.
 
 use std::collections::{HashMap, VecDeque};
+use std::convert::Infallible;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -64,7 +67,7 @@ const GATHER: usize = 1024;
 /// than each result in it (a grpc.aio read, a loop wake-up), so while frames
 /// would go out faster than this, ready results wait for the rest of the
 /// interval and share one: frames grow with the load and their rate stays
-/// bounded. See [`Session::lingers`] for when.
+/// bounded until they are full. See [`Session::lingers`] for when.
 const LINGER: Duration = Duration::from_micros(500);
 
 /// Admission bounds. Past any of them, a call is refused with OVERLOADED at
@@ -172,6 +175,7 @@ impl DispatchService {
             token: self.gate.drain.child_token(),
             inflight: HashMap::new(),
             ready: VecDeque::new(),
+            ready_bytes: 0,
         };
         tokio::spawn(session.run(inbound, out_tx));
         Ok(out_rx)
@@ -234,6 +238,19 @@ pub(crate) trait Inbound: Send + 'static {
     fn message(
         &mut self,
     ) -> impl std::future::Future<Output = Result<Option<DispatchFrame>, tonic::Status>> + Send;
+
+    /// While the session reads no further calls (its backlog is full): takes
+    /// what the client sends that frees the backlog, keeping the frames it
+    /// reads past that are the session's (a bounded amount) for the next
+    /// [`Inbound::message`]s. Never completes. The frames socket's releases
+    /// of the shared region are such: the client has copied those results
+    /// out, and the writer needs the room to send the results the backlog
+    /// holds through the region. The client sends calls between them, so
+    /// reading no further would leave the releases behind the first unread
+    /// call while the results wait for them. gRPC streams have none.
+    fn releases(&mut self) -> impl std::future::Future<Output = Infallible> + Send {
+        std::future::pending()
+    }
 }
 
 impl Inbound for Streaming<DispatchFrame> {
@@ -291,6 +308,11 @@ struct Backlog {
 struct StreamBacklog {
     results: AtomicUsize,
     bytes: AtomicUsize,
+    /// Notified as the transport takes results, so a session that stopped
+    /// reading calls at its bound looks again: with its results all handed
+    /// to the transport (one held, say, until its client releases room in
+    /// the shared region), nothing else would wake it.
+    taken: tokio::sync::Notify,
 }
 
 impl Backlog {
@@ -327,6 +349,9 @@ impl Drop for Claim {
             .stream
             .bytes
             .fetch_sub(self.bytes, Ordering::Relaxed);
+        // A permit when nobody waits: a session that has not yet begun to
+        // wait still sees it.
+        self.backlog.stream.taken.notify_one();
         self.backlog.results.dec();
         self.backlog
             .bytes
@@ -348,6 +373,8 @@ struct Session {
     inflight: HashMap<String, CancellationToken>,
     /// Results waiting to be sent.
     ready: VecDeque<(ToolResult, Claim)>,
+    /// Their bytes, as the frame budget counts them.
+    ready_bytes: usize,
 }
 
 impl Session {
@@ -384,9 +411,9 @@ impl Session {
                 }
                 false
             };
-            // Backpressure: a client that does not read gets its frames read
-            // no further than its backlog bound.
-            let read = inbound_open && !self.backlog_full();
+            // Backpressure: a client that does not read gets its calls read
+            // no further than its backlog bound (its releases still are).
+            let read = !self.backlog_full();
             tokio::select! {
                 biased;
                 // The client cancelled the RPC or its connection dropped.
@@ -399,6 +426,8 @@ impl Session {
                     Err(_) => break true,
                 },
                 () = &mut linger, if armed => armed = false,
+                // Past the bound: the transport took results; look again.
+                () = self.backlog.stream.taken.notified(), if inbound_open && !read => {}
                 Some((result, claim)) = done_rx.recv() => {
                     self.complete(result, claim);
                     for _ in 1..GATHER {
@@ -406,7 +435,13 @@ impl Session {
                         self.complete(result, claim);
                     }
                 }
-                message = inbound.message(), if read => match message {
+                message = async {
+                    if read {
+                        inbound.message().await
+                    } else {
+                        match inbound.releases().await {}
+                    }
+                }, if inbound_open => match message {
                     Ok(Some(frame)) => self.accept(frame, &done_tx),
                     Ok(None) => inbound_open = false,
                     Err(status) => {
@@ -444,10 +479,16 @@ impl Session {
 
     /// Whether ready results may wait for company (until [`LINGER`] after the
     /// previous frame): only while more results are due (calls of this stream
-    /// still running) and the stream is not ending. A stream sending fewer
-    /// than one frame per [`LINGER`] never waits.
+    /// still running), the stream is not ending, and they do not fill a frame
+    /// already. A stream sending fewer than one frame per [`LINGER`] never
+    /// waits, and neither does a full frame: frames of 100 KB results hold
+    /// ten, and one per linger (a 1 ms timer tick) capped a stream at about
+    /// 10,000 such results a second, with the CPU idle.
     fn lingers(&self, inbound_open: bool) -> bool {
-        inbound_open && !self.gate.drain.is_draining() && !self.inflight.is_empty()
+        inbound_open
+            && !self.gate.drain.is_draining()
+            && !self.inflight.is_empty()
+            && self.ready_bytes < FRAME_BYTES
     }
 
     fn backlog_full(&self) -> bool {
@@ -465,7 +506,7 @@ impl Session {
                 Err(e) => {
                     let result = self.exec.reject(call, e, received);
                     let claim = self.backlog.claim(&result, None);
-                    self.ready.push_back((result, claim));
+                    self.enqueue(result, claim);
                     continue;
                 }
             };
@@ -522,6 +563,11 @@ impl Session {
 
     fn complete(&mut self, result: ToolResult, claim: Claim) {
         self.inflight.remove(&result.call_id);
+        self.enqueue(result, claim);
+    }
+
+    fn enqueue(&mut self, result: ToolResult, claim: Claim) {
+        self.ready_bytes += claim.bytes;
         self.ready.push_back((result, claim));
     }
 
@@ -538,6 +584,7 @@ impl Session {
             let Some((result, claim)) = self.ready.pop_front() else {
                 break;
             };
+            self.ready_bytes -= claim.bytes;
             frame.results.push(result);
             claims.push(claim);
         }

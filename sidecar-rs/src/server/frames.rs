@@ -19,6 +19,8 @@
 //! A client that opens with version 2's preface gets a shared region for
 //! large results ([`Region`]), passed to it with the answer.
 
+use std::collections::VecDeque;
+use std::convert::Infallible;
 use std::io;
 use std::sync::Arc;
 use std::time::Duration;
@@ -35,8 +37,8 @@ use tokio_util::codec::{FramedRead, LengthDelimitedCodec};
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
-use crate::pb::{DispatchFrame, StreamEnd};
-use crate::server::dispatch::{DispatchService, Inbound, Out, UNANSWERED};
+use crate::pb::{DispatchFrame, ResultFrame, StreamEnd, ToolResult};
+use crate::server::dispatch::{Claim, DispatchService, Inbound, Out, UNANSWERED};
 use crate::server::drain::Drain;
 use crate::server::linger::LINGER_MAX;
 use crate::server::result_chunks::encode_results;
@@ -57,6 +59,9 @@ pub struct FramesOptions {
     /// Size of each version 2 stream's shared result region; 0: none (such
     /// clients are answered with version 1).
     pub shared_region_bytes: u64,
+    /// How long a large result waits for the client to release room in a
+    /// full region before it goes inline.
+    pub shared_room_wait: Duration,
     /// Regions at once, in the whole process: results placed in a region
     /// count as delivered, so each region is memory a client may leave
     /// full. Streams past it are answered with version 1.
@@ -165,10 +170,16 @@ async fn connection(
         max_frame_bytes: options.max_frame_bytes,
         gone: gone.clone(),
         released,
+        released_bytes: service.metrics().frames_shared_released_bytes.clone(),
+        stash: VecDeque::new(),
+        stash_bytes: 0,
+        stash_closed: false,
     };
     let writer = Writer {
         region,
         counted: SharedCounts::new(service.metrics()),
+        room_wait: options.shared_room_wait,
+        gave_up_at: None,
     };
     let ended = match service.open(inbound) {
         Ok(out) => writer.write_results(out, &mut write, gone).await,
@@ -268,7 +279,22 @@ struct FramedInbound {
     gone: CancellationToken,
     /// Version 2: where the client's releases of the shared region go.
     released: Option<Arc<Released>>,
+    /// `sidecar_frames_shared_released_bytes_total`.
+    released_bytes: prometheus::IntCounter,
+    /// What [`Inbound::releases`] read past that is the session's (calls,
+    /// end of calls, a failure), in order, for the next
+    /// [`Inbound::message`]s: about [`STASH_BYTES`] of calls at most.
+    stash: VecDeque<Result<Option<DispatchFrame>, tonic::Status>>,
+    /// The encoded size of the calls in `stash`.
+    stash_bytes: usize,
+    /// `stash` holds the end of calls or a failure: nothing follows.
+    stash_closed: bool,
 }
+
+/// Calls a stream whose backlog is full may have read ahead, to reach the
+/// releases its client sent after them (beyond it the socket is not read
+/// until the backlog drains; a frame may take it past this once).
+const STASH_BYTES: usize = 1 << 20;
 
 /// What the client sent.
 #[derive(Debug, PartialEq)]
@@ -280,10 +306,12 @@ enum Incoming {
     Released(u64),
 }
 
-impl Inbound for FramedInbound {
-    async fn message(&mut self) -> Result<Option<DispatchFrame>, tonic::Status> {
-        // Cancel-safe, as the session's select needs: FramedRead keeps a
-        // partly read frame, and everything after `next` is synchronous.
+impl FramedInbound {
+    /// Reads frames, taking the client's releases as they come, until one
+    /// for the session: calls, end of calls (`None`) or a failure.
+    /// Cancel-safe, as the session's select needs: FramedRead keeps a partly
+    /// read frame, and everything after `next` is synchronous.
+    async fn next_for_session(&mut self) -> Result<Option<DispatchFrame>, tonic::Status> {
         let Some(frames) = self.frames.as_mut() else {
             return Ok(None);
         };
@@ -292,12 +320,14 @@ impl Inbound for FramedInbound {
                 Some(Ok(frame)) => match decode(frame)? {
                     Incoming::Calls(calls) => return Ok(Some(calls)),
                     Incoming::End => return Ok(None),
-                    // Taken here, so the session never sees them; a release
-                    // is synchronous, so this stays cancel-safe.
+                    // Taken here, so the session never sees them.
                     Incoming::Released(offset) => match &self.released {
-                        Some(released) => released
-                            .release(offset)
-                            .map_err(tonic::Status::invalid_argument)?,
+                        Some(released) => {
+                            let freed = released
+                                .release(offset)
+                                .map_err(tonic::Status::invalid_argument)?;
+                            self.released_bytes.inc_by(freed);
+                        }
                         None => {
                             return Err(tonic::Status::invalid_argument(
                                 "a release frame (kind 3) on a stream without a shared region",
@@ -318,6 +348,36 @@ impl Inbound for FramedInbound {
                 }
             }
         }
+    }
+}
+
+impl Inbound for FramedInbound {
+    async fn message(&mut self) -> Result<Option<DispatchFrame>, tonic::Status> {
+        match self.stash.pop_front() {
+            Some(next) => {
+                self.stash_bytes -= stashed_bytes(&next);
+                next
+            }
+            None => self.next_for_session().await,
+        }
+    }
+
+    async fn releases(&mut self) -> Infallible {
+        while !self.stash_closed && self.stash_bytes < STASH_BYTES {
+            let next = self.next_for_session().await;
+            // Kept only once the read is complete: still cancel-safe.
+            self.stash_closed = !matches!(next, Ok(Some(_)));
+            self.stash_bytes += stashed_bytes(&next);
+            self.stash.push_back(next);
+        }
+        std::future::pending().await
+    }
+}
+
+fn stashed_bytes(next: &Result<Option<DispatchFrame>, tonic::Status>) -> usize {
+    match next {
+        Ok(Some(frame)) => frame.encoded_len(),
+        _ => 0,
     }
 }
 
@@ -378,6 +438,42 @@ struct Writer {
     /// process's regions.
     region: Option<(Region, OwnedSemaphorePermit)>,
     counted: SharedCounts,
+    /// How long a large result waits for room in a full region.
+    room_wait: Duration,
+    /// Where the client's releases stood when a wait for room ran out: until
+    /// it releases more, results that find the region full go inline at once.
+    gave_up_at: Option<u64>,
+}
+
+/// Waits until `result` has room in `region` (true), `wait` passes (false),
+/// or the client is gone (`None`). The wait (`--frames-shared-room-wait`) is
+/// longer than a pause of the brain's (a garbage collection, the
+/// scheduler), and short enough that a client that never releases pays it
+/// once ([`Writer::gave_up_at`]), not per result.
+async fn room_for(
+    region: &Region,
+    result: &ToolResult,
+    wait: Duration,
+    gone: &CancellationToken,
+) -> Option<bool> {
+    let released = region.released();
+    let deadline = tokio::time::sleep(wait);
+    tokio::pin!(deadline);
+    loop {
+        // Enabled before the check, so a release between the two wakes it.
+        let release = released.next_release();
+        tokio::pin!(release);
+        release.as_mut().enable();
+        if !region.waits_for(result) {
+            return Some(true);
+        }
+        tokio::select! {
+            biased;
+            () = gone.cancelled() => return None,
+            () = &mut release => {}
+            () = &mut deadline => return Some(false),
+        }
+    }
 }
 
 impl Writer {
@@ -397,38 +493,12 @@ impl Writer {
                 next = out.recv() => next,
             };
             let status = match next {
-                Some(Out::Frame(mut frame, claims)) => {
-                    if let Some((region, _)) = self.region.as_mut() {
-                        for result in &mut frame.results {
-                            match region.place(result) {
-                                Placed::Shared => self.counted.shared.inc(),
-                                Placed::Inline => self.counted.full.inc(),
-                                Placed::Small => {}
-                            }
-                        }
+                Some(Out::Frame(frame, claims)) => {
+                    match self.send_frame(frame, claims, write, &gone).await {
+                        Sent::Done => continue,
+                        Sent::Gone => return false,
+                        Sent::Ended(ended) => return ended,
                     }
-                    let results = frame.results.len();
-                    let Some(mut chunks) = encode_results(KIND_MESSAGE, frame) else {
-                        tracing::error!(
-                            results,
-                            "a result frame too large to frame; ending the stream"
-                        );
-                        let status = tonic::Status::internal("a result frame over 4 GiB");
-                        return write_end(write, &status).await.is_ok();
-                    };
-                    let written = tokio::select! {
-                        biased;
-                        () = gone.cancelled() => return false,
-                        written = write.write_all_buf(&mut chunks) => written,
-                    };
-                    // The results have left the sidecar: their slots and bytes
-                    // are free once the socket took them.
-                    drop(claims);
-                    if let Err(e) = written {
-                        tracing::debug!(error = %e, "writing to a frames client failed; it is gone");
-                        return false;
-                    }
-                    continue;
                 }
                 Some(Out::End(status)) => status.unwrap_or_else(|| tonic::Status::ok("")),
                 None => tonic::Status::internal(UNANSWERED),
@@ -440,6 +510,101 @@ impl Writer {
             return true;
         }
     }
+}
+
+/// How writing a frame went.
+enum Sent {
+    Done,
+    /// The client is gone.
+    Gone,
+    /// The stream was ended (with an error); whether that was written.
+    Ended(bool),
+}
+
+impl Writer {
+    /// Places the frame's large results in the region and writes it. A
+    /// result that finds the region full waits for room (see
+    /// [`Region::waits_for`]), after the results before it are sent as a
+    /// frame of their own: the client can only release what it was sent.
+    async fn send_frame(
+        &mut self,
+        mut frame: ResultFrame,
+        mut claims: Vec<Claim>,
+        write: &mut OwnedWriteHalf,
+        gone: &CancellationToken,
+    ) -> Sent {
+        let Self {
+            region,
+            counted,
+            room_wait,
+            gave_up_at,
+        } = self;
+        let Some((region, _)) = region.as_mut() else {
+            return write_frame(frame, claims, write, gone).await;
+        };
+        let mut i = 0;
+        while i < frame.results.len() {
+            if region.waits_for(&frame.results[i])
+                && *gave_up_at != Some(region.released().through())
+            {
+                if i > 0 {
+                    let rest = ResultFrame {
+                        results: frame.results.split_off(i),
+                    };
+                    let rest_claims = claims.split_off(i);
+                    let head = std::mem::replace(&mut frame, rest);
+                    let head_claims = std::mem::replace(&mut claims, rest_claims);
+                    match write_frame(head, head_claims, write, gone).await {
+                        Sent::Done => i = 0,
+                        other => return other,
+                    }
+                }
+                match room_for(region, &frame.results[i], *room_wait, gone).await {
+                    None => return Sent::Gone,
+                    Some(true) => {}
+                    Some(false) => *gave_up_at = Some(region.released().through()),
+                }
+            }
+            match region.place(&mut frame.results[i]) {
+                Placed::Shared => counted.shared.inc(),
+                Placed::Inline => counted.full.inc(),
+                Placed::Small => {}
+            }
+            i += 1;
+        }
+        write_frame(frame, claims, write, gone).await
+    }
+}
+
+/// Writes a result frame; its claims are released once the socket took it.
+async fn write_frame(
+    frame: ResultFrame,
+    claims: Vec<Claim>,
+    write: &mut OwnedWriteHalf,
+    gone: &CancellationToken,
+) -> Sent {
+    let results = frame.results.len();
+    let Some(mut chunks) = encode_results(KIND_MESSAGE, frame) else {
+        tracing::error!(
+            results,
+            "a result frame too large to frame; ending the stream"
+        );
+        let status = tonic::Status::internal("a result frame over 4 GiB");
+        return Sent::Ended(write_end(write, &status).await.is_ok());
+    };
+    let written = tokio::select! {
+        biased;
+        () = gone.cancelled() => return Sent::Gone,
+        written = write.write_all_buf(&mut chunks) => written,
+    };
+    // The results have left the sidecar: their slots and bytes are free once
+    // the socket took them.
+    drop(claims);
+    if let Err(e) = written {
+        tracing::debug!(error = %e, "writing to a frames client failed; it is gone");
+        return Sent::Gone;
+    }
+    Sent::Done
 }
 
 /// The StreamEnd frame for `status`.

@@ -119,6 +119,8 @@ pub struct ServerConfig {
     /// Size of the shared result region each version 2 frames stream gets;
     /// 0: none ([`frames`]).
     pub frames_shared_region_bytes: u64,
+    /// How long a large result waits for room in a full region.
+    pub frames_shared_room_wait: Duration,
 }
 
 /// Serves until `shutdown` resolves, then drains. Returns once every listener
@@ -288,6 +290,7 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> an
                     frames::FramesOptions {
                         max_frame_bytes: MAX_MESSAGE_BYTES,
                         shared_region_bytes: config.frames_shared_region_bytes,
+                        shared_room_wait: config.frames_shared_room_wait,
                         max_shared_regions: max_shared_regions(
                             config.admission.max_undelivered_bytes,
                             config.frames_shared_region_bytes,

@@ -38,6 +38,15 @@ use crate::pb::{SharedSpan, ToolResult};
 /// client less than a span's bookkeeping (the brain's `LARGE_RESULT`).
 pub(crate) const MIN_SHARED_BYTES: usize = 16 * 1024;
 
+/// Results of at most this many eighths of the region wait for room when it
+/// is full ([`Region::waits_for`]); larger ones travel inline then. The
+/// writer sends everything before a result that waits, so once a client
+/// that follows the protocol has copied out all it was sent, it has
+/// released all but less than an eighth (it releases in eighths: the
+/// brain's `_RELEASE_EVERY`), and a span that would cross the end skips to
+/// the start, wasting less than its own length: 1/8 + 2 × 3/8 < 1, room.
+const MAX_WAITING_EIGHTHS: u64 = 3;
+
 /// What the client has released, shared between the stream's writer (which
 /// places spans) and its reader (which takes the client's release frames).
 #[derive(Debug, Default)]
@@ -47,11 +56,14 @@ pub(crate) struct Released {
     /// Every byte before this offset has been placed (and sent, or is about
     /// to be): a release may not go past it.
     placed: AtomicU64,
+    /// Woken by every release: the writer may be waiting for room.
+    room: tokio::sync::Notify,
 }
 
 impl Released {
-    /// Takes the client's "released through `offset`" (its kind 3 frame).
-    pub(crate) fn release(&self, offset: u64) -> Result<(), String> {
+    /// Takes the client's "released through `offset`" (its kind 3 frame);
+    /// returns how many bytes that freed.
+    pub(crate) fn release(&self, offset: u64) -> Result<u64, String> {
         let placed = self.placed.load(Ordering::Acquire);
         if offset > placed {
             return Err(format!(
@@ -65,7 +77,19 @@ impl Released {
                  already released"
             ));
         }
-        Ok(())
+        self.room.notify_waiters();
+        Ok(offset - before)
+    }
+
+    /// Every byte before this offset is free again.
+    pub(crate) fn through(&self) -> u64 {
+        self.through.load(Ordering::Acquire)
+    }
+
+    /// Resolves at the next release after it is enabled (see
+    /// [`tokio::sync::Notified::enable`]).
+    pub(crate) fn next_release(&self) -> tokio::sync::futures::Notified<'_> {
+        self.room.notified()
     }
 }
 
@@ -140,6 +164,21 @@ impl Region {
         result.result = Bytes::new();
         result.shared_result = Some(span);
         Placed::Shared
+    }
+
+    /// Whether `result` belongs in the region but finds it full: it is
+    /// large, small enough to wait for room ([`MAX_WAITING_EIGHTHS`]), and the
+    /// client has not yet released enough. Sent inline at once instead, a
+    /// result would cost the client more (a socket read and a copy out of
+    /// its buffer) exactly while it is behind, and the socket moves a 100 KB
+    /// result a buffer's worth (about 200 KB) per round trip of wake-ups:
+    /// under load, a client that one pause put behind fell further behind.
+    pub(crate) fn waits_for(&self, result: &ToolResult) -> bool {
+        let len = result.result.len() as u64;
+        !self.broken
+            && len >= MIN_SHARED_BYTES as u64
+            && len.saturating_mul(8) <= self.size.saturating_mul(MAX_WAITING_EIGHTHS)
+            && self.reserve(len).is_none()
     }
 
     /// Where `len` bytes would go: after what is placed, or at the region's

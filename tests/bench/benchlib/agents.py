@@ -34,6 +34,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from brain._gc import tune_gc
 from brain._malloc import tune_malloc
 
 from .dispatchers import Dispatcher, make_dispatcher
@@ -187,9 +188,11 @@ async def main(cfg: dict[str, Any]) -> None:
 def run(cfg: dict[str, Any]) -> None:
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    # The brain's command line sets glibc's malloc for large results (brain._malloc); every
-    # Python dispatcher gets the same settings, so none is measured with the other's malloc.
+    # The brain's command line sets glibc's malloc for large results (brain._malloc) and the
+    # collector for thousands of agents (brain._gc); every Python dispatcher gets the same
+    # settings, so none is measured with the other's malloc or collector.
     tune_malloc()
+    tune_gc()
     if cfg.get("loop", "uvloop") == "uvloop":
         import uvloop
 
