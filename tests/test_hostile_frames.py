@@ -194,6 +194,51 @@ def test_results_nobody_reads_are_bounded_and_the_rest_is_refused_overloaded(
     assert_still_serves(sidecar)
 
 
+def test_past_its_backlog_bound_a_stream_reads_ahead_by_what_frames_hold_not_their_size(
+    slow: Upstream, start_sidecar: Start
+) -> None:
+    """Past its backlog bound a stream still reads ahead a bounded amount (to reach the
+    shared region's releases behind its calls). A frame with no calls is 5 bytes on the
+    wire but a queue entry in the sidecar: counted by its wire size, a client that reads
+    nothing could send millions of them and grow the sidecar's heap without end (10 MB of
+    them grew it by 187 MiB). Counted by what they hold, the client's writes stop after
+    a few thousand (plus what the kernel buffers), the sidecar's RSS stays put, and once
+    the client reads, everything it sent is taken and the stream ends OK."""
+    sidecar = start_sidecar(config(slow), "--max-undelivered-bytes-per-stream", "256KiB")
+    client = FramesClient(sidecar.frames_socket).open()
+    client.calls(*(call(f"b{i}", "big") for i in range(6)))
+    assert wait_until(lambda: answered_calls(sidecar, "big") == 6, 30)
+    assert wait_until(lambda: gauge(sidecar, "sidecar_undelivered_result_bytes") >= 256 * 1024, 10)
+    rss_before = sidecar.rss_bytes()
+
+    empty = struct.pack(">IB", 1, 1)  # a calls frame (kind 1) with no calls
+    flood = memoryview(empty * 2_000_000)  # 10 MB on the wire
+    client.sock.settimeout(2)
+    sent = 0
+    try:
+        while sent < len(flood):
+            sent += client.sock.send(flood[sent : sent + (1 << 16)])
+    except TimeoutError:
+        pass
+    grown = sidecar.rss_bytes() - rss_before
+    # What may be in flight besides the read-ahead: the kernel's buffer for this socket.
+    buffered = client.sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
+    assert sent < 2 * MIB + 2 * buffered, f"the sidecar took {sent / MIB:.1f} MiB unread"
+    assert grown < 32 * MIB, f"RSS grew by {grown / MIB:.1f} MiB"
+
+    # Read: the backlog drains, the session takes what it read ahead and the rest.
+    client.sock.settimeout(30)
+    client.read_results(6)
+    client.sock.sendall(flood[sent : sent + (-sent) % len(empty)])
+    client.calls(call("after", "fast"))
+    client.send(2)
+    assert client.read_to_end().code == 0
+    assert sorted(r.call_id for r in client.results) == ["after"] + [f"b{i}" for i in range(6)]
+    assert all(r.status == pb.STATUS_OK for r in client.results)
+    client.close()
+    assert_still_serves(sidecar)
+
+
 @pytest.mark.parametrize(
     ("frame", "code", "message"),
     [

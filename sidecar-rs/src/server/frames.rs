@@ -37,7 +37,7 @@ use tokio_util::codec::{FramedRead, LengthDelimitedCodec};
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
-use crate::pb::{DispatchFrame, ResultFrame, StreamEnd, ToolResult};
+use crate::pb::{DispatchFrame, ResultFrame, StreamEnd, ToolCall, ToolResult};
 use crate::server::dispatch::{Claim, DispatchService, Inbound, Out, UNANSWERED};
 use crate::server::drain::Drain;
 use crate::server::linger::LINGER_MAX;
@@ -285,7 +285,7 @@ struct FramedInbound {
     /// end of calls, a failure), in order, for the next
     /// [`Inbound::message`]s: about [`STASH_BYTES`] of calls at most.
     stash: VecDeque<Result<Option<DispatchFrame>, tonic::Status>>,
-    /// The encoded size of the calls in `stash`.
+    /// What the entries of `stash` hold ([`stashed_bytes`]).
     stash_bytes: usize,
     /// `stash` holds the end of calls or a failure: nothing follows.
     stash_closed: bool,
@@ -374,10 +374,20 @@ impl Inbound for FramedInbound {
     }
 }
 
+/// What a stashed entry holds, as [`STASH_BYTES`] counts it: the entry
+/// itself, and for calls their structs and their size on the wire (their
+/// strings and bytes). The wire size alone let frames with nothing in them,
+/// five bytes each on the socket, fill the stash without end.
 fn stashed_bytes(next: &Result<Option<DispatchFrame>, tonic::Status>) -> usize {
+    let entry = std::mem::size_of_val(next);
     match next {
-        Ok(Some(frame)) => frame.encoded_len(),
-        _ => 0,
+        Ok(Some(frame)) => {
+            entry
+                + frame.encoded_len()
+                + frame.calls.len() * std::mem::size_of::<ToolCall>()
+                + frame.cancel_call_ids.len() * std::mem::size_of::<String>()
+        }
+        _ => entry,
     }
 }
 
