@@ -156,6 +156,33 @@ def test_a_client_that_goes_away_cancels_every_call_of_its_stream_at_once(
     assert_still_serves(sidecar)
 
 
+def test_a_client_that_goes_away_past_its_backlog_bound_cancels_every_call_of_its_stream(
+    slow: Upstream, start_sidecar: Start
+) -> None:
+    """Past its backlog bound the session reads only ahead (calls kept, not started), so
+    the client's going away is seen by the reader's end of the socket there: the calls in
+    flight are cancelled at once all the same, and the call read ahead never starts."""
+    sidecar = start_sidecar(config(slow), "--max-undelivered-bytes-per-stream", "256KiB")
+    n = 50
+    client = FramesClient(sidecar.frames_socket).open()
+    client.calls(*(call(f"s{i}", "slow") for i in range(n)))
+    assert slow.wait_for(lambda: slow.requests["/slow"] == n, 15)
+    client.calls(*(call(f"b{i}", "big") for i in range(6)))
+    assert wait_until(lambda: answered_calls(sidecar, "big") == 6, 30)
+    assert wait_until(lambda: gauge(sidecar, "sidecar_undelivered_result_bytes") >= 256 * 1024, 10)
+    client.calls(call("ahead", "slow"))
+    time.sleep(0.2)  # for the reader to take it ahead; it must not start either way
+    client.close()
+    assert slow.wait_for(lambda: slow.disconnects["/slow"] == n, 2.0), slow.disconnects
+    assert wait_until(lambda: gauge(sidecar, "sidecar_inflight_calls") == 0, 2.0)
+    assert wait_until(lambda: gauge(sidecar, "sidecar_streams_active") == 0, 2.0)
+    assert wait_until(lambda: gauge(sidecar, "sidecar_undelivered_result_bytes") == 0, 2.0)
+    assert slow.requests["/slow"] == n
+    cancelled = scrape(sidecar.metrics_port)["sidecar_tool_calls_total"]
+    assert cancelled[(("status", "cancelled"), ("tool", "slow"))] == n
+    assert_still_serves(sidecar)
+
+
 def test_results_nobody_reads_are_bounded_and_the_rest_is_refused_overloaded(
     slow: Upstream, start_sidecar: Start
 ) -> None:
