@@ -113,6 +113,18 @@ def assert_still_serves(sidecar: SidecarProcess) -> None:
     client.close()
 
 
+#: A stream's backlog bound small enough for six unread /big results to pass it.
+BOUND_256K = ("--max-undelivered-bytes-per-stream", "256KiB")
+
+
+def fill_backlog(sidecar: SidecarProcess, client: FramesClient) -> None:
+    """Takes ``client``'s stream (under ``BOUND_256K``) past its backlog bound: six
+    ~256 KB results it does not read."""
+    client.calls(*(call(f"b{i}", "big") for i in range(6)))
+    assert wait_until(lambda: answered_calls(sidecar, "big") == 6, 30)
+    assert wait_until(lambda: gauge(sidecar, "sidecar_undelivered_result_bytes") >= 256 * 1024, 10)
+
+
 def test_half_close_answers_every_call_then_ends_ok(slow: Upstream, start_sidecar: Start) -> None:
     sidecar = start_sidecar(config(slow))
     client = FramesClient(sidecar.frames_socket).open()
@@ -159,17 +171,15 @@ def test_a_client_that_goes_away_cancels_every_call_of_its_stream_at_once(
 def test_a_client_that_goes_away_past_its_backlog_bound_cancels_every_call_of_its_stream(
     slow: Upstream, start_sidecar: Start
 ) -> None:
-    """Past its backlog bound the session reads only ahead (calls kept, not started), so
-    the client's going away is seen by the reader's end of the socket there: the calls in
-    flight are cancelled at once all the same, and the call read ahead never starts."""
-    sidecar = start_sidecar(config(slow), "--max-undelivered-bytes-per-stream", "256KiB")
+    """Past its backlog bound the session only reads ahead (calls kept, not started);
+    the client's going away still cancels the calls in flight at once, and the call read
+    ahead never starts."""
+    sidecar = start_sidecar(config(slow), *BOUND_256K)
     n = 50
     client = FramesClient(sidecar.frames_socket).open()
     client.calls(*(call(f"s{i}", "slow") for i in range(n)))
     assert slow.wait_for(lambda: slow.requests["/slow"] == n, 15)
-    client.calls(*(call(f"b{i}", "big") for i in range(6)))
-    assert wait_until(lambda: answered_calls(sidecar, "big") == 6, 30)
-    assert wait_until(lambda: gauge(sidecar, "sidecar_undelivered_result_bytes") >= 256 * 1024, 10)
+    fill_backlog(sidecar, client)
     client.calls(call("ahead", "slow"))
     time.sleep(0.2)  # for the reader to take it ahead; it must not start either way
     client.close()
@@ -231,11 +241,9 @@ def test_past_its_backlog_bound_a_stream_reads_ahead_by_what_frames_hold_not_the
     them grew it by 187 MiB). Counted by what they hold, the client's writes stop after
     a few thousand (plus what the kernel buffers), the sidecar's RSS stays put, and once
     the client reads, everything it sent is taken and the stream ends OK."""
-    sidecar = start_sidecar(config(slow), "--max-undelivered-bytes-per-stream", "256KiB")
+    sidecar = start_sidecar(config(slow), *BOUND_256K)
     client = FramesClient(sidecar.frames_socket).open()
-    client.calls(*(call(f"b{i}", "big") for i in range(6)))
-    assert wait_until(lambda: answered_calls(sidecar, "big") == 6, 30)
-    assert wait_until(lambda: gauge(sidecar, "sidecar_undelivered_result_bytes") >= 256 * 1024, 10)
+    fill_backlog(sidecar, client)
     rss_before = sidecar.rss_bytes()
 
     empty = struct.pack(">IB", 1, 1)  # a calls frame (kind 1) with no calls
