@@ -13,8 +13,10 @@ import asyncio
 import json
 import mmap
 import os
+import select
 import socket
 import struct
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -24,7 +26,7 @@ from brain import ClientOptions, SidecarClient
 from brain._frames import PREFACE, PREFACE_SHARED
 from brain._proto.dispatch.v1 import dispatch_pb2 as pb
 from hostile.streams import RESULT_BYTES, call, config, gauge, wait_until
-from test_hostile_frames import INVALID_ARGUMENT, FramesClient, assert_still_serves
+from test_hostile_frames import BOUND_256K, INVALID_ARGUMENT, FramesClient, assert_still_serves
 
 from harness import SidecarProcess, Upstream, scrape
 
@@ -180,21 +182,14 @@ def test_a_large_result_waits_for_a_release_rather_than_take_the_socket(
     client.close()
 
 
-def test_a_stream_past_its_backlog_bound_still_takes_the_releases_behind_its_calls(
-    slow: Upstream, start_sidecar: Start
-) -> None:
-    """Past its backlog bound a stream reads no more calls, yet the release its client
-    sends after a new call is still taken: the results waiting for room get it, the
-    backlog drains through the region, and the new call then runs. Read no further, the
-    release would sit behind the unread call while the results wait for it."""
+def waiting_for_room_past_the_bound(
+    start_sidecar: Start, tools: str
+) -> tuple[SidecarProcess, SharedClient]:
+    """A stream past its backlog bound (``BOUND_256K``) whose results wait for room: a
+    1 MiB region holds three of six ~256 KB results, which the client has read and not
+    released; the other three wait (``--frames-shared-room-wait`` 60 s)."""
     sidecar = start_sidecar(
-        config(slow),
-        "--frames-shared-region",
-        "1MiB",
-        "--frames-shared-room-wait",
-        "60s",
-        "--max-undelivered-bytes-per-stream",
-        "256KiB",
+        tools, "--frames-shared-region", "1MiB", "--frames-shared-room-wait", "60s", *BOUND_256K
     )
     client = SharedClient(sidecar.frames_socket).open()
     client.calls(*(call(f"b{i}", "big") for i in range(6)))
@@ -203,6 +198,17 @@ def test_a_stream_past_its_backlog_bound_still_takes_the_releases_behind_its_cal
     assert wait_until(
         lambda: gauge(sidecar, "sidecar_undelivered_result_bytes") >= 3 * len(BIG), 10
     )
+    return sidecar, client
+
+
+def test_a_stream_past_its_backlog_bound_still_takes_the_releases_behind_its_calls(
+    slow: Upstream, start_sidecar: Start
+) -> None:
+    """Past its backlog bound a stream reads no more calls, yet the release its client
+    sends after a new call is still taken: the results waiting for room get it, the
+    backlog drains through the region, and the new call then runs. Read no further, the
+    release would sit behind the unread call while the results wait for it."""
+    sidecar, client = waiting_for_room_past_the_bound(start_sidecar, config(slow))
     released_before = gauge(sidecar, "sidecar_frames_shared_released_bytes_total")
     client.calls(call("late", "fast"))
     client.release()
@@ -218,6 +224,63 @@ def test_a_stream_past_its_backlog_bound_still_takes_the_releases_behind_its_cal
         pb.STATUS_OK,
         {"ok": True},
     )
+    client.send(2)
+    assert client.read_to_end().code == 0
+    client.close()
+
+
+def test_past_its_backlog_bound_with_the_read_ahead_full_results_go_inline_at_once(
+    slow: Upstream, start_sidecar: Start
+) -> None:
+    """Past its backlog bound, with more calls sent than the stream may read ahead, the
+    release the client sent after them cannot arrive before results go out. The results
+    waiting for room then travel inline at once instead of waiting out the room wait,
+    the backlog drains, and every call read after it gets its one result. (Waiting, a
+    brain at its CPU limit on 8 cores got a third of the calls/s it held just below.)"""
+    sidecar, client = waiting_for_room_past_the_bound(
+        start_sidecar,
+        # Thousands of calls below: a few connections to the test's upstream, not a
+        # thousand (its aiohttp server is stopped while they close).
+        config(slow, upstreams={slow.url: {"max_concurrency": 8}}),
+    )
+    # Calls until the sidecar reads no more of them (its read-ahead is full and the
+    # socket's buffers are), then the release, behind them.
+    sent = 0
+    client.sock.setblocking(False)
+    frame = b""
+    try:
+        while True:
+            if not frame:
+                batch = [call(f"f{sent + i}", "fast") for i in range(100)]
+                message = pb.DispatchFrame(calls=batch).SerializeToString()
+                frame = struct.pack(">IB", len(message) + 1, 1) + message
+                sent += len(batch)
+            try:
+                frame = frame[client.sock.send(frame) :]
+            except BlockingIOError:
+                readable = select.select([], [client.sock], [], 1.0)[1]
+                if not readable:
+                    break  # a second without room: the sidecar stopped reading
+    finally:
+        client.sock.setblocking(True)
+        client.sock.settimeout(20)
+    assert frame, "the sidecar read every call sent: nothing was held back"
+    # The three results that found the region full still wait.
+    assert gauge(sidecar, "sidecar_undelivered_result_bytes") >= 3 * len(BIG)
+    # The rest of the partly sent frame, then the release: both wait behind unread calls.
+    tail = threading.Thread(target=lambda: (client.sock.sendall(frame), client.release()))
+    tail.start()
+    client.read_results(6 + sent)
+    tail.join(20)
+    assert not tail.is_alive()
+    big = [r for r in client.results if r.call_id.startswith("b")]
+    assert sorted(r.call_id for r in big) == [f"b{i}" for i in range(6)]
+    assert all(r.status == pb.STATUS_OK and client.body(r) == BIG for r in big)
+    assert sum(not r.HasField("shared_result") for r in big) >= 1, "nothing went inline"
+    fast = [r for r in client.results if r.call_id.startswith("f")]
+    assert len(client.results) == len(big) + len(fast)
+    assert sorted(r.call_id for r in fast) == sorted(f"f{i}" for i in range(sent))
+    assert all(r.status == pb.STATUS_OK for r in fast)
     client.send(2)
     assert client.read_to_end().code == 0
     client.close()

@@ -99,7 +99,9 @@ pub struct Cli {
     /// full shared region before it travels on the socket instead, e.g.
     /// `200ms`. A client that only paused (a garbage collection) releases
     /// within it; one that does not release costs its stream this wait
-    /// once, until it releases again.
+    /// once, until it releases again. No wait while the stream is past its
+    /// backlog bound and has read ahead all it may: the release would lie
+    /// behind calls not read until results go out.
     #[arg(long, env = "SIDECAR_FRAMES_SHARED_ROOM_WAIT", default_value = "200ms", value_parser = humantime_duration)]
     pub frames_shared_room_wait: Duration,
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from typing import Any
 
 from aiohttp import web
 
@@ -33,11 +34,13 @@ def serve_slow(upstream: Upstream) -> Upstream:
     return upstream
 
 
-def config(upstream: Upstream) -> str:
+def config(upstream: Upstream, **top: Any) -> str:
+    """The three tools on ``upstream``; ``top``: more top-level sections."""
     return tools_file(
         tool("slow", f"{upstream.url}/slow", timeout="60s"),
         tool("big", f"{upstream.url}/big"),
         tool("fast", f"{upstream.url}/fast"),
+        **top,
     )
 
 

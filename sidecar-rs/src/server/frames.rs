@@ -353,6 +353,10 @@ impl FramedInbound {
 
 impl Inbound for FramedInbound {
     async fn message(&mut self) -> Result<Option<DispatchFrame>, tonic::Status> {
+        // The session reads calls again: the releases behind them follow.
+        if let Some(released) = &self.released {
+            released.set_unread(false);
+        }
         match self.stash.pop_front() {
             Some(next) => {
                 self.stash_bytes -= stashed_bytes(&next);
@@ -369,6 +373,12 @@ impl Inbound for FramedInbound {
             self.stash_closed = !matches!(next, Ok(Some(_)));
             self.stash_bytes += stashed_bytes(&next);
             self.stash.push_back(next);
+        }
+        // Read ahead all it may (or all there is: after the end of calls a
+        // client sends no release): a release behind what is unread waits
+        // for the backlog to drain, which the writer must not wait for.
+        if let Some(released) = &self.released {
+            released.set_unread(true);
         }
         std::future::pending().await
     }
@@ -455,11 +465,16 @@ struct Writer {
     gave_up_at: Option<u64>,
 }
 
-/// Waits until `result` has room in `region` (true), `wait` passes (false),
-/// or the client is gone (`None`). The wait (`--frames-shared-room-wait`) is
-/// longer than a pause of the brain's (a garbage collection, the
-/// scheduler), and short enough that a client that never releases pays it
-/// once ([`Writer::gave_up_at`]), not per result.
+/// Waits until `result` has room in `region` (true), `wait` passes or the
+/// client's releases are not being read (false), or the client is gone
+/// (`None`). The wait (`--frames-shared-room-wait`) is longer than a pause of
+/// the brain's (a garbage collection, the scheduler), and short enough that a
+/// client that never releases pays it once ([`Writer::gave_up_at`]), not per
+/// result. Past its backlog bound, once the stream has read ahead all it may
+/// ([`Released::unread`]), a release can only come after results go out:
+/// waiting then stalled a stream whose brain was merely behind for the whole
+/// wait, again and again (8 cores, a brain at its limit: a third of the
+/// calls/s it held just below).
 async fn room_for(
     region: &Region,
     result: &ToolResult,
@@ -476,6 +491,9 @@ async fn room_for(
         release.as_mut().enable();
         if !region.waits_for(result) {
             return Some(true);
+        }
+        if released.unread() {
+            return Some(false);
         }
         tokio::select! {
             biased;

@@ -27,7 +27,7 @@ use std::fs::File;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::fs::FileExt;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -56,8 +56,14 @@ pub(crate) struct Released {
     /// Every byte before this offset has been placed (and sent, or is about
     /// to be): a release may not go past it.
     placed: AtomicU64,
-    /// Woken by every release: the writer may be waiting for room.
+    /// Woken by every release, and when the releases stop being read: the
+    /// writer may be waiting for room.
     room: tokio::sync::Notify,
+    /// The reader reads no further: the stream is past its backlog bound and
+    /// has read ahead all it may. A release the client sent behind the calls
+    /// not yet read cannot arrive until the writer sends results, so waiting
+    /// for room then only stalls the stream.
+    unread: AtomicBool,
 }
 
 impl Released {
@@ -79,6 +85,20 @@ impl Released {
         }
         self.room.notify_waiters();
         Ok(offset - before)
+    }
+
+    /// Whether the client's releases have stopped being read
+    /// ([`Self::set_unread`]).
+    pub(crate) fn unread(&self) -> bool {
+        self.unread.load(Ordering::Acquire)
+    }
+
+    /// The reader stopped reading (true) or reads again (false); a writer
+    /// waiting for room learns of the stop at once.
+    pub(crate) fn set_unread(&self, unread: bool) {
+        if self.unread.swap(unread, Ordering::AcqRel) != unread && unread {
+            self.room.notify_waiters();
+        }
     }
 
     /// Every byte before this offset is free again.
@@ -341,6 +361,30 @@ mod tests {
         let mut result = large(b'x', 40_000);
         assert_eq!(region.place(&mut result), Placed::Inline);
         assert_eq!(result.result.len(), 40_000);
+    }
+
+    #[tokio::test]
+    async fn a_writer_waiting_for_room_learns_at_once_that_releases_stopped_being_read() {
+        let released = Released::default();
+        let woken = released.next_release();
+        tokio::pin!(woken);
+        woken.as_mut().enable();
+        released.set_unread(false);
+        assert!(futures_poll_pending(woken.as_mut()));
+        released.set_unread(true);
+        assert!(released.unread());
+        tokio::time::timeout(std::time::Duration::from_secs(5), woken)
+            .await
+            .expect("the stop wakes the writer");
+        released.set_unread(false);
+        assert!(!released.unread());
+    }
+
+    /// Whether `future` is still pending after one poll.
+    fn futures_poll_pending<F: std::future::Future>(future: std::pin::Pin<&mut F>) -> bool {
+        let waker = std::task::Waker::noop();
+        let mut cx = std::task::Context::from_waker(waker);
+        future.poll(&mut cx).is_pending()
     }
 
     #[test]
