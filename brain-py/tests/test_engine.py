@@ -2,13 +2,20 @@
 
 The model is converted from the bundled GGUF once per machine (into the cache dir) and
 loaded from there; generations are short so that the suite stays quick on a small CPU.
+
+On a machine with a GPU the same tests run there with ``BRAIN_TEST_DEVICE=cuda`` (the
+engine's dtype then is load_model's choice, bf16; ``BRAIN_TEST_DTYPE=float32`` overrides
+it) and ``BRAIN_TEST_MODEL_DIR`` another model directory of the same tokenizer.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import os
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 import pytest_asyncio
@@ -46,7 +53,16 @@ WEATHER = ToolInfo(
 
 @pytest.fixture(scope="module")
 def loaded() -> LoadedModel:
-    return load_model(prepare_model_dir(), device="cpu")
+    given = os.environ.get("BRAIN_TEST_MODEL_DIR")
+    model_dir = prepare_model_dir(model_dir=Path(given) if given else None)
+    model = load_model(model_dir, device=os.environ.get("BRAIN_TEST_DEVICE", "cpu"))
+    dtype = os.environ.get("BRAIN_TEST_DTYPE")
+    if dtype:
+        import torch
+
+        wanted = getattr(torch, dtype)
+        model = dataclasses.replace(model, model=model.model.to(wanted), dtype=wanted)
+    return model
 
 
 @pytest_asyncio.fixture(loop_scope="module", scope="module")

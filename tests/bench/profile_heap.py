@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import re
-import resource
 import shutil
 import subprocess
 import sys
@@ -29,7 +28,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from benchlib.nginx import Nginx
-from benchlib.runner import REPO, measure, sidecar_for
+from benchlib.runner import REPO, measure, open_files_to_the_limit, sidecar_for
 
 PRELOAD = Path("/usr/lib/heaptrack/libheaptrack_preload.so")
 INTERPRET = Path("/usr/lib/heaptrack/libexec/heaptrack_interpret")
@@ -94,8 +93,7 @@ def main() -> int:
     if not args.sidecar_bin.exists():
         print(f"no sidecar at {args.sidecar_bin}: `make profile-heap` builds it")
         return 2
-    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    open_files_to_the_limit()
     args.out.mkdir(parents=True, exist_ok=True)
     recording = args.out / "sidecar_heap.zst"
     with tempfile.TemporaryDirectory(prefix="tandem-heap-") as tmp:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import resource
 import sys
 import time
 import traceback
@@ -26,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchlib import charts, headline, report
 from benchlib.documents import stale_fixtures
 from benchlib.nginx import Nginx
-from benchlib.runner import REPO
+from benchlib.runner import REPO, open_files_to_the_limit
 from benchlib.scenarios import SCENARIOS, Context, ScenarioResult
 from benchlib.validate import check_results
 
@@ -58,9 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.sidecar_bin.exists():
         print(f"no sidecar at {args.sidecar_bin}: build it with `make sidecar-release`")
         return 2
-    # 10,000 calls in flight need 10,000+ sockets in each process.
-    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    open_files_to_the_limit()
     args.results.mkdir(parents=True, exist_ok=True)
     keys = args.only or list(SCENARIOS)
     started = time.monotonic()

@@ -55,10 +55,14 @@ def project(
     return efficiency * min(python / brain_s, cores / total)
 
 
-def _efficiency(row: dict[str, Any], measured_cores: int, python: int) -> float:
+def efficiency(
+    row: dict[str, Any], measured_cores: int, python: int, *, upstream_shared: bool = True
+) -> float:
+    """The share of :func:`project`'s ideal that a capacity row reached on its
+    ``measured_cores``; the upstream's CPU counts against the cores where it shared them."""
     brain = (row.get("brain_cpu_s_per_1k") or 0.0) / 1000
     sidecar = (row.get("sidecar_cpu_s_per_1k") or 0.0) / 1000
-    upstream = (row.get("upstream_cpu_s_per_1k") or 0.0) / 1000
+    upstream = (row.get("upstream_cpu_s_per_1k") or 0.0) / 1000 if upstream_shared else 0.0
     if brain <= 0:
         return math.nan
     ideal = min(python / brain, measured_cores / (brain + sidecar + upstream))
@@ -103,14 +107,14 @@ def build(results: list[ScenarioResult], *, quick: bool) -> ScenarioResult | Non
         processes = int(cap.get("processes") or 1)
         # python-tuned xN grows a process per core; the others keep one Python process.
         scales = processes > 1
-        efficiency = _efficiency(cap, measured_cores, processes) if brain_s > 0 else math.nan
+        share = efficiency(cap, measured_cores, processes) if brain_s > 0 else math.nan
         for c in PROJECTED_CORES:
             row[f"projected_{c}_cores"] = project(
                 c,
                 python=c if scales else 1,
                 brain_s=brain_s,
                 sidecar_s=sidecar_s,
-                efficiency=efficiency,
+                efficiency=share,
             )
         rows.append(row)
         projections.append(
@@ -119,7 +123,7 @@ def build(results: list[ScenarioResult], *, quick: bool) -> ScenarioResult | Non
                 "python_processes": "one per core" if scales else "1",
                 "brain_us": brain_s * 1e6,
                 "sidecar_us": sidecar_s * 1e6,
-                "efficiency": efficiency,
+                "efficiency": share,
             }
         )
     tandem = next((r for r in capacity.rows if r["dispatcher"] == "tandem"), None)
@@ -128,12 +132,12 @@ def build(results: list[ScenarioResult], *, quick: bool) -> ScenarioResult | Non
         # at tandem's measured CPU per call and efficiency (what the design allows).
         brain_s = tandem["brain_cpu_s_per_1k"] / 1000
         sidecar_s = (tandem.get("sidecar_cpu_s_per_1k") or 0.0) / 1000
-        efficiency = _efficiency(tandem, measured_cores, 1)
+        share = efficiency(tandem, measured_cores, 1)
         extra: dict[str, Any] = {c: None for c in COLUMNS}
         extra["dispatcher"] = "tandem, a brain per core (projection only)"
         for c in PROJECTED_CORES:
             extra[f"projected_{c}_cores"] = project(
-                c, python=c, brain_s=brain_s, sidecar_s=sidecar_s, efficiency=efficiency
+                c, python=c, brain_s=brain_s, sidecar_s=sidecar_s, efficiency=share
             )
         rows.append(extra)
     targets = _targets(capacity, rows, cpu8, quick=quick)

@@ -94,8 +94,12 @@ def _free_port() -> int:
 class Nginx:
     """One nginx master and its workers, on a free loopback port."""
 
-    def __init__(self, *, workers: int = 2) -> None:
-        self.workers = workers
+    def __init__(self, *, workers: int = 2, cpus: list[int] | None = None) -> None:
+        """``cpus``: run nginx on these CPUs alone (``taskset -c``), a worker per CPU, so
+        that it does not share the cores under test (``scale_out.py``); by default it
+        shares the machine with everything else, with ``workers`` workers."""
+        self.cpus = list(cpus) if cpus else None
+        self.workers = len(self.cpus) if self.cpus else workers
         self.root = Path(tempfile.mkdtemp(prefix="tandem-bench-nginx-"))
         self.port = 0
         self.h2_port = 0
@@ -139,8 +143,9 @@ class Nginx:
                 )
             )
             with (self.root / "stderr.log").open("wb") as stderr:
+                pin = ["taskset", "-c", ",".join(map(str, self.cpus))] if self.cpus else []
                 self.proc = subprocess.Popen(
-                    [nginx_binary(), "-p", str(self.root), "-c", str(conf)],
+                    [*pin, nginx_binary(), "-p", str(self.root), "-c", str(conf)],
                     stdout=subprocess.DEVNULL,
                     stderr=stderr,
                 )

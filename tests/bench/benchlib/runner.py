@@ -17,6 +17,7 @@ import contextlib
 import json
 import os
 import queue
+import resource
 import subprocess
 import sys
 import tempfile
@@ -214,6 +215,13 @@ def _share(config: dict[str, Any], i: int, n: int) -> dict[str, Any]:
         # A process with calls to make needs a worker to make them.
         part["concurrency"] = max(1, part["concurrency"])
     return part
+
+
+def open_files_to_the_limit() -> None:
+    """Raises this process's open-file limit (inherited by what it starts) to the hard
+    one: 10,000 calls in flight need 10,000+ sockets in each process."""
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 def cores() -> list[int]:

@@ -29,9 +29,10 @@ from __future__ import annotations
 
 import math
 import statistics
+from dataclasses import dataclass, field
 from typing import Any
 
-from ..dispatchers import stacks
+from ..dispatchers import multi_label, stacks
 from ..runner import Measurement, cores
 from .base import Context, ScenarioResult, Target, mib
 
@@ -77,6 +78,71 @@ COLUMNS = [
 ]
 
 
+#: ``tandem xB`` runs a brain process per this many cores, all on one sidecar: the brain is
+#: about a quarter of tandem's CPU per call (scenario 1), so the sidecar stays the limit.
+CORES_PER_BRAIN = 4
+
+
+def brains_label(brains: int) -> str:
+    """The label of tandem with ``brains`` agent processes sharing one sidecar."""
+    return f"tandem x{brains} brains"
+
+
+def resolve(name: str, cores: int) -> str | None:
+    """A stack's label on ``cores`` from its name in a :class:`Plan`: ``python-tuned xN``
+    is python-tuned with a process per core, ``tandem xB`` tandem with a brain per
+    :data:`CORES_PER_BRAIN` cores (None where that is one brain: plain ``tandem``)."""
+    if name == "python-tuned xN":
+        return multi_label(cores)
+    if name == "tandem xB":
+        brains = cores // CORES_PER_BRAIN
+        return brains_label(brains) if brains > 1 else None
+    return name
+
+
+@dataclass
+class Plan:
+    """What to search, when not everything (``scale_out.py`` on a larger machine, whose
+    device time is short): the stacks (names as :func:`resolve` takes them), the searches
+    per stack, and a first estimate of each stack's capacity in agents, so that the first
+    search brackets it with steps of :data:`REPEAT_FACTOR` rather than doubling up from
+    :data:`START_AGENTS`."""
+
+    stacks: list[str] | None = None
+    repeats: int = REPEATS
+    estimates: dict[str, int] = field(default_factory=dict)
+    #: Seconds of each step's warm-up and measured window (QUICK: 0.5 and 1.5).
+    warmup_s: float = 2.0
+    measure_s: float = 6.0
+
+    def chosen(self, labels: dict[str, dict[str, Any]], n: int) -> dict[str, dict[str, Any]]:
+        if self.stacks is None:
+            return labels
+        if "tandem" not in self.stacks:
+            raise ValueError("the capacity scenario compares tandem with the others: name it")
+        out: dict[str, dict[str, Any]] = {}
+        for name in self.stacks:
+            label = resolve(name, n)
+            if label is None:
+                continue
+            if name == "tandem xB":
+                out[label] = {"dispatcher": "tandem", "processes": n // CORES_PER_BRAIN}
+            elif label in labels:
+                out[label] = labels[label]
+            else:
+                raise ValueError(f"no stack {name!r} on {n} cores; there are {list(labels)}")
+        return out
+
+    def first_estimates(self, n: int) -> dict[str, int]:
+        """:attr:`estimates` by label on ``n`` cores."""
+        out = {}
+        for name, agents in self.estimates.items():
+            label = resolve(name, n)
+            if label is not None:
+                out[label] = agents
+        return out
+
+
 def _holds(m: Measurement) -> bool:
     return m.calls > 0 and m.errors == 0 and m.latency["p99_ms"] <= SLO_P99_MS
 
@@ -88,6 +154,7 @@ def _step_row(agents: int, m: Measurement) -> dict[str, Any]:
         "calls_per_s": m.calls_per_s,
         "calls": m.calls,
         "errors": m.errors,
+        "statuses": dict(m.statuses),
         **m.latency,
         "holds_slo": _holds(m),
         "other_cores": m.other_cores,
@@ -171,8 +238,10 @@ class Search:
         }
 
 
-def _step(ctx: Context, label: str, stack: dict[str, Any], agents: int) -> dict[str, Any]:
-    warmup, window = (0.5, 1.5) if ctx.quick else (2.0, 6.0)
+def _step(
+    ctx: Context, plan: Plan, label: str, stack: dict[str, Any], agents: int
+) -> dict[str, Any]:
+    warmup, window = (0.5, 1.5) if ctx.quick else (plan.warmup_s, plan.measure_s)
     config = {
         **stack,
         "mode": "think",
@@ -204,20 +273,21 @@ def _step(ctx: Context, label: str, stack: dict[str, Any], agents: int) -> dict[
 class _Searches:
     """One stack's searches, one after another."""
 
-    def __init__(self, repeats: int, quick: bool) -> None:
+    def __init__(self, repeats: int, quick: bool, estimate: int | None = None) -> None:
         self.done: list[Search] = []
         self.repeats = repeats
         self.quick = quick
-        self.current: Search | None = self._new(None)
+        self.current: Search | None = self._new(None, estimate)
 
-    def _new(self, previous: Search | None) -> Search:
+    def _new(self, previous: Search | None, first: int | None = None) -> Search:
         estimate = previous.estimate() if previous else None
-        if estimate is None:
+        if estimate is not None:
+            hi = estimate["hi_agents"] or estimate["lo_agents"]  # None: nothing failed
+            first = round(math.sqrt(estimate["lo_agents"] * hi))
+        if first is None:
             start, factor = START_AGENTS, 2.0
         else:
-            hi = estimate["hi_agents"] or estimate["lo_agents"]  # None: nothing failed
-            mid = math.sqrt(estimate["lo_agents"] * hi)
-            start, factor = round(mid / math.sqrt(REPEAT_FACTOR)), REPEAT_FACTOR
+            start, factor = max(1, round(first / math.sqrt(REPEAT_FACTOR))), REPEAT_FACTOR
         return Search(
             start=start,
             factor=factor,
@@ -244,16 +314,22 @@ class _Searches:
         self.current.record(row)
 
 
-def _search_all(ctx: Context, labels: dict[str, dict[str, Any]]) -> dict[str, _Searches]:
+def _search_all(
+    ctx: Context, labels: dict[str, dict[str, Any]], plan: Plan, cpus: int
+) -> dict[str, _Searches]:
     """Every stack's searches, interleaved: each round measures each stack once, so
     whatever else the shared machine is doing falls on all of them alike."""
-    searches = {label: _Searches(1 if ctx.quick else REPEATS, ctx.quick) for label in labels}
+    first = plan.first_estimates(cpus)
+    searches = {
+        label: _Searches(1 if ctx.quick else plan.repeats, ctx.quick, first.get(label))
+        for label in labels
+    }
     while True:
         todo = [(s, n) for s, r in searches.items() if (n := r.next_agents()) is not None]
         if not todo:
             return searches
         for label, agents in todo:
-            searches[label].record(_step(ctx, label, labels[label], agents))
+            searches[label].record(_step(ctx, plan, label, labels[label], agents))
 
 
 def _median_of(steps: list[dict[str, Any]], get: Any) -> float | None:
@@ -331,10 +407,11 @@ def _brief(search: Search) -> dict[str, Any] | None:
     return {k: v for k, v in estimate.items() if k != "step"} if estimate else None
 
 
-def run(ctx: Context) -> ScenarioResult:
+def run(ctx: Context, plan: Plan | None = None) -> ScenarioResult:
+    plan = plan or Plan()
     n = len(cores())
-    labels = stacks(n, pin=ctx.pin)
-    searches = _search_all(ctx, labels)
+    labels = plan.chosen(stacks(n, pin=ctx.pin), n)
+    searches = _search_all(ctx, labels, plan, n)
     rows = [
         summarize(label, int(labels[label].get("processes", 1)), s.done)
         for label, s in searches.items()
@@ -347,6 +424,7 @@ def run(ctx: Context) -> ScenarioResult:
 
     goals = [("python-naive", TARGET_VS_NAIVE), ("python-tuned", TARGET_VS_TUNED)]
     goals += [(label, TARGET_VS_TUNED_N) for label in labels if label.startswith("python-tuned x")]
+    goals = [(label, goal) for label, goal in goals if label in by]
     targets = []
     for baseline, goal in goals:
         met, measured, why = compare(tandem, by[baseline], goal, judged=not ctx.quick)
@@ -363,7 +441,7 @@ def run(ctx: Context) -> ScenarioResult:
         f"think time {THINK_MS} ms ± {THINK_JITTER:.0%} (uniform) per step, one `search` "
         "call (~100 KB JSON, output schema validated) per step; "
         f"SLO: tool-call p99 <= {SLO_P99_MS:g} ms with no failed call",
-        f"calls_per_s: median of {REPEATS if not ctx.quick else 1} searches, each bisected "
+        f"calls_per_s: median of {plan.repeats if not ctx.quick else 1} searches, each bisected "
         f"until its bracket is within ±{TOLERANCE:.0%}; calls_per_s_low/high: the lowest "
         "passing and highest failing bracket ends of all searches (the error bar); "
         "resolution_pct: the widest bracket's half-width",
@@ -399,5 +477,7 @@ def run(ctx: Context) -> ScenarioResult:
             "tolerance": TOLERANCE,
             "cores": n,
             "pinned": ctx.pin,
+            # None: nginx shared the cores under test (make bench); else the CPUs it had.
+            "upstream_cpus": ctx.nginx.cpus,
         },
     )
