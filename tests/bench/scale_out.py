@@ -239,7 +239,7 @@ def parse_estimates(items: list[str]) -> dict[str, int]:
     out = {}
     for item in items:
         label, sep, agents = item.rpartition("=")
-        if not sep or not agents.isdigit():
+        if not sep or not label or not agents.isdigit():
             raise ValueError(f"--estimate wants LABEL=AGENTS, got {item!r}")
         out[label] = int(agents)
     return out

@@ -111,7 +111,7 @@ def test_estimates_are_label_equals_agents() -> None:
         "tandem": 10,
         "python-tuned xN": 7,
     }
-    for bad in ("tandem", "tandem=x", "=5x"):
+    for bad in ("tandem", "tandem=x", "=5"):
         with pytest.raises(ValueError, match="LABEL=AGENTS"):
             scale_out.parse_estimates([bad])
 
