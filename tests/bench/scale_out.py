@@ -160,6 +160,11 @@ def generic(label: str) -> str:
     return label
 
 
+def _base_row(stack: str, base: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
+    """``stack``'s row on the first count, or plain tandem's for tandem xB (one brain there)."""
+    return base.get(stack) or (base.get("tandem") if stack == "tandem xB" else None)
+
+
 def _projected(
     stack: str, base: dict[str, dict[str, Any]], base_cores: int, cores: int, shared: bool
 ) -> float:
@@ -167,11 +172,8 @@ def _projected(
     grows a process per core, tandem keeps one brain, tandem xB has a brain per
     CORES_PER_BRAIN cores (projected from plain tandem's row when the first count had one
     brain)."""
-    python = {
-        "python-tuned xN": cores,
-        "tandem xB": max(1, cores // capacity.CORES_PER_BRAIN),
-    }.get(stack, 1)
-    first = base.get(stack) or (base.get("tandem") if stack == "tandem xB" else None)
+    python = {"python-tuned xN": cores, "tandem xB": capacity.brains(cores)}.get(stack, 1)
+    first = _base_row(stack, base)
     if first is None:
         return math.nan
     return projection(first, base_cores, cores, python, upstream_shared=shared)
@@ -228,7 +230,7 @@ def next_estimates(
     dominates)."""
     out = {}
     for stack in stacks:
-        row = base.get(stack) or (base.get("tandem") if stack == "tandem xB" else None)
+        row = _base_row(stack, base)
         projected = _projected(stack, base, base_cores, cores, upstream_shared)
         if row and row.get("max_agents") and row.get("calls_per_s") and math.isfinite(projected):
             out[stack] = max(1, round(row["max_agents"] * projected / row["calls_per_s"]))

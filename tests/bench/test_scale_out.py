@@ -126,9 +126,9 @@ def test_a_one_step_run_writes_its_tables_and_gives_the_cpus_back(tmp_path: Path
     if not sidecar.exists():
         pytest.skip(f"no sidecar at {sidecar}")
     before = os.sched_getaffinity(0)
-    cores = min(2, len(before))
-    if cores < 2:
+    if len(before) < 2:
         pytest.skip("python-tuned xN needs 2 CPUs")
+    cores = 2
     argv = ["--quick", "--cores", str(cores), "--shared-upstream", "--results", str(tmp_path)]
     argv += ["--sidecar-bin", str(sidecar), "--estimate", "tandem=24"]
     argv += ["--estimate", "python-tuned xN=24"]

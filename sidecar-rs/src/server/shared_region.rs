@@ -96,6 +96,11 @@ impl Released {
     /// The reader stopped reading (true) or reads again (false); a writer
     /// waiting for room learns of the stop at once.
     pub(crate) fn set_unread(&self, unread: bool) {
+        // Read first: the reader calls this for every frame, and a write each
+        // time would bounce the line the writer's `placed` shares.
+        if self.unread.load(Ordering::Acquire) == unread {
+            return;
+        }
         if self.unread.swap(unread, Ordering::AcqRel) != unread && unread {
             self.room.notify_waiters();
         }

@@ -88,6 +88,11 @@ def brains_label(brains: int) -> str:
     return f"tandem x{brains} brains"
 
 
+def brains(cores: int) -> int:
+    """Brain processes of ``tandem xB`` on ``cores`` (at least one)."""
+    return max(1, cores // CORES_PER_BRAIN)
+
+
 def resolve(name: str, cores: int) -> str | None:
     """A stack's label on ``cores`` from its name in a :class:`Plan`: ``python-tuned xN``
     is python-tuned with a process per core, ``tandem xB`` tandem with a brain per
@@ -95,8 +100,7 @@ def resolve(name: str, cores: int) -> str | None:
     if name == "python-tuned xN":
         return multi_label(cores)
     if name == "tandem xB":
-        brains = cores // CORES_PER_BRAIN
-        return brains_label(brains) if brains > 1 else None
+        return brains_label(brains(cores)) if brains(cores) > 1 else None
     return name
 
 
@@ -126,7 +130,7 @@ class Plan:
             if label is None:
                 continue
             if name == "tandem xB":
-                out[label] = {"dispatcher": "tandem", "processes": n // CORES_PER_BRAIN}
+                out[label] = {"dispatcher": "tandem", "processes": brains(n)}
             elif label in labels:
                 out[label] = labels[label]
             else:
