@@ -41,6 +41,7 @@ help:
 	@echo "make fuzz   run each fuzz target for FUZZ_SECONDS (default 600; make test runs them briefly)"
 	@echo "make test-k8s  apply k8s/ to a real control plane (etcd, apiserver, controllers, kwok)"
 	@echo "make profile-heap  the sidecar's heap per in-flight call (scenario 3 under heaptrack)"
+	@echo "make profile-instructions  the sidecar's instructions per call under callgrind (INSTR_ARGS=...)"
 
 # ---------------------------------------------------------------- setup
 
@@ -186,7 +187,7 @@ QUICK ?=
 HOST ?=
 LOAD_ARGS ?=
 
-.PHONY: bench load bench-tools profile-heap
+.PHONY: bench load bench-tools profile-heap profile-instructions
 
 $(BENCH_STAMP): $(DEV_STAMP) tests/bench/requirements.txt
 	@echo "==> installing the benchmark's pinned Python packages"
@@ -198,6 +199,10 @@ bench-tools:
 		echo "==> installing nginx (Debian's nginx-light)"; \
 		$(SUDO) apt-get update -qq && \
 		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light; }
+	@command -v valgrind >/dev/null 2>&1 || { \
+		echo "==> installing valgrind (callgrind: instructions per call)"; \
+		$(SUDO) apt-get update -qq && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq valgrind; }
 	@if command -v ghz >/dev/null 2>&1 || test -x "$(GOBIN_PATH)/ghz"; then :; \
 	elif command -v go >/dev/null 2>&1; then \
 		echo "==> installing ghz $(GHZ_VERSION)"; \
@@ -220,6 +225,12 @@ profile-heap: $(BENCH_STAMP) bench-tools rust-tools
 	CARGO_TARGET_DIR=sidecar-rs/target/profiling-sys $(CARGO) build $(CARGO_FLAGS) \
 		--profile profiling --no-default-features --bin sidecar
 	$(PY) tests/bench/profile_heap.py $(PROFILE_ARGS)
+
+# The sidecar's user-space instructions per call under callgrind, a count machine noise
+# does not move: compare builds with INSTR_ARGS="--sidecar-bin old=PATH --sidecar-bin
+# new=PATH --tool ping --tool search" (tests/bench/instructions_per_call.py).
+profile-instructions: $(BENCH_STAMP) bench-tools sidecar-release
+	$(PY) tests/bench/instructions_per_call.py $(INSTR_ARGS)
 
 load: $(BENCH_STAMP) sidecar-release
 	$(PY) tests/load/run_load.py $(if $(HOST),--host $(HOST)) $(LOAD_ARGS)

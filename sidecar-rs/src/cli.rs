@@ -10,7 +10,7 @@ use clap::{Parser, ValueEnum};
 use crate::server::auth::BearerAuth;
 use crate::server::dispatch::Admission;
 use crate::server::{ListenAddr, ServerConfig};
-use crate::upstream::client::{UpstreamOptions, DEFAULT_MAX_IDLE_PER_HOST};
+use crate::upstream::http::{UpstreamOptions, DEFAULT_MAX_IDLE_PER_HOST};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -110,7 +110,8 @@ pub struct Cli {
     #[arg(long, env = "SIDECAR_DRAIN_TIMEOUT", default_value = "20s", value_parser = humantime_duration)]
     pub drain_timeout: Duration,
 
-    /// Bound on connecting to an upstream, separate from call deadlines.
+    /// Bound on connecting to an upstream (name lookup, TCP and TLS
+    /// together), separate from call deadlines.
     #[arg(long, env = "SIDECAR_CONNECT_TIMEOUT", default_value = "5s", value_parser = humantime_duration)]
     pub connect_timeout: Duration,
 

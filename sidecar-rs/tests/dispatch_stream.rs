@@ -17,7 +17,7 @@ use hyper_util::rt::TokioIo;
 use sidecar::pb::dispatcher_client::DispatcherClient;
 use sidecar::pb::{DispatchFrame, Status, ToolCall};
 use sidecar::server::dispatch::Admission;
-use sidecar::upstream::client::UpstreamOptions;
+use sidecar::upstream::http::UpstreamOptions;
 use sidecar::{ListenAddr, ServerConfig};
 use tokio::net::{TcpListener, UnixStream};
 use tokio_stream::StreamExt;

@@ -70,7 +70,7 @@ def hottest_native(data: Path, top: int) -> list[str]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--tool", choices=["search", "ping"], default="search")
+    parser.add_argument("--tool", choices=["search", "ping", "ping_h2"], default="search")
     parser.add_argument("--select", action="store_true", help="ask for three fields only")
     parser.add_argument("--seconds", type=int, default=8)
     parser.add_argument(

@@ -41,7 +41,7 @@ use crate::server::auth::BearerAuth;
 use crate::server::dispatch::{Admission, DispatchService};
 use crate::server::drain::Drain;
 use crate::server::linger::{Lingering, LINGER_MAX};
-use crate::upstream::client::UpstreamOptions;
+use crate::upstream::http::UpstreamOptions;
 use crate::upstream::origins::Upstreams;
 
 /// Largest gRPC message accepted or sent: a frame may batch many calls, and a

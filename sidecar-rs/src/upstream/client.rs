@@ -1,9 +1,8 @@
-//! The HTTP side: shared `reqwest` clients (connection pooling, keep-alive,
-//! HTTP/2 via ALPN where the upstream offers it, or by prior knowledge where
-//! the operator says the origin speaks it), one per egress policy, port and
-//! HTTP version; redirects followed hop by hop, each checked, with the tool's
-//! credentials kept to its own origin; and a body reader that stops at the
-//! tool's size cap instead of buffering whatever arrives.
+//! A tool's sender: the shared HTTP clients ([`crate::upstream::http`]) for
+//! its origin's port and the ports its redirects may reach; redirects
+//! followed hop by hop, each checked, with the tool's credentials kept to its
+//! own origin; and a body reader that stops at the tool's size cap instead of
+//! buffering whatever arrives.
 //!
 //! Dropping the future returned by [`Upstream::send`] drops the request: the
 //! upstream sees the disconnect (HTTP/1.1: the connection is closed; HTTP/2:
@@ -14,19 +13,21 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http::header::{
     AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, COOKIE, LOCATION, PROXY_AUTHORIZATION,
 };
 use http::{HeaderMap, Method, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Body, Incoming};
 use url::Url;
 
 use crate::config::spec::HttpVersion;
 use crate::config::template::{Credentials, RenderedRequest};
 use crate::error::CallError;
-use crate::upstream::egress::{self, EgressDenied, EgressPolicy, GuardedResolver, RedirectRules};
+use crate::upstream::egress::{self, EgressDenied, EgressPolicy, RedirectRules};
+use crate::upstream::http::{default_headers, HttpClient};
 
 /// The upstream's answer, body fully read (and under the cap).
 #[derive(Debug)]
@@ -54,14 +55,14 @@ struct Route {
     /// A client per port of the declared origins (the tool's, and those in
     /// `redirects.allow_origins`); each one's resolver judges addresses for
     /// that port.
-    by_port: HashMap<u16, reqwest::Client>,
+    by_port: HashMap<u16, HttpClient>,
     /// For hops to any other port (`allow_origins: ["*"]`): admits only
     /// addresses that are public or allowed on every port.
-    any_port: reqwest::Client,
+    any_port: HttpClient,
     /// For the tool's own origin: the one of `by_port` unless the origin's
     /// `http` version is set, which applies to it alone (a redirect to
     /// another origin on the same port gets the default negotiation).
-    own: reqwest::Client,
+    own: HttpClient,
     /// The HTTP version `own` speaks.
     version: HttpVersion,
     /// Whether the origin has answered through `own` at least once (shared
@@ -72,94 +73,11 @@ struct Route {
     credentials: Credentials,
 }
 
-/// Options for the shared client and the per-origin state.
-#[derive(Debug, Clone)]
-pub struct UpstreamOptions {
-    /// The longest an upstream's quota signal (`Retry-After`,
-    /// `x-ratelimit-reset`, ...) may hold requests to its origin; longer
-    /// announcements are clamped to it (and logged), so one response cannot
-    /// stop an origin, fleet-wide, for longer.
-    pub max_hold: Duration,
-    /// Bound on establishing a TCP (and TLS) connection, separate from the
-    /// call deadline so a black-holed host fails fast.
-    pub connect_timeout: Duration,
-    /// Idle keep-alive connections kept per host.
-    pub pool_max_idle_per_host: usize,
-}
-
-/// Idle keep-alive connections kept per host unless configured otherwise:
-/// above an origin's default `max_concurrency` (1024), so a busy origin's
-/// connections are reused rather than closed and opened again.
-pub const DEFAULT_MAX_IDLE_PER_HOST: usize = 4096;
-
-impl Default for UpstreamOptions {
-    fn default() -> Self {
-        Self {
-            max_hold: Duration::from_secs(600),
-            connect_timeout: Duration::from_secs(5),
-            pool_max_idle_per_host: DEFAULT_MAX_IDLE_PER_HOST,
-        }
-    }
-}
-
-/// An HTTP client whose connections go only where `policy` permits on
-/// `port` (`None`: on every port), speaking `version`. It never follows redirects itself:
-/// [`Upstream::send`] does, hop by hop, because reqwest's redirect policy can
-/// stop a hop but cannot drop the headers it carries, and its `Referer`
-/// would copy the query (with any secret in it) to the next origin.
-pub fn http_client(
-    options: &UpstreamOptions,
-    policy: &EgressPolicy,
-    port: Option<u16>,
-    version: HttpVersion,
-) -> Result<reqwest::Client, reqwest::Error> {
-    // TLS uses ring (quick to build, no C toolchain needed beyond cc);
-    // installing it twice is harmless.
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let builder = match version {
-        HttpVersion::Auto => reqwest::Client::builder(),
-        HttpVersion::Http1 => reqwest::Client::builder().http1_only(),
-        HttpVersion::Http2 => reqwest::Client::builder().http2_prior_knowledge(),
-    };
-    builder
-        .user_agent(concat!("tandem-sidecar/", env!("CARGO_PKG_VERSION")))
-        .connect_timeout(options.connect_timeout)
-        .pool_max_idle_per_host(options.pool_max_idle_per_host)
-        .pool_idle_timeout(Duration::from_secs(90))
-        .tcp_nodelay(true)
-        .tcp_keepalive(Duration::from_secs(30))
-        .http2_adaptive_window(true)
-        // Every call to an HTTP/2 origin rides one connection: a dead one
-        // (a peer gone without a FIN) must be found by a ping, not by every
-        // call waiting out its deadline until TCP keep-alive notices.
-        .http2_keep_alive_interval(HTTP2_PING_INTERVAL)
-        .http2_keep_alive_timeout(HTTP2_PING_TIMEOUT)
-        // Egress goes where the operator configured it, never through a
-        // proxy picked up from the environment.
-        .no_proxy()
-        .dns_resolver(Arc::new(GuardedResolver::new(policy.clone(), port)))
-        .redirect(reqwest::redirect::Policy::none())
-        // Retries are the tool's (`retry:`), and resending what the origin
-        // refused unprocessed is `respond`'s: reqwest's layer would clone
-        // every request up front in case it retries it. `never()` alone
-        // still clones (reqwest 0.13 checks the scope only from the second
-        // try on); a budget of 0 retries per request is what stops it.
-        .retry(reqwest::retry::never().max_retries_per_request(0))
-        .referer(false)
-        .build()
-}
-
-/// How often an idle-looking HTTP/2 connection to an upstream is pinged
-/// while requests are on it, and how long the answer may take before the
-/// connection (and every request on it) fails.
-const HTTP2_PING_INTERVAL: Duration = Duration::from_secs(30);
-const HTTP2_PING_TIMEOUT: Duration = Duration::from_secs(10);
-
 impl Upstream {
     /// The sender for a tool whose URL is at `origin`, spoken to in
     /// `version`; `answered` is the origin's (see [`Route`]). `clients` gives
     /// the HTTP client for a port (`None`: any port) and version, see
-    /// [`http_client`].
+    /// [`crate::upstream::http::http_client`].
     pub fn new(
         origin: &Url,
         version: HttpVersion,
@@ -167,8 +85,8 @@ impl Upstream {
         policy: EgressPolicy,
         redirects: RedirectRules,
         credentials: Credentials,
-        mut clients: impl FnMut(Option<u16>, HttpVersion) -> Result<reqwest::Client, reqwest::Error>,
-    ) -> Result<Self, reqwest::Error> {
+        mut clients: impl FnMut(Option<u16>, HttpVersion) -> Result<HttpClient, rustls::Error>,
+    ) -> Result<Self, rustls::Error> {
         let own_port = origin.port_or_known_default();
         let mut by_port = HashMap::new();
         for port in own_port.into_iter().chain(redirects.ports()) {
@@ -216,7 +134,10 @@ impl Upstream {
     /// Sends `request` and follows the redirects the tool allows, up to the
     /// final response's head. Its own copies of the request (for the next
     /// hop) end with it, before the body is waited for.
-    async fn respond(&self, request: &RenderedRequest) -> Result<reqwest::Response, CallError> {
+    async fn respond(
+        &self,
+        request: &RenderedRequest,
+    ) -> Result<http::Response<Incoming>, CallError> {
         let route = &self.route;
         // The first hop sends the rendered request as it is (its origin is
         // the tool's, fixed by the template); a redirect makes owned copies
@@ -246,13 +167,17 @@ impl Upstream {
                     .and_then(|p| route.by_port.get(&p))
                     .unwrap_or(&route.any_port)
             };
-            let mut builder = client
-                .request(method.clone(), url.clone())
-                .headers(headers.clone());
-            if let Some(body) = body {
-                builder = builder.body(body.clone());
-            }
-            let response = match builder.send().await {
+            let uri = http::Uri::try_from(url.as_str()).map_err(|e| {
+                CallError::UpstreamUnreachable(format!(
+                    "request failed: the URL is not a valid URI: {e}"
+                ))
+            })?;
+            let mut outgoing = http::Request::new(Full::new(body.cloned().unwrap_or_default()));
+            *outgoing.method_mut() = method.clone();
+            *outgoing.uri_mut() = uri;
+            *outgoing.headers_mut() = headers.clone();
+            default_headers(outgoing.headers_mut());
+            let response = match client.request(outgoing).await {
                 Ok(response) => Ok(response),
                 Err(e) if nacks < MAX_NACK_RESENDS && unprocessed(&e) => {
                     nacks += 1;
@@ -269,9 +194,9 @@ impl Upstream {
                     && route.version == HttpVersion::Http2
                     && !route.answered.load(Ordering::Relaxed)
                 {
-                    describe_http2(e)
+                    describe_http2(&e)
                 } else {
-                    describe(e)
+                    describe(Failed::Request, &e)
                 }
             })?;
             // Read first: a store on every response would bounce the flag's
@@ -322,16 +247,16 @@ impl Upstream {
 }
 
 /// How many times one hop is sent again after the origin refused it
-/// unprocessed ([`unprocessed`]): reqwest's own default, which the clients
-/// turn off (its retry layer keeps a copy of every request in flight, 0.9 KiB
-/// each, in case it is needed).
+/// unprocessed ([`unprocessed`]): what reqwest's retry layer allowed before
+/// the sidecar dropped it (that layer kept a copy of every request in
+/// flight, 0.9 KiB each, in case it was needed).
 const MAX_NACK_RESENDS: u8 = 2;
 
 /// Whether the origin said it did not process the request, so sending it
 /// again is safe whatever its method (RFC 9113 §8.7): the stream was refused
 /// (REFUSED_STREAM), or the connection was shut down gracefully before the
 /// stream was taken (GOAWAY with NO_ERROR). The same test reqwest applies.
-fn unprocessed(e: &reqwest::Error) -> bool {
+fn unprocessed(e: &SendError) -> bool {
     h2_error(e).is_some_and(|h2| {
         h2.is_remote()
             && ((h2.is_reset() && h2.reason() == Some(h2::Reason::REFUSED_STREAM))
@@ -357,15 +282,16 @@ struct Hop {
 /// trickles in.
 #[allow(clippy::manual_async_fn)] // the async fn form is what costs the copy
 fn read_body(
-    mut response: reqwest::Response,
+    response: http::Response<Incoming>,
     max_body: usize,
 ) -> impl Future<Output = Result<UpstreamResponse, CallError>> + Send {
     async move {
-        let status = response.status().as_u16();
-        // Taken, not cloned: a call waiting on a slow body would hold two
-        // copies.
-        let headers = std::mem::take(response.headers_mut());
-        let success = response.status().is_success();
+        // Taken apart, not cloned: a call waiting on a slow body would hold
+        // two copies of the headers.
+        let (head, mut body) = response.into_parts();
+        let status = head.status.as_u16();
+        let headers = head.headers;
+        let success = head.status.is_success();
         // An error status without its body: what the status says is all
         // that is used of it.
         let bodiless = |why: &str| {
@@ -380,7 +306,7 @@ fn read_body(
             limit: max_body,
             status,
         };
-        if response.content_length().unwrap_or(0) > max_body as u64 {
+        if body.size_hint().exact().unwrap_or(0) > max_body as u64 {
             return if success {
                 Err(too_large())
             } else {
@@ -399,12 +325,14 @@ fn read_body(
         // (peak RSS 401 vs 389 MiB, no gain), so the chunks stay.
         let mut chunks: Vec<Bytes> = Vec::new();
         let mut received = 0usize;
-        loop {
-            let next = response.chunk().await;
-            let chunk = match next {
-                Ok(Some(chunk)) => chunk,
-                Ok(None) => break,
-                Err(e) if success => return Err(describe(e)),
+        while let Some(frame) = body.frame().await {
+            let chunk = match frame {
+                // Trailers carry nothing the call uses.
+                Ok(frame) => match frame.into_data() {
+                    Ok(chunk) => chunk,
+                    Err(_) => continue,
+                },
+                Err(e) if success => return Err(describe(Failed::Body, &e)),
                 Err(_) => return bodiless("body interrupted"),
             };
             received += chunk.len();
@@ -565,8 +493,8 @@ impl Credentials {
 /// Neither a failure to connect nor one the origin reported in HTTP/2 (a
 /// reset, a GOAWAY) gets the hint, nor does any failure once the origin has
 /// answered (the caller checks that).
-fn describe_http2(e: reqwest::Error) -> CallError {
-    let h2 = h2_error(&e);
+fn describe_http2(e: &SendError) -> CallError {
+    let h2 = h2_error(e);
     if h2.is_some_and(|h2| {
         h2.is_library()
             && matches!(
@@ -580,7 +508,7 @@ fn describe_http2(e: reqwest::Error) -> CallError {
     }
     // A connection refused or timed out says nothing about the protocol.
     let about_http2 = !e.is_connect() && !h2.is_some_and(h2::Error::is_remote);
-    match describe(e) {
+    match describe(Failed::Request, e) {
         CallError::UpstreamUnreachable(message) if about_http2 => CallError::UpstreamUnreachable(
             format!("{message}; the origin has not answered in HTTP/2 yet: {NOT_HTTP2}"),
         ),
@@ -591,8 +519,11 @@ fn describe_http2(e: reqwest::Error) -> CallError {
 const NOT_HTTP2: &str = "its `http` under `upstreams` is http2, which it must speak \
                          (set auto or http1 for an origin that speaks only HTTP/1.1)";
 
-/// The HTTP/2 error under `e`, if there is one.
-fn h2_error(e: &reqwest::Error) -> Option<&h2::Error> {
+/// The error sending a request (connecting included).
+type SendError = hyper_util::client::legacy::Error;
+
+/// The HTTP/2 error in `e`'s chain, if there is one.
+fn h2_error(e: &SendError) -> Option<&h2::Error> {
     let mut source = std::error::Error::source(e);
     while let Some(s) = source {
         if let Some(h2) = s.downcast_ref::<h2::Error>() {
@@ -603,24 +534,35 @@ fn h2_error(e: &reqwest::Error) -> Option<&h2::Error> {
     None
 }
 
-/// A transport error as the agent sees it: what failed, without the URL
-/// (query strings may carry values the agent should not echo around).
-fn describe(e: reqwest::Error) -> CallError {
-    if let Some(denied) = egress::denial_in(&e) {
+/// What was under way when a transport error came.
+#[derive(Debug, Clone, Copy)]
+enum Failed {
+    /// Sending the request, connecting included, up to the response's head.
+    Request,
+    /// Reading the response's body.
+    Body,
+}
+
+/// A transport error as the agent sees it: what failed, then the innermost
+/// cause, without the URL (query strings may carry values the agent should
+/// not echo around; neither hyper nor the connector puts the URL in its
+/// errors).
+fn describe(failed: Failed, e: &(dyn std::error::Error + 'static)) -> CallError {
+    if let Some(denied) = egress::denial_in(e) {
         return CallError::EgressDenied(denied.to_string());
     }
-    let e = e.without_url();
-    let kind = if e.is_connect() {
-        "connection failed"
-    } else if e.is_body() || e.is_decode() {
-        "response body interrupted"
-    } else if e.is_redirect() {
-        "redirect refused"
-    } else {
-        "request failed"
+    let kind = match failed {
+        Failed::Body => "response body interrupted",
+        Failed::Request
+            if e.downcast_ref::<SendError>()
+                .is_some_and(SendError::is_connect) =>
+        {
+            "connection failed"
+        }
+        Failed::Request => "request failed",
     };
-    let mut detail = String::new();
-    let mut source = std::error::Error::source(&e);
+    let mut detail = e.to_string();
+    let mut source = e.source();
     while let Some(s) = source {
         detail = s.to_string();
         source = s.source();

@@ -13,8 +13,8 @@
 //!
 //! The check runs inside the DNS resolver handed to the HTTP client, so the
 //! connection goes to exactly the addresses that were checked: there is no
-//! window for DNS rebinding. reqwest tells a resolver the host name but not the
-//! port, so each resolver is made for one port ([`GuardedResolver::new`]) and
+//! window for DNS rebinding. The connector tells a resolver the host name but
+//! not the port, so each resolver is made for one port ([`GuardedResolver::new`]) and
 //! [`crate::upstream::client`] sends every request through the client for its
 //! port. IP-literal hosts (which skip DNS) are checked when the config loads
 //! and, for redirects, before each hop.
@@ -24,7 +24,11 @@ use std::ops::RangeInclusive;
 use std::sync::{Arc, LazyLock};
 
 use ipnet::IpNet;
-use reqwest::dns::{Addrs, Name, Resolve, Resolving};
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use hyper_util::client::legacy::connect::dns::Name;
 
 use crate::config::spec::{AllowEntry, PortSpec, RedirectSpec};
 
@@ -514,8 +518,13 @@ impl GuardedResolver {
     }
 }
 
-impl Resolve for GuardedResolver {
-    fn resolve(&self, name: Name) -> Resolving {
+/// What the resolver hands the connector: the permitted addresses.
+type Resolved = Result<std::vec::IntoIter<SocketAddr>, Box<dyn std::error::Error + Send + Sync>>;
+
+impl GuardedResolver {
+    /// Looks `name` up and keeps the addresses the policy permits; none
+    /// permitted is an [`EgressDenied`].
+    pub fn resolve(&self, name: Name) -> Pin<Box<dyn Future<Output = Resolved> + Send>> {
         let guard = self.clone();
         Box::pin(async move {
             let host = name.as_str().to_owned();
@@ -541,8 +550,23 @@ impl Resolve for GuardedResolver {
                     addrs: format!("{addrs}{port}"),
                 }) as Box<_>);
             }
-            Ok(Box::new(allowed.into_iter()) as Addrs)
+            Ok(allowed.into_iter())
         })
+    }
+}
+
+/// The resolver as hyper-util's connector calls it.
+impl tower_service::Service<Name> for GuardedResolver {
+    type Response = std::vec::IntoIter<SocketAddr>;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+    type Future = Pin<Box<dyn Future<Output = Resolved> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, name: Name) -> Self::Future {
+        self.resolve(name)
     }
 }
 
@@ -880,8 +904,7 @@ mod tests {
         let err = strict
             .resolve("localhost".parse().unwrap())
             .await
-            .err()
-            .expect("localhost must be refused");
+            .expect_err("localhost must be refused");
         let denied = denial_in(err.as_ref()).expect("an EgressDenied");
         assert_eq!(denied.host, "localhost");
 
@@ -902,8 +925,7 @@ mod tests {
             let err = resolver
                 .resolve("localhost".parse().unwrap())
                 .await
-                .err()
-                .expect("another port must be refused");
+                .expect_err("another port must be refused");
             assert!(denial_in(err.as_ref()).is_some());
         }
     }

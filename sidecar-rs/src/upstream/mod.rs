@@ -2,7 +2,8 @@
 //!
 //! | module | responsibility |
 //! |---|---|
-//! | [`client`] | the HTTP clients (reqwest, one per egress policy and port), redirects followed hop by hop with credentials kept to their origin, the size-capped body reader |
+//! | [`client`] | a tool's sender: the client per port, redirects followed hop by hop with credentials kept to their origin, the size-capped body reader |
+//! | [`http`] | the HTTP clients (hyper-util's pool, one per egress policy, port and version) on the guarded, TLS-capable connector |
 //! | [`origins`] | per-origin state (breaker, budget, slots, throttle) and the clients, kept across reloads |
 //! | [`egress`] | which addresses and ports a tool may reach (IANA special-purpose registries, embedded IPv4), the guarded DNS resolver, where redirects may go |
 //! | [`cache`] | per-tool response cache (moka) and single-flight |
@@ -10,4 +11,5 @@
 pub mod cache;
 pub mod client;
 pub mod egress;
+pub mod http;
 pub mod origins;

@@ -21,8 +21,9 @@ use crate::metrics::Metrics;
 use crate::policy::breaker::CircuitBreaker;
 use crate::policy::fleet::Fleet;
 use crate::policy::retry;
-use crate::upstream::client::{http_client, Upstream, UpstreamOptions};
+use crate::upstream::client::Upstream;
 use crate::upstream::egress::{EgressPolicy, RedirectRules};
+use crate::upstream::http::{http_client, HttpClient, UpstreamOptions};
 
 /// Policies and live state for one origin (`scheme://host:port`).
 #[derive(Debug)]
@@ -85,7 +86,7 @@ pub struct Upstreams {
     /// HTTP clients by egress policy, port (`None`: any port) and HTTP
     /// version, shared by every tool with that policy so connection pools
     /// stay warm.
-    clients: Mutex<HashMap<ClientKey, reqwest::Client>>,
+    clients: Mutex<HashMap<ClientKey, HttpClient>>,
     /// Per origin: whether it has answered (error messages use it). One flag
     /// per origin ever configured.
     answered: Mutex<HashMap<String, Arc<AtomicBool>>>,
@@ -183,7 +184,7 @@ impl Upstreams {
         policy: &EgressPolicy,
         redirects: &RedirectRules,
         credentials: Credentials,
-    ) -> Result<Upstream, reqwest::Error> {
+    ) -> Result<Upstream, rustls::Error> {
         let answered = self
             .answered
             .lock()

@@ -172,7 +172,9 @@ class AgentProcess:
 
 
 @contextlib.contextmanager
-def sidecar_for(nginx: Nginx, binary: Path) -> Iterator[SidecarProcess]:
+def sidecar_for(
+    nginx: Nginx, binary: Path, *, start_timeout: float = 30.0
+) -> Iterator[SidecarProcess]:
     """A fresh sidecar with the benchmark's tools, on a unix socket (and token TCP)."""
     # Binary and log level go to this process only: the smoke test runs inside the
     # cross-language suite, whose other tests must keep their own SIDECAR_BIN.
@@ -184,7 +186,7 @@ def sidecar_for(nginx: Nginx, binary: Path) -> Iterator[SidecarProcess]:
             env=log,
             binary=binary,
         )
-        sidecar.start(timeout=30)
+        sidecar.start(timeout=start_timeout)
         try:
             yield sidecar
         finally:

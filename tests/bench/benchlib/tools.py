@@ -70,12 +70,17 @@ SLOW_SEARCH_H2 = ToolSpec(
     http2=True,
 )
 PING = ToolSpec("ping", "/" + TINY_FILE, TINY_INPUT_SCHEMA, TINY_SCHEMA, {"n": "n"})
+#: ``ping`` from nginx's HTTP/2 listener: the tiny call when the origin speaks HTTP/2
+#: (requests share one connection, so the kernel's cost per call is shared too).
+PING_H2 = ToolSpec(
+    "ping_h2", "/" + TINY_FILE, TINY_INPUT_SCHEMA, TINY_SCHEMA, {"n": "n"}, http2=True
+)
 #: The second ~100 KB document (unicode, escapes, a ``$ref`` schema): issue 11.
 CATALOG = ToolSpec(
     "catalog", "/" + CATALOG_FILE, SEARCH_INPUT_SCHEMA, CATALOG_SCHEMA, {"q": "query"}
 )
 
-TOOLS: tuple[ToolSpec, ...] = (SEARCH, SLOW_SEARCH, SLOW_SEARCH_H2, PING, CATALOG)
+TOOLS: tuple[ToolSpec, ...] = (SEARCH, SLOW_SEARCH, SLOW_SEARCH_H2, PING, PING_H2, CATALOG)
 
 #: The ~100 KB documents every per-call CPU measurement runs on, by tool.
 DOCUMENT_TOOLS = ("search", "catalog")
@@ -84,7 +89,7 @@ BY_NAME: dict[str, ToolSpec] = {t.name: t for t in TOOLS}
 
 def arguments_for(tool: str, i: int) -> dict[str, Any]:
     """The arguments of call ``i`` (varied, so nothing can be cached by accident)."""
-    if tool == "ping":
+    if tool in ("ping", "ping_h2"):
         return {"n": i}
     return {"query": f"agent tool latency {i}", "limit": 10}
 

@@ -25,6 +25,7 @@ SWEEP = (16, 64, 1024)
 CASES: tuple[tuple[str, str, str, tuple[str, ...]], ...] = (
     ("agent loop only (null)", "null", "ping", ()),
     ("coalesced, tiny", "tandem", "ping", ()),
+    ("coalesced, tiny, HTTP/2 origin", "tandem", "ping_h2", ()),
     ("coalesced on gRPC, tiny", "tandem-grpc", "ping", ()),
     ("unary Invoke, tiny", "tandem-unary", "ping", ()),
     ("coalesced, 100 KB whole", "tandem", "search", ()),
