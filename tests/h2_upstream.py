@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import ssl
 from dataclasses import dataclass
 
 import h2.config
@@ -42,8 +43,11 @@ class Route:
 class H2Upstream(LoopServer):
     """An h2c server whose routes a test defines (path without the query → answer)."""
 
-    def __init__(self, *, max_concurrent_streams: int = 1000) -> None:
-        super().__init__()
+    def __init__(
+        self, *, max_concurrent_streams: int = 1000, tls: ssl.SSLContext | None = None
+    ) -> None:
+        """``tls``: speak TLS (its context should offer ALPN ``h2``) instead of h2c."""
+        super().__init__(tls=tls)
         self.max_concurrent_streams = max_concurrent_streams
         self.connections = 0
         self.requests: collections.Counter[str] = collections.Counter()

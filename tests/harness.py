@@ -16,6 +16,7 @@ import collections
 import json
 import os
 import signal
+import ssl
 import subprocess
 import threading
 import time
@@ -46,10 +47,11 @@ def sidecar_binary() -> Path:
 
 
 class Upstream(LoopServer):
-    """A loopback HTTP server whose routes a test defines."""
+    """A loopback HTTP server whose routes a test defines (HTTP/1.1; over TLS with
+    ``tls``, a server-side ``ssl.SSLContext``)."""
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, *, tls: ssl.SSLContext | None = None) -> None:
+        super().__init__(tls=tls)
         self.requests: collections.Counter[str] = collections.Counter()
         self.disconnects: collections.Counter[str] = collections.Counter()
         self.headers: list[dict[str, str]] = []
@@ -79,7 +81,7 @@ class Upstream(LoopServer):
         app.router.add_route("*", "/{tail:.*}", self._dispatch)
         self._runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        site = web.TCPSite(self._runner, "127.0.0.1", 0, ssl_context=self.tls)
         await site.start()
         server = site._server
         assert server is not None

@@ -5,25 +5,28 @@ The tests' loopback upstreams (:class:`harness.Upstream` on aiohttp,
 much: a test's client load never stalls them, they start on a free port, and stopping
 them cancels whatever they are still serving. A subclass answers each connection in
 :meth:`LoopServer._handle`, or starts a server of its own in :meth:`LoopServer._start`.
+With ``tls`` (a server-side ``ssl.SSLContext``) it speaks TLS and its URL is https.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ssl
 import threading
 from typing import Self
 
 
 class LoopServer:
-    def __init__(self) -> None:
+    def __init__(self, *, tls: ssl.SSLContext | None = None) -> None:
         self.port = 0
+        self.tls = tls
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._server: asyncio.Server | None = None
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
 
     def start(self) -> Self:
         self._thread.start()
@@ -31,7 +34,7 @@ class LoopServer:
         return self
 
     async def _start(self) -> None:
-        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0, ssl=self.tls)
         self.port = self._server.sockets[0].getsockname()[1]
 
     def stop(self) -> None:
