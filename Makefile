@@ -84,7 +84,7 @@ $(DEV_STAMP): $(STAMP) brain-py/constraints-dev.txt
 	@echo "==> installing the pinned test and lint tools"
 	$(PY) -m pip install --progress-bar off -c brain-py/constraints-dev.txt -e 'brain-py[dev]' \
 		| $(PIP_PROGRESS)
-	$(PY) -c 'import pytest, pytest_asyncio, hypothesis, grpc_tools, grpc_health, mypy, xllamacpp' \
+	$(PY) -c 'import pytest, pytest_asyncio, hypothesis, grpc_tools, grpc_health, mypy, xllamacpp, trustme' \
 		|| { echo "the test tools did not install; see the pip output above"; exit 1; }
 	touch $@
 
