@@ -30,7 +30,7 @@ from benchlib.documents import (
     stale_fixtures,
 )
 from benchlib.nginx import Nginx
-from benchlib.runner import REPO
+from benchlib.runner import REPO, built_sidecar
 from benchlib.scenarios import Context, ScenarioResult, Target
 from benchlib.scenarios.capacity import TOLERANCE, Search, compare, summarize
 from benchlib.validate import check_results
@@ -39,14 +39,6 @@ pytestmark = pytest.mark.skipif(
     shutil.which("nginx") is None and not Path("/usr/sbin/nginx").exists(),
     reason="nginx not installed",
 )
-
-
-def _sidecar_bin() -> Path | None:
-    for profile in ("release", "debug"):
-        path = REPO / f"sidecar-rs/target/{profile}/sidecar"
-        if path.exists():
-            return path
-    return None
 
 
 @pytest.fixture(scope="module")
@@ -133,12 +125,12 @@ def test_a_tiny_run_produces_well_formed_outputs(nginx: Nginx, tmp_path: Path) -
     ctx = Context(
         quick=True,
         nginx=nginx,
-        sidecar_bin=_sidecar_bin() or Path("/nonexistent"),
+        sidecar_bin=built_sidecar() or Path("/nonexistent"),
         results_dir=tmp_path,
         repo=REPO,
         log=lambda _: None,
     )
-    dispatchers = ["python-naive", "python-tuned"] + (["tandem"] if _sidecar_bin() else [])
+    dispatchers = ["python-naive", "python-tuned"] + (["tandem"] if built_sidecar() else [])
     rows = []
     for dispatcher, tool in [(d, "search") for d in dispatchers] + [(dispatchers[-1], "catalog")]:
         m = ctx.run(

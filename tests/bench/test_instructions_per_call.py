@@ -17,21 +17,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import instructions_per_call as ipc
 from benchlib.nginx import Nginx
-from benchlib.runner import REPO
+from benchlib.runner import built_sidecar
 
 pytestmark = pytest.mark.skipif(
     shutil.which("valgrind") is None
     or (shutil.which("nginx") is None and not Path("/usr/sbin/nginx").exists()),
     reason="needs valgrind and nginx (make bench-tools installs them)",
 )
-
-
-def _sidecar_bin() -> Path:
-    for profile in ("release", "debug"):
-        path = REPO / f"sidecar-rs/target/{profile}/sidecar"
-        if path.exists():
-            return path
-    pytest.skip("the sidecar is not built")
 
 
 def test_totals_are_read_from_a_dump(tmp_path: Path) -> None:
@@ -44,8 +36,11 @@ def test_totals_are_read_from_a_dump(tmp_path: Path) -> None:
 
 
 def test_a_tiny_call_costs_thousands_of_instructions(tmp_path: Path) -> None:
+    sidecar = built_sidecar()
+    if sidecar is None:
+        pytest.skip("the sidecar is not built")
     with Nginx(workers=1) as nginx:
-        per_call = ipc.instructions_per_call(nginx, "smoke", _sidecar_bin(), "ping", 300, tmp_path)
+        per_call = ipc.instructions_per_call(nginx, "smoke", sidecar, "ping", 300, tmp_path)
     # About 56,000 in the release build, several times that in the debug build.
     assert 5_000 < per_call < 5_000_000, per_call
     assert list(tmp_path.glob("callgrind.out.smoke.ping.*"))

@@ -171,6 +171,15 @@ class AgentProcess:
             self.proc.stdout.close()
 
 
+def built_sidecar() -> Path | None:
+    """This tree's sidecar binary, release build first, if one is built."""
+    for profile in ("release", "debug"):
+        path = REPO / f"sidecar-rs/target/{profile}/sidecar"
+        if path.exists():
+            return path
+    return None
+
+
 @contextlib.contextmanager
 def sidecar_for(
     nginx: Nginx, binary: Path, *, start_timeout: float = 30.0
