@@ -67,6 +67,7 @@ CASES = [
     Case("huge-200", Status.INVALID_RESPONSE, 200, "1048576", 1),
     Case("bad-status-line", Status.UPSTREAM_ERROR, 0, "", ATTEMPTS),
     Case("bad-header", Status.UPSTREAM_ERROR, 0, "", ATTEMPTS),
+    Case("endless-head", Status.UPSTREAM_ERROR, 0, "too large", ATTEMPTS),
     Case("nan-retry-after", Status.UPSTREAM_ERROR, 429, "429", ATTEMPTS),
 ]
 

@@ -63,6 +63,7 @@ class HostileUpstream(LoopServer):
             "huge-200": self.huge_200,
             "bad-status-line": self.bad_status_line,
             "bad-header": self.bad_header,
+            "endless-head": self.endless_head,
             "absurd-quota": self.absurd_quota,
             "nan-retry-after": self.nan_retry_after,
             "ok": self.ok,
@@ -196,6 +197,15 @@ class HostileUpstream(LoopServer):
     async def bad_header(self, writer: asyncio.StreamWriter) -> None:
         data = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nNo colon here\r\n\r\n{}"
         await self._send("bad-header", writer, data)
+        writer.close()
+
+    async def endless_head(self, writer: asyncio.StreamWriter) -> None:
+        """A status line, then header lines without end (up to 4 MiB, ten times what a
+        client should hold of a response's head); the client must give up, not buffer."""
+        await self._send("endless-head", writer, b"HTTP/1.1 200 OK\r\n")
+        lines = (b"X-Pad: " + b"a" * 1017 + b"\r\n") * 64
+        for _ in range(64):
+            await self._send("endless-head", writer, lines)
         writer.close()
 
     async def absurd_quota(self, writer: asyncio.StreamWriter) -> None:
