@@ -23,12 +23,12 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::ops::RangeInclusive;
 use std::sync::{Arc, LazyLock};
 
-use ipnet::IpNet;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use hyper_util::client::legacy::connect::dns::Name;
+use ipnet::IpNet;
 
 use crate::config::spec::{AllowEntry, PortSpec, RedirectSpec};
 
@@ -516,15 +516,10 @@ impl GuardedResolver {
             None => self.policy.permits_every_port(ip),
         }
     }
-}
 
-/// What the resolver hands the connector: the permitted addresses.
-type Resolved = Result<std::vec::IntoIter<SocketAddr>, Box<dyn std::error::Error + Send + Sync>>;
-
-impl GuardedResolver {
     /// Looks `name` up and keeps the addresses the policy permits; none
     /// permitted is an [`EgressDenied`].
-    pub fn resolve(&self, name: Name) -> Pin<Box<dyn Future<Output = Resolved> + Send>> {
+    pub fn resolve(&self, name: Name) -> Resolving {
         let guard = self.clone();
         Box::pin(async move {
             let host = name.as_str().to_owned();
@@ -555,11 +550,15 @@ impl GuardedResolver {
     }
 }
 
+/// What the resolver hands the connector: the permitted addresses.
+type Resolved = Result<std::vec::IntoIter<SocketAddr>, Box<dyn std::error::Error + Send + Sync>>;
+pub type Resolving = Pin<Box<dyn Future<Output = Resolved> + Send>>;
+
 /// The resolver as hyper-util's connector calls it.
 impl tower_service::Service<Name> for GuardedResolver {
     type Response = std::vec::IntoIter<SocketAddr>;
     type Error = Box<dyn std::error::Error + Send + Sync>;
-    type Future = Pin<Box<dyn Future<Output = Resolved> + Send>>;
+    type Future = Resolving;
 
     fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         Poll::Ready(Ok(()))

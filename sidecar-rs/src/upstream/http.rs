@@ -80,30 +80,40 @@ const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
 const USER_AGENT_VALUE: &str = concat!("tandem-sidecar/", env!("CARGO_PKG_VERSION"));
 
+/// The TLS settings every client starts from: rustls on ring (quick to
+/// build, no C toolchain beyond cc) with the platform's trust store, as
+/// reqwest's rustls default does. Building it reads and parses the system's
+/// CA bundle, so [`crate::upstream::origins::Upstreams`] builds it once and
+/// hands each client a copy (each sets its own ALPN on it).
+pub fn tls_config() -> Result<rustls::ClientConfig, rustls::Error> {
+    Ok(
+        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()?
+        .with_platform_verifier()?
+        .with_no_client_auth(),
+    )
+}
+
 /// An HTTP client whose connections go only where `policy` permits on
-/// `port` (`None`: on every port), speaking `version`. It follows no
-/// redirects (the caller does, hop by hop) and reads no proxy settings from
-/// the environment: egress goes where the operator configured it.
+/// `port` (`None`: on every port), speaking `version`, with `tls` (see
+/// [`tls_config`]). It follows no redirects (the caller does, hop by hop)
+/// and reads no proxy settings from the environment: egress goes where the
+/// operator configured it.
 pub fn http_client(
     options: &UpstreamOptions,
+    tls: rustls::ClientConfig,
     policy: &EgressPolicy,
     port: Option<u16>,
     version: HttpVersion,
-) -> Result<HttpClient, rustls::Error> {
+) -> HttpClient {
     let mut tcp = HttpConnector::new_with_resolver(GuardedResolver::new(policy.clone(), port));
     // The connector also takes https URIs; TLS is the wrapper's.
     tcp.enforce_http(false);
     tcp.set_nodelay(true);
     tcp.set_keepalive(Some(Duration::from_secs(30)));
     tcp.set_connect_timeout(Some(options.connect_timeout));
-    // TLS on ring (quick to build, no C toolchain beyond cc), with the
-    // platform's trust store, as reqwest's rustls default does.
-    let tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()?
-    .with_platform_verifier()?
-    .with_no_client_auth();
     let tls = HttpsConnectorBuilder::new()
         .with_tls_config(tls)
         .https_or_http();
@@ -127,10 +137,10 @@ pub fn http_client(
     if version == HttpVersion::Http2 {
         builder.http2_only(true);
     }
-    Ok(builder.build(Connector {
+    builder.build(Connector {
         inner: https,
         timeout: options.connect_timeout,
-    }))
+    })
 }
 
 /// Adds the headers every request carries unless the tool set its own.
@@ -218,7 +228,8 @@ mod tests {
             connect_timeout: Duration::from_millis(300),
             ..UpstreamOptions::default()
         };
-        let client = http_client(&options, &policy, Some(port), HttpVersion::Auto).unwrap();
+        let tls = tls_config().unwrap();
+        let client = http_client(&options, tls, &policy, Some(port), HttpVersion::Auto);
         let mut request = http::Request::new(Full::new(Bytes::new()));
         *request.uri_mut() = format!("https://127.0.0.1:{port}/").parse().unwrap();
         let started = std::time::Instant::now();

@@ -23,7 +23,7 @@ use crate::policy::fleet::Fleet;
 use crate::policy::retry;
 use crate::upstream::client::Upstream;
 use crate::upstream::egress::{EgressPolicy, RedirectRules};
-use crate::upstream::http::{http_client, HttpClient, UpstreamOptions};
+use crate::upstream::http::{http_client, tls_config, HttpClient, UpstreamOptions};
 
 /// Policies and live state for one origin (`scheme://host:port`).
 #[derive(Debug)]
@@ -87,6 +87,9 @@ pub struct Upstreams {
     /// version, shared by every tool with that policy so connection pools
     /// stay warm.
     clients: Mutex<HashMap<ClientKey, HttpClient>>,
+    /// The TLS settings every client copies, built with the first client
+    /// (it reads the system's CA bundle once, not once per client).
+    tls: Mutex<Option<rustls::ClientConfig>>,
     /// Per origin: whether it has answered (error messages use it). One flag
     /// per origin ever configured.
     answered: Mutex<HashMap<String, Arc<AtomicBool>>>,
@@ -101,6 +104,7 @@ impl Upstreams {
             states: Mutex::default(),
             pending_holds: Mutex::default(),
             clients: Mutex::default(),
+            tls: Mutex::default(),
             answered: Mutex::default(),
         }
     }
@@ -205,7 +209,12 @@ impl Upstreams {
                 if let Some(client) = clients.get(&key) {
                     return Ok(client.clone());
                 }
-                let client = http_client(&self.options, policy, port, version)?;
+                let mut tls = self.tls.lock().unwrap_or_else(|e| e.into_inner());
+                let base = match &*tls {
+                    Some(base) => base.clone(),
+                    None => tls.insert(tls_config()?).clone(),
+                };
+                let client = http_client(&self.options, base, policy, port, version);
                 clients.insert(key, client.clone());
                 Ok(client)
             },
