@@ -56,7 +56,9 @@ pub struct Tool {
 /// All tools of one config, by name.
 #[derive(Debug, Default)]
 pub struct Registry {
-    tools: HashMap<String, Arc<Tool>>,
+    /// foldhash rather than SipHash: looked up on every call, by names the
+    /// operator chose (an unknown name costs one lookup that misses).
+    tools: HashMap<String, Arc<Tool>, foldhash::fast::RandomState>,
     /// Every secret this config embeds.
     secrets: Vec<Secret>,
     /// Scrubs this config's secrets, and the previous config's (calls in
@@ -105,7 +107,7 @@ impl Registry {
                     .map_err(|(uri, message)| ConfigError::Schemas { uri, message })?,
             )
         };
-        let mut tools = HashMap::with_capacity(file.tools.len());
+        let mut tools = HashMap::with_capacity_and_hasher(file.tools.len(), Default::default());
         let mut secrets = Vec::new();
         for spec in file.tools {
             let origin = origin_key(&spec);

@@ -15,9 +15,29 @@
 
 use std::time::{Duration, SystemTime};
 
+use http::header::HeaderName;
 use http::HeaderMap;
 
 use crate::policy::retry::upstream_wait;
+
+/// The quota headers, each a remaining count and its reset, as constants:
+/// every response is looked up for all six, and a lookup by `&str` parses
+/// and validates the name first (about 480 instructions each under
+/// callgrind, a tenth of a tiny call's header work).
+const QUOTA_HEADERS: [(HeaderName, HeaderName); 3] = [
+    (
+        HeaderName::from_static("x-ratelimit-remaining"),
+        HeaderName::from_static("x-ratelimit-reset"),
+    ),
+    (
+        HeaderName::from_static("x-ratelimit-remaining-requests"),
+        HeaderName::from_static("x-ratelimit-reset-requests"),
+    ),
+    (
+        HeaderName::from_static("x-ratelimit-remaining-tokens"),
+        HeaderName::from_static("x-ratelimit-reset-tokens"),
+    ),
+];
 
 /// How long the upstream says no request should reach it, if it says so,
 /// at most `max`.
@@ -34,14 +54,7 @@ pub fn exhausted_for(
             longest(d);
         }
     }
-    for (remaining, reset) in [
-        ("x-ratelimit-remaining", "x-ratelimit-reset"),
-        (
-            "x-ratelimit-remaining-requests",
-            "x-ratelimit-reset-requests",
-        ),
-        ("x-ratelimit-remaining-tokens", "x-ratelimit-reset-tokens"),
-    ] {
+    for (remaining, reset) in &QUOTA_HEADERS {
         let Some(left) = number(headers, remaining) else {
             continue;
         };
@@ -51,7 +64,7 @@ pub fn exhausted_for(
         if let Some(d) = headers
             .get(reset)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| reset_after(reset, v.trim(), now, max))
+            .and_then(|v| reset_after(reset.as_str(), v.trim(), now, max))
         {
             longest(d);
         }
@@ -59,7 +72,7 @@ pub fn exhausted_for(
     wait.filter(|d| !d.is_zero())
 }
 
-fn number(headers: &HeaderMap, name: &str) -> Option<f64> {
+fn number(headers: &HeaderMap, name: &HeaderName) -> Option<f64> {
     headers.get(name)?.to_str().ok()?.trim().parse().ok()
 }
 

@@ -3,6 +3,7 @@
 
 use std::time::{Duration, SystemTime};
 
+use http::header::{HeaderName, RETRY_AFTER};
 use http::HeaderMap;
 use tower::retry::budget::TpsBudget;
 
@@ -61,17 +62,20 @@ impl RetryPolicy {
     }
 }
 
+/// Looked up as a constant: by `&str` the name is parsed on every lookup.
+const X_RATELIMIT_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
+
 /// How long the upstream asked us to wait: `Retry-After` (seconds or an HTTP
 /// date) or `x-ratelimit-reset` (seconds, or a Unix timestamp), at most
 /// `max` (see [`quota::bounded`]).
 pub fn upstream_wait(headers: &HeaderMap, now: SystemTime, max: Duration) -> Option<Duration> {
-    let text = |name: &str| {
+    let text = |name: &HeaderName| {
         headers
             .get(name)
             .and_then(|v| v.to_str().ok())
             .map(str::trim)
     };
-    if let Some(value) = text("retry-after") {
+    if let Some(value) = text(&RETRY_AFTER) {
         if let Ok(secs) = value.parse::<f64>() {
             return quota::bounded("retry-after", value, secs, max);
         }
@@ -83,7 +87,7 @@ pub fn upstream_wait(headers: &HeaderMap, now: SystemTime, max: Duration) -> Opt
             return quota::bounded("retry-after", value, secs, max);
         }
     }
-    if let Some(value) = text("x-ratelimit-reset") {
+    if let Some(value) = text(&X_RATELIMIT_RESET) {
         if let Ok(n) = value.trim_end_matches('s').parse::<f64>() {
             // Large values are epoch seconds, small ones a delay.
             let secs = quota::delay_or_epoch(n, now);

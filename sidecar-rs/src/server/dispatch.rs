@@ -173,7 +173,7 @@ impl DispatchService {
                 bytes: metrics.undelivered_bytes.clone(),
             },
             token: self.gate.drain.child_token(),
-            inflight: HashMap::new(),
+            inflight: HashMap::default(),
             ready: VecDeque::new(),
             ready_bytes: 0,
         };
@@ -370,7 +370,10 @@ struct Session {
     backlog: Backlog,
     /// Parent of every call's token: cancelled when the stream ends.
     token: CancellationToken,
-    inflight: HashMap<String, CancellationToken>,
+    /// Hashed with foldhash, not SipHash: looked up twice per call (about
+    /// 500 instructions with SipHash), keyed by the stream's own client,
+    /// who is the only one a collision attack could slow.
+    inflight: HashMap<String, CancellationToken, foldhash::fast::RandomState>,
     /// Results waiting to be sent.
     ready: VecDeque<(ToolResult, Claim)>,
     /// Their bytes, as the frame budget counts them.
@@ -518,6 +521,10 @@ impl Session {
             tokio::spawn(async move {
                 let gauge = InflightGauge::new(&exec);
                 let done_call = {
+                    // Not boxed, though tokio copies a task's future whole as
+                    // it spawns it: a box saved 1,050 of a tiny call's 52,500
+                    // instructions but held 1.5 KB more per call in flight
+                    // (scenario 3, HTTP/2: 136 and 141 MiB against 151 and 154).
                     let result = exec.execute(&mut call, received, None, &token).await;
                     drop((gauge, call));
                     let claim = backlog.claim(&result, Some(slots));
