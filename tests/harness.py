@@ -26,7 +26,7 @@ from typing import Any
 
 from aiohttp import web
 
-from loop_server import LoopServer
+from loop_server import LoopServer, abort_open_connections
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -101,11 +101,15 @@ class Upstream(LoopServer):
             raise
 
     async def _stop(self) -> None:
+        # Connections first: aiohttp's cleanup waits (up to a minute) on a connection
+        # that has not sent its request yet, and one accepted just before the listener
+        # closed may register after the cleanup has looked.
+        if self._server is not None:
+            self._server.close()
+        await abort_open_connections()
         if self._runner is not None:
             await self._runner.cleanup()
         await super()._stop()
-        # Let connections reset by a killed client finish closing before the loop does.
-        await asyncio.sleep(0.2)
 
     def wait_for(self, predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
         """Poll ``predicate`` (reading counters updated on the server thread)."""
