@@ -26,7 +26,7 @@ from typing import Any
 
 from aiohttp import web
 
-from loop_server import LoopServer, abort_open_connections
+from loop_server import LoopServer
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -100,16 +100,9 @@ class Upstream(LoopServer):
             self.disconnects[key] += 1
             raise
 
-    async def _stop(self) -> None:
-        # Connections first: aiohttp's cleanup waits (up to a minute) on a connection
-        # that has not sent its request yet, and one accepted just before the listener
-        # closed may register after the cleanup has looked.
-        if self._server is not None:
-            self._server.close()
-        await abort_open_connections()
+    async def _shutdown(self) -> None:
         if self._runner is not None:
             await self._runner.cleanup()
-        await super()._stop()
 
     def wait_for(self, predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
         """Poll ``predicate`` (reading counters updated on the server thread)."""

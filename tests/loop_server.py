@@ -46,20 +46,27 @@ class LoopServer:
     async def _stop(self) -> None:
         if self._server is not None:
             self._server.close()
-        await abort_open_connections()
+        # Connections before the subclass's own shutdown: aiohttp's cleanup waits (up to
+        # a minute) on a connection that has not sent its request yet, and one accepted
+        # just before the listener closed may register after that cleanup has looked.
+        await _abort_open_connections()
+        await self._shutdown()
         others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
         for task in others:
             task.cancel()
         await asyncio.gather(*others, return_exceptions=True)
         if self._server is not None:
             await self._server.wait_closed()
-        await abort_open_connections()
+        await _abort_open_connections()
+
+    async def _shutdown(self) -> None:
+        """A subclass's own shutdown, run once its connections are aborted."""
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         raise NotImplementedError
 
 
-async def abort_open_connections() -> None:
+async def _abort_open_connections() -> None:
     """Abort every connection still open on the running loop, and let their sockets close.
 
     Stopping the server and cancelling its handlers is not enough: a connection accepted

@@ -18,7 +18,7 @@ use std::time::{Duration, SystemTime};
 use http::header::HeaderName;
 use http::HeaderMap;
 
-use crate::policy::retry::upstream_wait;
+use crate::policy::retry::{upstream_wait, X_RATELIMIT_RESET};
 
 /// The quota headers, each a remaining count and its reset, as constants:
 /// every response is searched for the three counts, and a lookup by `&str`
@@ -27,7 +27,7 @@ use crate::policy::retry::upstream_wait;
 const QUOTA_HEADERS: [(HeaderName, HeaderName); 3] = [
     (
         HeaderName::from_static("x-ratelimit-remaining"),
-        HeaderName::from_static("x-ratelimit-reset"),
+        X_RATELIMIT_RESET,
     ),
     (
         HeaderName::from_static("x-ratelimit-remaining-requests"),

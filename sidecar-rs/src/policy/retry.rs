@@ -63,7 +63,7 @@ impl RetryPolicy {
 }
 
 /// Looked up as a constant: by `&str` the name is parsed on every lookup.
-const X_RATELIMIT_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
+pub(crate) const X_RATELIMIT_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
 
 /// How long the upstream asked us to wait: `Retry-After` (seconds or an HTTP
 /// date) or `x-ratelimit-reset` (seconds, or a Unix timestamp), at most
