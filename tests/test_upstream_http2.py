@@ -51,10 +51,9 @@ async def until(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
 async def burst(client: SidecarClient, calls: int) -> list[ToolResult]:
     """One call, then ``calls`` at once; all must be OK.
 
-    The first call sets the connection up. Before the client has read the server's first
-    SETTINGS, HTTP/2 lets it open streams up to its own initial bound (hyper: 100), and
-    a burst on a cold pool can open a second connection while the first is being set up
-    (hyper-util's pool): neither is what these tests are about."""
+    The first call sets the connection up: before the client has read the server's first
+    SETTINGS, HTTP/2 lets it open streams up to its own initial bound (hyper: 100), which
+    is not what these tests are about (a cold burst has its own test)."""
     warm = await client.call("answer", {}, timeout=10)
     assert warm.status is Status.OK, warm
     results = await asyncio.gather(*(client.call("answer", {}, timeout=10) for _ in range(calls)))
@@ -83,6 +82,23 @@ async def test_calls_to_an_http2_origin_share_one_connection(
     assert server.requests["/answer"] == 51
     assert server.connections == 1, "every call is a stream on the one connection"
     assert server.max_open > 1, "the streams were open at the same time"
+
+
+async def test_a_burst_on_a_cold_origin_opens_one_connection(
+    h2_upstream: Callable[..., H2Upstream], start_sidecar: Start, client_for: MakeClient
+) -> None:
+    """Calls that arrive before any connection to the origin exists wait for the same
+    connect instead of each opening one."""
+    server = h2_upstream()
+    server.json("/answer", ANSWER, delay=0.3)
+    sidecar = start_sidecar(config(server.url))
+    client = client_for(sidecar.unix_target)
+
+    results = await asyncio.gather(*(client.call("answer", {}, timeout=10) for _ in range(50)))
+
+    assert all(r.status is Status.OK for r in results), [r for r in results if not r.ok][:3]
+    assert server.requests["/answer"] == 50
+    assert server.connections == 1
 
 
 async def test_the_origins_stream_limit_queues_calls_instead_of_failing_them(

@@ -149,3 +149,30 @@ async def test_http2_is_negotiated_by_alpn_and_carries_every_call(
         assert server.max_open > 1
     finally:
         server.stop()
+
+
+async def test_an_origin_set_to_http2_over_tls_gets_one_connection_for_a_cold_burst(
+    ca: trustme.CA, start_sidecar: Start, client_for: MakeClient, tmp_path: Path
+) -> None:
+    """``http: http2`` on an https origin: TLS offering only ``h2``, every call a stream on
+    one connection, even the calls that arrive together before any connection exists
+    (they wait for the same connect)."""
+    server = H2Upstream(tls=server_context(ca, "localhost", alpn=["h2"])).start()
+    try:
+        body = json.dumps(ANSWER).encode()
+        server.json("/answer", body, delay=0.2)
+        url = f"https://localhost:{server.port}"
+        sidecar = start_sidecar(
+            tools_file(tool("answer", f"{url}/answer"), upstreams={url: {"http": "http2"}}),
+            env=trusting(ca, tmp_path),
+        )
+        client = client_for(sidecar.unix_target)
+
+        results = await asyncio.gather(*(client.call("answer", {}, timeout=10) for _ in range(30)))
+
+        assert all(r.status is Status.OK for r in results), [r for r in results if not r.ok]
+        assert all(json.loads(r.result_bytes) == ANSWER for r in results)
+        assert server.requests["/answer"] == 30
+        assert server.connections == 1, "one connect, shared by the whole burst"
+    finally:
+        server.stop()

@@ -28,6 +28,17 @@ use crate::config::template::{Credentials, RenderedRequest};
 use crate::error::CallError;
 use crate::upstream::egress::{self, EgressDenied, EgressPolicy, RedirectRules};
 use crate::upstream::http::{default_headers, HttpClient};
+use crate::upstream::multiplex::{self, Multiplexed};
+
+/// How a tool reaches its own origin.
+#[derive(Debug)]
+#[allow(clippy::large_enum_variant)] // one per route, inside the route's Arc
+pub enum Own {
+    /// Through a pooled client (HTTP/1.1, or the version negotiated).
+    Pooled(HttpClient),
+    /// As a stream on the origin's one HTTP/2 connection (`http: http2`).
+    Multiplexed(Arc<Multiplexed>),
+}
 
 /// The upstream's answer, body fully read (and under the cap).
 #[derive(Debug)]
@@ -62,7 +73,7 @@ struct Route {
     /// For the tool's own origin: the one of `by_port` unless the origin's
     /// `http` version is set, which applies to it alone (a redirect to
     /// another origin on the same port gets the default negotiation).
-    own: HttpClient,
+    own: Own,
     /// The HTTP version `own` speaks.
     version: HttpVersion,
     /// Whether the origin has answered through `own` at least once (shared
@@ -84,7 +95,9 @@ impl Upstream {
     /// The sender for a tool whose URL is at `origin`, spoken to in
     /// `version`; `answered` is the origin's (see [`Route`]). `clients` gives
     /// the HTTP client for a port (`None`: any port) and version, see
-    /// [`crate::upstream::http::http_client`].
+    /// [`crate::upstream::http::http_client`]; `multiplexed`, the origin's
+    /// HTTP/2 connection where `version` is `http2`.
+    #[allow(clippy::too_many_arguments)] // each is a different part of the route
     pub fn new(
         origin: &Url,
         version: HttpVersion,
@@ -93,6 +106,7 @@ impl Upstream {
         redirects: RedirectRules,
         credentials: Credentials,
         mut clients: impl FnMut(Option<u16>, HttpVersion) -> Result<HttpClient, rustls::Error>,
+        multiplexed: impl FnOnce(Option<u16>) -> Result<Arc<Multiplexed>, rustls::Error>,
     ) -> Result<Self, rustls::Error> {
         let own_port = origin.port_or_known_default();
         let mut by_port = HashMap::new();
@@ -102,9 +116,10 @@ impl Upstream {
             }
         }
         let any_port = clients(None, HttpVersion::Auto)?;
-        let own = match own_port.and_then(|p| by_port.get(&p)) {
-            Some(client) if version == HttpVersion::Auto => client.clone(),
-            _ => clients(own_port, version)?,
+        let own = match (version, own_port.and_then(|p| by_port.get(&p))) {
+            (HttpVersion::Http2, _) => Own::Multiplexed(multiplexed(own_port)?),
+            (HttpVersion::Auto, Some(client)) => Own::Pooled(client.clone()),
+            _ => Own::Pooled(clients(own_port, version)?),
         };
         let host = (origin.scheme() == "http" && version != HttpVersion::Http2)
             .then(|| host_header(origin))
@@ -171,13 +186,6 @@ impl Upstream {
                 ),
                 Some(h) => (&h.method, &h.url, &h.headers, h.body.as_ref(), h.own),
             };
-            let client = if own {
-                &route.own
-            } else {
-                url.port_or_known_default()
-                    .and_then(|p| route.by_port.get(&p))
-                    .unwrap_or(&route.any_port)
-            };
             let uri = http::Uri::try_from(url.as_str()).map_err(|e| {
                 CallError::UpstreamUnreachable(format!(
                     "request failed: the URL is not a valid URI: {e}"
@@ -196,9 +204,25 @@ impl Upstream {
                     .entry(HOST)
                     .or_insert_with(|| host.clone());
             }
-            let response = match client.request(outgoing).await {
+            let sent: Result<_, SendError> = match (own, &route.own) {
+                // Boxed: its future (830 bytes: the request, kept while a
+                // connect is waited for) would otherwise widen every call's
+                // future, HTTP/1.1 ones too, whose pooled request is a box.
+                (true, Own::Multiplexed(connection)) => Box::pin(connection.request(outgoing))
+                    .await
+                    .map_err(Into::into),
+                (true, Own::Pooled(client)) => client.request(outgoing).await.map_err(Into::into),
+                (false, _) => {
+                    let client = url
+                        .port_or_known_default()
+                        .and_then(|p| route.by_port.get(&p))
+                        .unwrap_or(&route.any_port);
+                    client.request(outgoing).await.map_err(Into::into)
+                }
+            };
+            let response = match sent {
                 Ok(response) => Ok(response),
-                Err(e) if nacks < MAX_NACK_RESENDS && unprocessed(&e) => {
+                Err(e) if nacks < MAX_NACK_RESENDS && unprocessed(&*e) => {
                     nacks += 1;
                     tracing::debug!(
                         nacks,
@@ -213,9 +237,9 @@ impl Upstream {
                     && route.version == HttpVersion::Http2
                     && !route.answered.load(Ordering::Relaxed)
                 {
-                    describe_http2(&e)
+                    describe_http2(&*e)
                 } else {
-                    describe(Failed::Request, &e)
+                    describe(Failed::Request, &*e)
                 }
             })?;
             // Read first: a store on every response would bounce the flag's
@@ -287,7 +311,7 @@ const MAX_NACK_RESENDS: u8 = 2;
 /// again is safe whatever its method (RFC 9113 §8.7): the stream was refused
 /// (REFUSED_STREAM), or the connection was shut down gracefully before the
 /// stream was taken (GOAWAY with NO_ERROR). The same test reqwest applies.
-fn unprocessed(e: &SendError) -> bool {
+fn unprocessed(e: &(dyn std::error::Error + 'static)) -> bool {
     h2_error(e).is_some_and(|h2| {
         h2.is_remote()
             && ((h2.is_reset() && h2.reason() == Some(h2::Reason::REFUSED_STREAM))
@@ -524,7 +548,7 @@ impl Credentials {
 /// Neither a failure to connect nor one the origin reported in HTTP/2 (a
 /// reset, a GOAWAY) gets the hint, nor does any failure once the origin has
 /// answered (the caller checks that).
-fn describe_http2(e: &SendError) -> CallError {
+fn describe_http2(e: &(dyn std::error::Error + 'static)) -> CallError {
     let h2 = h2_error(e);
     if h2.is_some_and(|h2| {
         h2.is_library()
@@ -538,7 +562,7 @@ fn describe_http2(e: &SendError) -> CallError {
         ));
     }
     // A connection refused or timed out says nothing about the protocol.
-    let about_http2 = !e.is_connect() && !h2.is_some_and(h2::Error::is_remote);
+    let about_http2 = !is_connect(e) && !h2.is_some_and(h2::Error::is_remote);
     match describe(Failed::Request, e) {
         CallError::UpstreamUnreachable(message) if about_http2 => CallError::UpstreamUnreachable(
             format!("{message}; the origin has not answered in HTTP/2 yet: {NOT_HTTP2}"),
@@ -550,11 +574,20 @@ fn describe_http2(e: &SendError) -> CallError {
 const NOT_HTTP2: &str = "its `http` under `upstreams` is http2, which it must speak \
                          (set auto or http1 for an origin that speaks only HTTP/1.1)";
 
-/// The error sending a request (connecting included).
-type SendError = hyper_util::client::legacy::Error;
+/// The error sending a request (connecting included): hyper-util's pooled
+/// client's or [`multiplex::Error`]. Boxed: made only when a request fails.
+type SendError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Whether `e` is a failure to connect, from either kind of sender.
+fn is_connect(e: &(dyn std::error::Error + 'static)) -> bool {
+    e.downcast_ref::<hyper_util::client::legacy::Error>()
+        .is_some_and(hyper_util::client::legacy::Error::is_connect)
+        || e.downcast_ref::<multiplex::Error>()
+            .is_some_and(multiplex::Error::is_connect)
+}
 
 /// The HTTP/2 error in `e`'s chain, if there is one.
-fn h2_error(e: &SendError) -> Option<&h2::Error> {
+fn h2_error<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a h2::Error> {
     let mut source = std::error::Error::source(e);
     while let Some(s) = source {
         if let Some(h2) = s.downcast_ref::<h2::Error>() {
@@ -584,12 +617,7 @@ fn describe(failed: Failed, e: &(dyn std::error::Error + 'static)) -> CallError 
     }
     let kind = match failed {
         Failed::Body => "response body interrupted",
-        Failed::Request
-            if e.downcast_ref::<SendError>()
-                .is_some_and(SendError::is_connect) =>
-        {
-            "connection failed"
-        }
+        Failed::Request if is_connect(e) => "connection failed",
         Failed::Request => "request failed",
     };
     let mut detail = e.to_string();

@@ -33,6 +33,7 @@ use tokio::net::TcpStream;
 
 use crate::config::spec::HttpVersion;
 use crate::upstream::egress::{EgressPolicy, GuardedResolver};
+use crate::upstream::multiplex::Multiplexed;
 
 /// A pooled client; cheap to clone (the pool is shared).
 pub type HttpClient = Client<Connector, Full<Bytes>>;
@@ -72,11 +73,11 @@ impl Default for UpstreamOptions {
 /// How often an idle-looking HTTP/2 connection to an upstream is pinged
 /// while requests are on it, and how long the answer may take before the
 /// connection (and every request on it) fails.
-const HTTP2_PING_INTERVAL: Duration = Duration::from_secs(30);
-const HTTP2_PING_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const HTTP2_PING_INTERVAL: Duration = Duration::from_secs(30);
+pub(crate) const HTTP2_PING_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long an idle pooled connection is kept.
-const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+pub(crate) const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
 const USER_AGENT_VALUE: &str = concat!("tandem-sidecar/", env!("CARGO_PKG_VERSION"));
 
@@ -108,20 +109,6 @@ pub fn http_client(
     port: Option<u16>,
     version: HttpVersion,
 ) -> HttpClient {
-    let mut tcp = HttpConnector::new_with_resolver(GuardedResolver::new(policy.clone(), port));
-    // The connector also takes https URIs; TLS is the wrapper's.
-    tcp.enforce_http(false);
-    tcp.set_nodelay(true);
-    tcp.set_keepalive(Some(Duration::from_secs(30)));
-    tcp.set_connect_timeout(Some(options.connect_timeout));
-    let tls = HttpsConnectorBuilder::new()
-        .with_tls_config(tls)
-        .https_or_http();
-    let https = match version {
-        HttpVersion::Auto => tls.enable_http1().enable_http2().wrap_connector(tcp),
-        HttpVersion::Http1 => tls.enable_http1().wrap_connector(tcp),
-        HttpVersion::Http2 => tls.enable_http2().wrap_connector(tcp),
-    };
     let mut builder = Client::builder(TokioExecutor::new());
     builder
         .timer(TokioTimer::new())
@@ -137,10 +124,52 @@ pub fn http_client(
     if version == HttpVersion::Http2 {
         builder.http2_only(true);
     }
-    builder.build(Connector {
+    builder.build(connector(options, tls, policy, port, version))
+}
+
+/// The connection to an origin set to `http: http2` (`origin`:
+/// `scheme://host:port`), on the same connector and HTTP/2 settings as
+/// [`http_client`]'s; see [`crate::upstream::multiplex`].
+pub fn multiplexed(
+    options: &UpstreamOptions,
+    tls: rustls::ClientConfig,
+    policy: &EgressPolicy,
+    port: Option<u16>,
+    origin: Uri,
+) -> Multiplexed {
+    Multiplexed::new(
+        origin,
+        connector(options, tls, policy, port, HttpVersion::Http2),
+    )
+}
+
+/// Connections only where `policy` permits on `port`, TLS offering the
+/// ALPN protocols of `version`, the whole connect bounded.
+fn connector(
+    options: &UpstreamOptions,
+    tls: rustls::ClientConfig,
+    policy: &EgressPolicy,
+    port: Option<u16>,
+    version: HttpVersion,
+) -> Connector {
+    let mut tcp = HttpConnector::new_with_resolver(GuardedResolver::new(policy.clone(), port));
+    // The connector also takes https URIs; TLS is the wrapper's.
+    tcp.enforce_http(false);
+    tcp.set_nodelay(true);
+    tcp.set_keepalive(Some(Duration::from_secs(30)));
+    tcp.set_connect_timeout(Some(options.connect_timeout));
+    let tls = HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http();
+    let https = match version {
+        HttpVersion::Auto => tls.enable_http1().enable_http2().wrap_connector(tcp),
+        HttpVersion::Http1 => tls.enable_http1().wrap_connector(tcp),
+        HttpVersion::Http2 => tls.enable_http2().wrap_connector(tcp),
+    };
+    Connector {
         inner: https,
         timeout: options.connect_timeout,
-    })
+    }
 }
 
 /// Adds the headers every request carries unless the tool set its own.

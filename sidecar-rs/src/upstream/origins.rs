@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::AtomicBool;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 
 use tokio::sync::Semaphore;
 use tower::retry::budget::TpsBudget;
@@ -23,7 +23,8 @@ use crate::policy::fleet::Fleet;
 use crate::policy::retry;
 use crate::upstream::client::Upstream;
 use crate::upstream::egress::{EgressPolicy, RedirectRules};
-use crate::upstream::http::{http_client, tls_config, HttpClient, UpstreamOptions};
+use crate::upstream::http::{http_client, multiplexed, tls_config, HttpClient, UpstreamOptions};
+use crate::upstream::multiplex::Multiplexed;
 
 /// Policies and live state for one origin (`scheme://host:port`).
 #[derive(Debug)]
@@ -87,6 +88,10 @@ pub struct Upstreams {
     /// version, shared by every tool with that policy so connection pools
     /// stay warm.
     clients: Mutex<HashMap<ClientKey, HttpClient>>,
+    /// The HTTP/2 connection to each origin set to `http: http2`, by egress
+    /// policy and origin, shared by the tools that call it. Weak: the
+    /// connection closes once no tool calls the origin (after a reload).
+    multiplexed: Mutex<HashMap<(EgressPolicy, String), Weak<Multiplexed>>>,
     /// The TLS settings every client copies, built with the first client
     /// (it reads the system's CA bundle once, not once per client).
     tls: Mutex<Option<rustls::ClientConfig>>,
@@ -104,6 +109,7 @@ impl Upstreams {
             states: Mutex::default(),
             pending_holds: Mutex::default(),
             clients: Mutex::default(),
+            multiplexed: Mutex::default(),
             tls: Mutex::default(),
             answered: Mutex::default(),
         }
@@ -189,11 +195,12 @@ impl Upstreams {
         redirects: &RedirectRules,
         credentials: Credentials,
     ) -> Result<Upstream, rustls::Error> {
+        let serialized = origin.origin().ascii_serialization();
         let answered = self
             .answered
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .entry(origin.origin().ascii_serialization())
+            .entry(serialized.clone())
             .or_default()
             .clone();
         let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
@@ -209,15 +216,37 @@ impl Upstreams {
                 if let Some(client) = clients.get(&key) {
                     return Ok(client.clone());
                 }
-                let mut tls = self.tls.lock().unwrap_or_else(|e| e.into_inner());
-                let base = match &*tls {
-                    Some(base) => base.clone(),
-                    None => tls.insert(tls_config()?).clone(),
-                };
-                let client = http_client(&self.options, base, policy, port, version);
+                let client = http_client(&self.options, self.tls()?, policy, port, version);
                 clients.insert(key, client.clone());
                 Ok(client)
             },
+            |port| {
+                let mut connections = self.multiplexed.lock().unwrap_or_else(|e| e.into_inner());
+                let key = (policy.clone(), serialized.clone());
+                if let Some(live) = connections.get(&key).and_then(Weak::upgrade) {
+                    return Ok(live);
+                }
+                // Bounded by the origins configured at once: forget the
+                // ones no tool calls any more.
+                connections.retain(|_, connection| connection.strong_count() > 0);
+                let uri = http::Uri::try_from(serialized.as_str()).map_err(|e| {
+                    rustls::Error::General(format!("the origin {serialized} is not a URI: {e}"))
+                })?;
+                let connection =
+                    Arc::new(multiplexed(&self.options, self.tls()?, policy, port, uri));
+                connections.insert(key, Arc::downgrade(&connection));
+                Ok(connection)
+            },
         )
+    }
+
+    /// A copy of the TLS settings every client starts from, built the first
+    /// time one is needed.
+    fn tls(&self) -> Result<rustls::ClientConfig, rustls::Error> {
+        let mut tls = self.tls.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(match &*tls {
+            Some(base) => base.clone(),
+            None => tls.insert(tls_config()?).clone(),
+        })
     }
 }
