@@ -222,13 +222,13 @@ impl Upstreams {
             },
             |port| {
                 let mut connections = self.multiplexed.lock().unwrap_or_else(|e| e.into_inner());
+                // Bounded by the origins configured at once: forget the
+                // ones no tool calls any more.
+                connections.retain(|_, connection| connection.strong_count() > 0);
                 let key = (policy.clone(), serialized.clone());
                 if let Some(live) = connections.get(&key).and_then(Weak::upgrade) {
                     return Ok(live);
                 }
-                // Bounded by the origins configured at once: forget the
-                // ones no tool calls any more.
-                connections.retain(|_, connection| connection.strong_count() > 0);
                 let uri = http::Uri::try_from(serialized.as_str()).map_err(|e| {
                     rustls::Error::General(format!("the origin {serialized} is not a URI: {e}"))
                 })?;
