@@ -365,6 +365,33 @@ mod tests {
         }
     }
 
+    /// What [`silent_peer`] does with a connection it accepts.
+    enum Keep {
+        /// Holds it open, never saying a word.
+        Open,
+        /// Closes it at once.
+        Closed,
+    }
+
+    /// A loopback peer that accepts connections and answers nothing; its
+    /// port, how many it accepted, and its task.
+    async fn silent_peer(keep: Keep) -> (u16, Arc<AtomicUsize>, JoinHandle<()>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
+        let task = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((socket, _)) = listener.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
+                if let Keep::Open = keep {
+                    held.push(socket);
+                }
+            }
+        });
+        (port, accepted, task)
+    }
+
     fn connection_to(scheme: &str, port: u16, connect_timeout: Duration) -> Multiplexed {
         let policy = EgressPolicy::parse(&[AllowEntry::Text("127.0.0.1".into())]).unwrap();
         let options = UpstreamOptions {
@@ -436,17 +463,7 @@ mod tests {
         // connect: one socket accepted, twenty connect errors, and no call
         // starts a connect of its own after it (which would make a dead
         // origin cost one connect timeout per call, in turn).
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let accepted = Arc::new(AtomicUsize::new(0));
-        let count = accepted.clone();
-        let held = tokio::spawn(async move {
-            let mut sockets = Vec::new();
-            while let Ok((socket, _)) = listener.accept().await {
-                count.fetch_add(1, Ordering::SeqCst);
-                sockets.push(socket);
-            }
-        });
+        let (port, accepted, held) = silent_peer(Keep::Open).await;
         let connection = connection_to("https", port, Duration::from_millis(300));
 
         let sends = (0..20).map(|_| connection.request(get("https", port)));
@@ -536,16 +553,7 @@ mod tests {
         // Accepts, then closes at once: each connection dies before or as
         // the request is queued on it. The call must end with an error, not
         // reconnect forever.
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let accepted = Arc::new(AtomicUsize::new(0));
-        let count = accepted.clone();
-        let server = tokio::spawn(async move {
-            while let Ok((socket, _)) = listener.accept().await {
-                count.fetch_add(1, Ordering::SeqCst);
-                drop(socket);
-            }
-        });
+        let (port, accepted, server) = silent_peer(Keep::Closed).await;
         let connection = connection_to("http", port, Duration::from_secs(5));
 
         let outcome = tokio::time::timeout(
