@@ -175,6 +175,9 @@ impl Multiplexed {
                         state.used = Some(now);
                         Ok(sending)
                     }
+                    // Checked before a connect starts: it runs on its own
+                    // once started, whether or not this call waits for it.
+                    None if connects > MAX_REQUEUES => return Err(Error::Closed),
                     None => {
                         // Dropped, not closed: streams still open on it run
                         // to their end, then hyper closes it.
@@ -196,9 +199,6 @@ impl Multiplexed {
                     },
                 },
                 Err((unsent, connecting)) => {
-                    if connects > MAX_REQUEUES {
-                        return Err(Error::Closed);
-                    }
                     connects += 1;
                     request = unsent;
                     connecting.await.map_err(Error::Connect)?;
