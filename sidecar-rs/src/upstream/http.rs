@@ -221,8 +221,20 @@ impl tower_service::Service<Uri> for Connector {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// Whether an error of type `T` is in `e`'s chain of causes.
+    pub(crate) fn caused_by<T: StdError + 'static>(e: &(dyn StdError + 'static)) -> bool {
+        let mut cause = StdError::source(e);
+        while let Some(c) = cause {
+            if c.is::<T>() {
+                return true;
+            }
+            cause = c.source();
+        }
+        false
+    }
 
     #[test]
     fn default_headers_keep_the_tools_own() {
@@ -267,13 +279,7 @@ mod tests {
             .expect("the connect deadline must end the call")
             .unwrap_err();
         assert!(err.is_connect(), "{err:?}");
-        let mut source = StdError::source(&err);
-        let mut timed_out = false;
-        while let Some(s) = source {
-            timed_out |= s.downcast_ref::<ConnectTimedOut>().is_some();
-            source = s.source();
-        }
-        assert!(timed_out, "{err:?}");
+        assert!(caused_by::<ConnectTimedOut>(&err), "{err:?}");
         assert!(started.elapsed() >= Duration::from_millis(300));
         held.abort();
     }

@@ -231,11 +231,12 @@ impl Multiplexed {
             self.origin.clone(),
             self.builder.clone(),
         );
-        // Weak: the state holds this future while it runs.
+        // Weak: the state holds the connect while it runs.
         let slot: Weak<Mutex<State>> = Arc::downgrade(&self.state);
+        let done = slot.clone();
         let task = tokio::spawn(async move {
             let outcome = connect.await;
-            if let Some(state) = slot.upgrade() {
+            if let Some(state) = done.upgrade() {
                 let mut state = state.lock().unwrap_or_else(|e| e.into_inner());
                 state.connecting = None;
                 if let Ok(sender) = &outcome {
@@ -245,7 +246,6 @@ impl Multiplexed {
             }
             outcome
         });
-        let slot = Arc::downgrade(&self.state);
         let connecting = async move {
             task.await.unwrap_or_else(|e| {
                 // Only a panic ends the task early (it is never aborted); the
@@ -300,6 +300,7 @@ mod tests {
     use super::*;
     use crate::config::spec::AllowEntry;
     use crate::upstream::egress::EgressPolicy;
+    use crate::upstream::http::tests::caused_by;
     use crate::upstream::http::{multiplexed, tls_config, ConnectTimedOut, UpstreamOptions};
 
     /// A loopback h2c origin answering `ok` to everything; counts the
@@ -392,6 +393,18 @@ mod tests {
         (port, accepted, task)
     }
 
+    /// Waits (10 s at most, else fails with `what`) until the connection's
+    /// liveness is `live`.
+    async fn becomes_live(connection: &Multiplexed, live: bool, what: &str) {
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while connection.is_live() != live {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .expect(what);
+    }
+
     fn connection_to(scheme: &str, port: u16, connect_timeout: Duration) -> Multiplexed {
         let policy = EgressPolicy::parse(&[AllowEntry::Text("127.0.0.1".into())]).unwrap();
         let options = UpstreamOptions {
@@ -443,13 +456,7 @@ mod tests {
         // Calls racing the close may fail (written to a socket the peer
         // closed, as with any client); once hyper has read the close, calls
         // get a new connection.
-        tokio::time::timeout(Duration::from_secs(10), async {
-            while connection.is_live() {
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        })
-        .await
-        .expect("the close is seen");
+        becomes_live(&connection, false, "the close is seen").await;
         let answers = burst(&connection, origin.port, 10).await;
 
         assert!(answers.iter().all(|a| matches!(a, Ok(200))), "{answers:?}");
@@ -475,13 +482,7 @@ mod tests {
         for failure in failures {
             let e = failure.expect_err("nothing answered");
             assert!(e.is_connect(), "{e:?}");
-            let mut cause = StdError::source(&e);
-            let mut timed_out = false;
-            while let Some(c) = cause {
-                timed_out |= c.downcast_ref::<ConnectTimedOut>().is_some();
-                cause = c.source();
-            }
-            assert!(timed_out, "{e:?}");
+            assert!(caused_by::<ConnectTimedOut>(&e), "{e:?}");
         }
         assert_eq!(accepted.load(Ordering::SeqCst), 1);
         held.abort();
@@ -505,13 +506,12 @@ mod tests {
             }
             drop(call);
 
-            tokio::time::timeout(Duration::from_secs(10), async {
-                while !connection.is_live() {
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
-            })
-            .await
-            .expect("the connect finished with no call waiting");
+            becomes_live(
+                &connection,
+                true,
+                "the connect finished with no call waiting",
+            )
+            .await;
             let answers = burst(&connection, origin.port, 5).await;
             assert!(answers.iter().all(|a| matches!(a, Ok(200))), "{answers:?}");
             assert_eq!(origin.accepted.load(Ordering::SeqCst), 1);
