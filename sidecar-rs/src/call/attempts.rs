@@ -60,9 +60,8 @@ impl Executor {
             .await;
             let elapsed = sent.elapsed();
             stats.upstream_us += micros(elapsed);
-            self.metrics
-                .upstream_duration
-                .with_label_values(&[&tool.upstream.origin])
+            tool.upstream
+                .duration(&self.metrics)
                 .observe(elapsed.as_secs_f64());
 
             if let Ok(Ok(response)) = &response {

@@ -216,7 +216,7 @@ impl Executor {
         self.record(
             &call.tool,
             &call.agent_id,
-            tool.is_some(),
+            tool.as_deref(),
             &result,
             received,
         );
@@ -227,7 +227,6 @@ impl Executor {
     /// errors), counted like any other.
     pub fn reject(&self, call: ToolCall, error: CallError, received: Instant) -> ToolResult {
         let tool = self.registry.load().get(&call.tool).cloned();
-        let known = tool.is_some();
         let mut result = error.into_result(ToolResult {
             call_id: call.call_id,
             timing: Some(Timing {
@@ -239,7 +238,13 @@ impl Executor {
         if let Some(tool) = &tool {
             tool.redactor.scrub_result(&mut result);
         }
-        self.record(&call.tool, &call.agent_id, known, &result, received);
+        self.record(
+            &call.tool,
+            &call.agent_id,
+            tool.as_deref(),
+            &result,
+            received,
+        );
         result
     }
 
@@ -287,22 +292,29 @@ impl Executor {
 
     fn record(
         &self,
-        tool: &str,
+        name: &str,
         agent_id: &str,
-        known: bool,
+        tool: Option<&Tool>,
         result: &ToolResult,
         received: Instant,
     ) {
-        let label = if known { tool } else { UNKNOWN_TOOL_LABEL };
         let status = Status::try_from(result.status).unwrap_or(Status::Unspecified);
-        self.metrics
-            .calls
-            .with_label_values(&[label, status_label(status)])
-            .inc();
-        self.metrics
-            .call_duration
-            .with_label_values(&[label])
-            .observe(received.elapsed().as_secs_f64());
+        let elapsed = received.elapsed().as_secs_f64();
+        match tool {
+            Some(tool) => {
+                tool.series.count(&self.metrics, name, status);
+                tool.series.duration(&self.metrics, name).observe(elapsed);
+            }
+            None => {
+                let labels = [UNKNOWN_TOOL_LABEL, status_label(status)];
+                self.metrics.calls.with_label_values(&labels).inc();
+                self.metrics
+                    .call_duration
+                    .with_label_values(&[UNKNOWN_TOOL_LABEL])
+                    .observe(elapsed);
+            }
+        }
+        let tool = name;
         let timing = result.timing.unwrap_or_default();
         // Per-agent usage lives in logs, not metric labels.
         if status == Status::Internal {

@@ -15,6 +15,7 @@ use crate::config::secrets::Secret;
 use crate::config::spec::{self, ConfigFile, Method, RateLimitSpec, ToolSpec, UpstreamSpec};
 use crate::config::template::RequestTemplate;
 use crate::error::ConfigError;
+use crate::metrics::ToolSeries;
 use crate::pb;
 use crate::policy::breaker;
 use crate::policy::ratelimit::RateLimits;
@@ -51,6 +52,8 @@ pub struct Tool {
     pub upstream: Arc<UpstreamState>,
     /// Scrubs this tool's secrets from anything returned to the brain.
     pub redactor: Redactor,
+    /// This tool's series of the per-call metrics.
+    pub series: ToolSeries,
 }
 
 /// All tools of one config, by name.
@@ -444,6 +447,7 @@ impl Tool {
             client,
             upstream,
             redactor,
+            series: ToolSeries::default(),
         })
     }
 

@@ -29,11 +29,32 @@ use http::{Request, Response, Uri};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::client::conn::http2::{Builder, SendRequest};
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::rt::TokioTimer;
 
 use crate::upstream::http::{Connector, HTTP2_PING_INTERVAL, HTTP2_PING_TIMEOUT};
 
 type Sender = SendRequest<Full<Bytes>>;
+
+/// Spawns hyper's HTTP/2 tasks boxed.
+///
+/// hyper spawns a task for every request (the one that waits for its
+/// response), typed as one enum with the connection's own task, so each is
+/// the connection's size; tokio copies a task's future whole as it spawns it
+/// and again at every stage change (running, finished, consumed). Boxed, the
+/// task holds a pointer and those copies are a word each, for one allocation
+/// per request. hyper-util's `TokioExecutor` spawns the future as it is.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct BoxedSpawn;
+
+impl<F> hyper::rt::Executor<F> for BoxedSpawn
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    fn execute(&self, future: F) {
+        tokio::spawn(Box::pin(future));
+    }
+}
 
 /// A connect failure, shared by every call that waited for that connect.
 type ConnectFailure = Arc<dyn StdError + Send + Sync>;
@@ -118,7 +139,7 @@ struct State {
 pub struct Multiplexed {
     origin: Uri,
     connector: Connector,
-    builder: Builder<TokioExecutor>,
+    builder: Builder<BoxedSpawn>,
     state: Arc<Mutex<State>>,
     /// [`IDLE_TIMEOUT`]; shorter in tests.
     idle_timeout: Duration,
@@ -135,7 +156,7 @@ impl std::fmt::Debug for Multiplexed {
 impl Multiplexed {
     /// Connections to `origin` (`scheme://host:port`) through `connector`.
     pub fn new(origin: Uri, connector: Connector) -> Self {
-        let mut builder = Builder::new(TokioExecutor::new());
+        let mut builder = Builder::new(BoxedSpawn);
         builder
             .timer(TokioTimer::new())
             .adaptive_window(true)
@@ -268,7 +289,7 @@ impl Multiplexed {
 async fn connect(
     mut connector: Connector,
     origin: Uri,
-    builder: Builder<TokioExecutor>,
+    builder: Builder<BoxedSpawn>,
 ) -> Result<Sender, ConnectFailure> {
     use tower_service::Service;
     std::future::poll_fn(|cx| connector.poll_ready(cx))
@@ -325,15 +346,15 @@ mod tests {
             let server = tokio::spawn(async move {
                 while let Ok((socket, _)) = listener.accept().await {
                     count.fetch_add(1, Ordering::SeqCst);
-                    let serve = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                        .serve_connection(
-                            TokioIo::new(socket),
-                            service_fn(|_request| async {
-                                Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(
-                                    b"ok",
-                                ))))
-                            }),
-                        );
+                    let serve = hyper::server::conn::http2::Builder::new(
+                        hyper_util::rt::TokioExecutor::new(),
+                    )
+                    .serve_connection(
+                        TokioIo::new(socket),
+                        service_fn(|_request| async {
+                            Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
+                        }),
+                    );
                     // Held across the spawn: the connection cannot answer
                     // (and a test cannot try to break it) before its task
                     // is on the list.

@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::AtomicBool;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use tokio::sync::Semaphore;
 use tower::retry::budget::TpsBudget;
@@ -17,6 +17,8 @@ use tokio::time::Instant;
 
 use crate::config::spec::{HttpVersion, UpstreamSpec};
 use crate::config::template::Credentials;
+use prometheus::Histogram;
+
 use crate::metrics::Metrics;
 use crate::policy::breaker::CircuitBreaker;
 use crate::policy::fleet::Fleet;
@@ -39,9 +41,19 @@ pub struct UpstreamState {
     throttled_until: Mutex<Option<Instant>>,
     /// Bound on any one hold (`--max-upstream-hold`).
     pub max_hold: Duration,
+    /// `sidecar_upstream_request_duration_seconds{upstream}` for this
+    /// origin, found once (see [`crate::metrics::ToolSeries`]); made at the
+    /// first request, so an origin not yet called shows no series.
+    duration: OnceLock<Histogram>,
 }
 
 impl UpstreamState {
+    /// This origin's request duration histogram.
+    pub fn duration(&self, metrics: &Metrics) -> &Histogram {
+        self.duration
+            .get_or_init(|| metrics.upstream_duration.with_label_values(&[&self.origin]))
+    }
+
     /// Holds requests to this origin for `wait`, at most `max_hold`
     /// (extending, never shortening, a hold already in force).
     pub fn throttle(&self, wait: Duration) {
@@ -180,6 +192,7 @@ impl Upstreams {
             throttled_until: Mutex::new(held),
             max_hold: self.options.max_hold,
             spec: spec.clone(),
+            duration: OnceLock::new(),
         });
         states.insert(origin.to_owned(), state.clone());
         state
