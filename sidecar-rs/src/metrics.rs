@@ -5,22 +5,33 @@
 //! unbounded value; calls to unknown tools are counted under `tool="_unknown"`.
 
 use std::net::SocketAddr;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use http_body_util::Full;
 use hyper::body::Bytes;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::pb::Status;
+
+/// Connections the metrics port serves at once: a Prometheus or two and
+/// someone's curl need a handful; 256 idle ones hold about 3 MiB.
+pub const MAX_SCRAPE_CONNECTIONS: usize = 256;
+
+/// How long a metrics connection may take to send a request's head (after
+/// connecting, or between requests on a kept-alive connection). Prometheus
+/// sends its request at once and reconnects when an idle one was closed.
+pub const SCRAPE_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Label used for calls naming a tool that does not exist.
 pub const UNKNOWN_TOOL_LABEL: &str = "_unknown";
@@ -44,6 +55,10 @@ pub struct Metrics {
     /// away (cancelled the RPC, or its connection dropped) before the stream
     /// ended; their calls were cancelled at once.
     pub streams_abandoned: IntCounter,
+    /// `sidecar_metrics_connections_refused_total`: connections to the
+    /// metrics port closed on arrival because [`MAX_SCRAPE_CONNECTIONS`]
+    /// were open.
+    pub metrics_connections_refused: IntCounter,
     /// `sidecar_frames_shared_results_total{outcome}`: results of at least
     /// 16 KiB on frames streams with a shared region: `shared` (through the
     /// region) or `full` (the region had no room; on the socket).
@@ -127,6 +142,11 @@ impl Metrics {
         let streams_abandoned = IntCounter::new(
             "sidecar_streams_abandoned_total",
             "Dispatch streams whose client went away before the stream ended; their calls were cancelled.",
+        )
+        .expect("static metric definition");
+        let metrics_connections_refused = IntCounter::new(
+            "sidecar_metrics_connections_refused_total",
+            "Connections to the metrics port closed on arrival: the most it serves at once were open.",
         )
         .expect("static metric definition");
         let undelivered_results = IntGauge::new(
@@ -219,6 +239,7 @@ impl Metrics {
             Box::new(inflight.clone()),
             Box::new(streams.clone()),
             Box::new(streams_abandoned.clone()),
+            Box::new(metrics_connections_refused.clone()),
             Box::new(undelivered_results.clone()),
             Box::new(undelivered_bytes.clone()),
             Box::new(rate_limited.clone()),
@@ -245,6 +266,7 @@ impl Metrics {
             inflight,
             streams,
             streams_abandoned,
+            metrics_connections_refused,
             undelivered_results,
             undelivered_bytes,
             rate_limited,
@@ -270,7 +292,15 @@ impl Metrics {
     }
 
     /// Serves `/metrics` on `listener` until `shutdown` fires.
+    ///
+    /// The port is open to the cluster (Prometheus scrapes it), so what a
+    /// connection may hold is bounded: at most [`MAX_SCRAPE_CONNECTIONS`] at
+    /// once (a new one past that is closed on arrival and counted), and each
+    /// must send a request's head within [`SCRAPE_HEADER_TIMEOUT`] of
+    /// connecting or of its previous answer. Without both, connections that
+    /// send nothing stayed open for good, 12 KiB and a file descriptor each.
     pub async fn serve(self, listener: TcpListener, shutdown: CancellationToken) {
+        let slots = Arc::new(Semaphore::new(MAX_SCRAPE_CONNECTIONS));
         loop {
             let (stream, _) = tokio::select! {
                 _ = shutdown.cancelled() => return,
@@ -282,8 +312,14 @@ impl Metrics {
                     }
                 },
             };
+            let Ok(slot) = slots.clone().try_acquire_owned() else {
+                self.metrics_connections_refused.inc();
+                tracing::debug!("metrics connection refused: too many open");
+                continue;
+            };
             let metrics = self.clone();
             tokio::spawn(async move {
+                let _slot = slot;
                 let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
                     let metrics = metrics.clone();
                     async move {
@@ -300,6 +336,8 @@ impl Metrics {
                     }
                 });
                 let _ = http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(SCRAPE_HEADER_TIMEOUT)
                     .serve_connection(TokioIo::new(stream), service)
                     .await;
             });

@@ -51,6 +51,15 @@ const MAX_MESSAGE_BYTES: usize = 64 << 20;
 /// How often idle per-agent rate-limit buckets are forgotten.
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
 
+/// How long a connection to `--health-listen` lives: the port answers
+/// probes, and kubelet dials each gRPC probe anew, so no connection there
+/// needs long. At this age plus [`PROBE_CONNECTION_GRACE`] it is closed
+/// whatever its state, so one that never speaks (no HTTP/2 preface) or
+/// holds a health `Watch` open does not stay for good: before, 5,000 such
+/// connections held 18 MiB and as many file descriptors indefinitely.
+const PROBE_CONNECTION_AGE: Duration = Duration::from_secs(10);
+const PROBE_CONNECTION_GRACE: Duration = Duration::from_secs(5);
+
 /// How many frames streams may hold a shared result region at once: as many
 /// as fit in the bytes of undelivered results the process allows (a region
 /// is results a client has not read). The command line refuses a region
@@ -309,6 +318,8 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> an
         // connection while calls finish.
         let stop = background.clone();
         let probes = server()
+            .max_connection_age(PROBE_CONNECTION_AGE)
+            .max_connection_age_grace(PROBE_CONNECTION_GRACE)
             .add_service(health_service)
             .serve_with_incoming_shutdown(TcpIncoming::from(listener), async move {
                 stop.cancelled().await

@@ -27,6 +27,7 @@ import uvicorn
 
 from .._brain import Brain
 from .app import create_app
+from .protocol import REQUEST_HEAD_TIMEOUT, head_deadline_protocol
 
 __all__ = ["bind", "serve"]
 
@@ -58,6 +59,7 @@ async def serve(
     *,
     drain_timeout: float,
     on_listening: Callable[[str], None] | None = None,
+    head_timeout: float = REQUEST_HEAD_TIMEOUT,
 ) -> int:
     """Serve the API on ``sock`` until ``stop`` is set, then drain. Returns an exit code."""
     config = uvicorn.Config(
@@ -67,6 +69,8 @@ async def serve(
         access_log=False,
         timeout_graceful_shutdown=5,
         timeout_keep_alive=30,
+        # Every request head within head_timeout: see protocol.py.
+        http=head_deadline_protocol(head_timeout),
     )
     server = _Server(config)
     await brain.start()

@@ -1,0 +1,141 @@
+"""Hostile connections to the ports a pod opens to the cluster: metrics and health.
+
+The metrics port is open to every pod (Prometheus scrapes it) and kubelet dials the health
+port. A client that connects and sends nothing, or half a request, used to hold a file
+descriptor and memory in the sidecar for good (5,000 such connections: +60 MiB on the
+metrics port, +18 MiB on the health port, none ever closed). Each case opens many such
+connections, then asserts what the sidecar holds (file descriptors, from /proc) is bounded
+while they are open and released after the port's deadline, and that it still serves.
+"""
+
+from __future__ import annotations
+
+import resource
+import socket
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from hostile.streams import wait_until
+
+from harness import SidecarProcess, scrape, tool, tools_file
+
+Start = Callable[..., SidecarProcess]
+
+#: What the sidecar serves at once on the metrics port (`MAX_SCRAPE_CONNECTIONS`).
+MAX_SCRAPE_CONNECTIONS = 256
+#: A metrics connection's time to send a request head (`SCRAPE_HEADER_TIMEOUT`).
+SCRAPE_HEADER_TIMEOUT = 10.0
+#: A health connection's whole life: `PROBE_CONNECTION_AGE` + `PROBE_CONNECTION_GRACE`.
+PROBE_CONNECTION_LIFE = 15.0
+#: Connections each case opens: well past the metrics cap.
+FLOOD = 1_000
+#: File descriptors the sidecar may open besides the connections under test (its
+#: listeners, sockets, the config file being reloaded).
+FD_SLACK = 16
+
+
+def open_fds(sidecar: SidecarProcess) -> int:
+    assert sidecar.proc is not None
+    return len(list(Path(f"/proc/{sidecar.proc.pid}/fd").iterdir()))
+
+
+@contextmanager
+def connections(port: int, count: int, first_bytes: bytes = b"") -> Iterator[list[socket.socket]]:
+    """`count` connections to `port`, each having sent `first_bytes` and nothing after."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < count + 256:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, count + 1024), hard))
+    opened: list[socket.socket] = []
+    try:
+        for _ in range(count):
+            s = socket.create_connection(("127.0.0.1", port), timeout=5)
+            if first_bytes:
+                s.sendall(first_bytes)
+            opened.append(s)
+        yield opened
+    finally:
+        for s in opened:
+            s.close()
+
+
+def health_serving(port: int) -> bool:
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=5)
+        return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+
+
+@pytest.fixture
+def sidecar(start_sidecar: Start) -> SidecarProcess:
+    return start_sidecar(tools_file(tool("noop", "http://127.0.0.1:9/noop")))
+
+
+def test_connections_to_the_metrics_port_that_send_nothing_are_bounded_and_closed(
+    sidecar: SidecarProcess,
+) -> None:
+    base = open_fds(sidecar)
+    # Half the flood sends part of a request head, half nothing at all.
+    with (
+        connections(sidecar.metrics_port, FLOOD // 2, b"GET /metrics HTTP/1.1\r\nHo") as partial,
+        connections(sidecar.metrics_port, FLOOD // 2) as silent,
+    ):
+        assert len(partial) + len(silent) == FLOOD
+        # Every connection was accepted; past the cap each is closed on arrival.
+        time.sleep(1.0)
+        held = open_fds(sidecar) - base
+        assert held <= MAX_SCRAPE_CONNECTIONS + FD_SLACK, f"{held} descriptors for {FLOOD} idle"
+        # Past the head deadline every one of them is closed, though the client keeps it.
+        assert wait_until(
+            lambda: open_fds(sidecar) <= base + FD_SLACK, SCRAPE_HEADER_TIMEOUT + 10
+        ), f"{open_fds(sidecar) - base} descriptors still held"
+        # The port serves again, and says how many it turned away.
+        samples = scrape(sidecar.metrics_port)
+        refused = samples["sidecar_metrics_connections_refused_total"][()]
+        assert refused >= FLOOD - MAX_SCRAPE_CONNECTIONS
+
+
+def test_a_scrape_on_a_kept_alive_connection_still_works_within_the_deadline(
+    sidecar: SidecarProcess,
+) -> None:
+    request = f"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1:{sidecar.metrics_port}\r\n\r\n".encode()
+    with socket.create_connection(("127.0.0.1", sidecar.metrics_port), timeout=5) as s:
+        for _ in range(3):
+            s.sendall(request)
+            head = b""
+            while b"\r\n\r\n" not in head:
+                chunk = s.recv(65536)
+                assert chunk, "closed before answering"
+                head += chunk
+            assert head.startswith(b"HTTP/1.1 200"), head[:40]
+            length = int(
+                next(
+                    line.split(b":", 1)[1]
+                    for line in head.split(b"\r\n")
+                    if line.lower().startswith(b"content-length:")
+                )
+            )
+            body = head.split(b"\r\n\r\n", 1)[1]
+            while len(body) < length:
+                body += s.recv(65536)
+            assert b"sidecar_inflight_calls" in body
+            time.sleep(1.0)
+
+
+def test_connections_to_the_health_port_that_never_speak_are_closed(
+    sidecar: SidecarProcess,
+) -> None:
+    base = open_fds(sidecar)
+    with connections(sidecar.health_port, FLOOD):
+        assert wait_until(lambda: open_fds(sidecar) >= base + FLOOD, 10)
+        # Probes are still answered while the flood is open.
+        assert health_serving(sidecar.health_port)
+        assert wait_until(
+            lambda: open_fds(sidecar) <= base + FD_SLACK, PROBE_CONNECTION_LIFE + 10
+        ), f"{open_fds(sidecar) - base} descriptors still held"
+    assert health_serving(sidecar.health_port)
