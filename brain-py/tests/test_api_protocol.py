@@ -16,9 +16,10 @@ import pytest
 import uvicorn
 
 from brain._api.protocol import head_deadline_protocol
+from brain._api.server import _Server
 
 HEAD_TIMEOUT = 0.5
-KEEP_ALIVE = 1.0
+KEEP_ALIVE = 2.0
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
@@ -49,10 +50,13 @@ async def port() -> AsyncIterator[int]:
         timeout_keep_alive=int(KEEP_ALIVE),
         http=head_deadline_protocol(HEAD_TIMEOUT),
     )
-    server = uvicorn.Server(config)
+    server = _Server(config)  # the brain's: uvicorn's signal handlers left alone
     task = asyncio.create_task(server.serve(sockets=[sock]))
-    while not server.started:  # noqa: ASYNC110
+    for _ in range(500):
+        if server.started or task.done():
+            break
         await asyncio.sleep(0.01)
+    assert server.started, "uvicorn did not start"
     yield sock.getsockname()[1]
     server.should_exit = True
     await asyncio.wait_for(task, 10)

@@ -33,6 +33,10 @@ pub const MAX_SCRAPE_CONNECTIONS: usize = 256;
 /// sends its request at once and reconnects when an idle one was closed.
 pub const SCRAPE_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The longest a metrics connection lives, whatever it does; Prometheus
+/// opens a new one when its kept-alive one was closed.
+pub const SCRAPE_CONNECTION_LIFE: Duration = Duration::from_secs(60);
+
 /// Label used for calls naming a tool that does not exist.
 pub const UNKNOWN_TOOL_LABEL: &str = "_unknown";
 
@@ -295,10 +299,14 @@ impl Metrics {
     ///
     /// The port is open to the cluster (Prometheus scrapes it), so what a
     /// connection may hold is bounded: at most [`MAX_SCRAPE_CONNECTIONS`] at
-    /// once (a new one past that is closed on arrival and counted), and each
-    /// must send a request's head within [`SCRAPE_HEADER_TIMEOUT`] of
-    /// connecting or of its previous answer. Without both, connections that
-    /// send nothing stayed open for good, 12 KiB and a file descriptor each.
+    /// once (a new one past that is closed on arrival and counted), each must
+    /// send a request's head within [`SCRAPE_HEADER_TIMEOUT`] of connecting
+    /// or of its previous answer, and none lives past
+    /// [`SCRAPE_CONNECTION_LIFE`]. Before, connections that sent nothing
+    /// stayed open for good, 12 KiB and a file descriptor each. Under a flood
+    /// of connections scrapes may be refused (the counter says so); the
+    /// sidecar's memory and descriptors, which its tool calls need, are not
+    /// at stake.
     pub async fn serve(self, listener: TcpListener, shutdown: CancellationToken) {
         let slots = Arc::new(Semaphore::new(MAX_SCRAPE_CONNECTIONS));
         loop {
@@ -335,11 +343,13 @@ impl Metrics {
                         response
                     }
                 });
-                let _ = http1::Builder::new()
+                let connection = http1::Builder::new()
                     .timer(TokioTimer::new())
                     .header_read_timeout(SCRAPE_HEADER_TIMEOUT)
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
+                    .serve_connection(TokioIo::new(stream), service);
+                // The head timeout does not cover a client that asks and then
+                // never reads the answer; the lifetime does.
+                let _ = tokio::time::timeout(SCRAPE_CONNECTION_LIFE, connection).await;
             });
         }
     }

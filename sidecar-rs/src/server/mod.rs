@@ -53,10 +53,12 @@ const PRUNE_EVERY: Duration = Duration::from_secs(60);
 
 /// How long a connection to `--health-listen` lives: the port answers
 /// probes, and kubelet dials each gRPC probe anew, so no connection there
-/// needs long. At this age plus [`PROBE_CONNECTION_GRACE`] it is closed
-/// whatever its state, so one that never speaks (no HTTP/2 preface) or
-/// holds a health `Watch` open does not stay for good: before, 5,000 such
-/// connections held 18 MiB and as many file descriptors indefinitely.
+/// needs long. tonic, given an age and a grace, closes the connection at
+/// their sum whatever its state, without a GOAWAY first (it sends one only
+/// when no grace is set, and hyper cannot end a connection that never sent
+/// its preface that way): so a connection that never speaks, or holds a
+/// health `Watch` open, is gone after 15 s. Before, 5,000 silent connections
+/// held 18 MiB and as many file descriptors indefinitely.
 const PROBE_CONNECTION_AGE: Duration = Duration::from_secs(10);
 const PROBE_CONNECTION_GRACE: Duration = Duration::from_secs(5);
 

@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 
+use prometheus::Histogram;
 use tokio::sync::Semaphore;
 use tower::retry::budget::TpsBudget;
 
@@ -17,8 +18,6 @@ use tokio::time::Instant;
 
 use crate::config::spec::{HttpVersion, UpstreamSpec};
 use crate::config::template::Credentials;
-use prometheus::Histogram;
-
 use crate::metrics::Metrics;
 use crate::policy::breaker::CircuitBreaker;
 use crate::policy::fleet::Fleet;

@@ -65,7 +65,8 @@ def head_deadline_protocol(head_timeout: float = REQUEST_HEAD_TIMEOUT) -> type[H
 
         def _late(self) -> None:
             self._head_deadline = None
-            if not self._answering():
+            # An upgraded connection (a WebSocket) belongs to another protocol now.
+            if self.transport.get_protocol() is self and not self._answering():
                 self.transport.close()
 
     return HeadDeadlineH11
