@@ -314,14 +314,13 @@ impl Executor {
                     .observe(elapsed);
             }
         }
-        let tool = name;
         let timing = result.timing.unwrap_or_default();
         // Per-agent usage lives in logs, not metric labels.
         if status == Status::Internal {
-            tracing::error!(tool, agent_id, call_id = %result.call_id, error = %result.error, "tool call failed internally");
+            tracing::error!(tool = name, agent_id, call_id = %result.call_id, error = %result.error, "tool call failed internally");
         } else {
             tracing::debug!(
-                tool,
+                tool = name,
                 agent_id,
                 call_id = %result.call_id,
                 status = status_label(status),
