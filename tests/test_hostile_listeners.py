@@ -4,12 +4,15 @@ The metrics port is open to every pod (Prometheus scrapes it) and kubelet dials 
 port. A client that connects and sends nothing, or half a request, used to hold a file
 descriptor and memory in the sidecar for good (5,000 such connections: +60 MiB on the
 metrics port, +18 MiB on the health port, none ever closed). Each case opens many such
-connections, then asserts what the sidecar holds (file descriptors, from /proc) is bounded
-while they are open and released after the port's deadline, and that it still serves.
+connections from one address, then asserts what the sidecar holds (file descriptors, from
+/proc) is bounded by the port's cap per peer while they are open, that a client from another
+address (127.0.0.2: any of 127.0.0.0/8 reaches a loopback port) is still served meanwhile,
+and that everything is released after the port's deadline.
 """
 
 from __future__ import annotations
 
+import http.client
 import resource
 import socket
 import time
@@ -21,19 +24,25 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from hostile.h2client import H2Client, grpc_message
 from hostile.streams import wait_until
 
 from harness import SidecarProcess, scrape, tool, tools_file
 
 Start = Callable[..., SidecarProcess]
 
-#: What the sidecar serves at once on the metrics port (`MAX_SCRAPE_CONNECTIONS`).
-MAX_SCRAPE_CONNECTIONS = 256
+#: What the sidecar serves at once from one address on the metrics port
+#: (`MAX_SCRAPE_CONNECTIONS_PER_PEER`) and on the health port
+#: (`MAX_PROBE_CONNECTIONS_PER_PEER`).
+SCRAPE_PER_PEER = 32
+PROBE_PER_PEER = 64
+#: Where the well-behaved client comes from while the flood holds 127.0.0.1's share.
+OTHER_PEER = "127.0.0.2"
 #: A metrics connection's time to send a request head (`SCRAPE_HEADER_TIMEOUT`).
 SCRAPE_HEADER_TIMEOUT = 10.0
 #: A health connection's whole life: `PROBE_CONNECTION_AGE` + `PROBE_CONNECTION_GRACE`.
 PROBE_CONNECTION_LIFE = 15.0
-#: Connections each case opens: well past the metrics cap.
+#: Connections each case opens: well past both caps.
 FLOOD = 1_000
 #: File descriptors the sidecar may open besides the connections under test (its
 #: listeners, sockets, the config file being reloaded).
@@ -83,6 +92,31 @@ def health_serving(port: int) -> bool:
         return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
 
 
+def health_serving_from(source: str, port: int) -> bool:
+    """A health Check over a connection from ``source`` (grpcio cannot pick one)."""
+    with H2Client(f"127.0.0.1:{port}", source_address=source) as client:
+        stream = client.open("/grpc.health.v1.Health/Check")
+        request = health_pb2.HealthCheckRequest(service="").SerializeToString()
+        client.send(stream, grpc_message(request), end=True)
+        assert client.wait_for(lambda: client.streams[stream].ended, 10)
+        answer = client.streams[stream].messages()
+        assert client.streams[stream].grpc_status == 0
+        assert answer
+        reply = health_pb2.HealthCheckResponse.FromString(answer[0])
+        return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+
+
+def scrape_from(source: str, port: int) -> str:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5, source_address=(source, 0))
+    try:
+        conn.request("GET", "/metrics")
+        response = conn.getresponse()
+        assert response.status == 200
+        return response.read().decode()
+    finally:
+        conn.close()
+
+
 @pytest.fixture
 def sidecar(descriptors: None, start_sidecar: Start) -> SidecarProcess:
     return start_sidecar(tools_file(tool("noop", "http://127.0.0.1:9/noop")))
@@ -98,18 +132,20 @@ def test_connections_to_the_metrics_port_that_send_nothing_are_bounded_and_close
         connections(sidecar.metrics_port, FLOOD // 2) as silent,
     ):
         assert len(partial) + len(silent) == FLOOD
-        # Every connection was accepted; past the cap each is closed on arrival.
+        # Every connection was accepted; past the cap per peer each is closed on arrival.
         time.sleep(1.0)
         held = open_fds(sidecar) - base
-        assert held <= MAX_SCRAPE_CONNECTIONS + FD_SLACK, f"{held} descriptors for {FLOOD} idle"
+        assert held <= SCRAPE_PER_PEER + FD_SLACK, f"{held} descriptors for {FLOOD} idle"
+        # Prometheus, from its own address, still scrapes.
+        assert "sidecar_inflight_calls" in scrape_from(OTHER_PEER, sidecar.metrics_port)
         # Past the head deadline every one of them is closed, though the client keeps it.
         assert wait_until(
             lambda: open_fds(sidecar) <= base + FD_SLACK, SCRAPE_HEADER_TIMEOUT + 10
         ), f"{open_fds(sidecar) - base} descriptors still held"
-        # The port serves again, and says how many it turned away.
+        # The port serves the flood's address again, and says how many it turned away.
         samples = scrape(sidecar.metrics_port)
-        refused = samples["sidecar_metrics_connections_refused_total"][()]
-        assert refused >= FLOOD - MAX_SCRAPE_CONNECTIONS
+        refused = samples["sidecar_connections_refused_total"][(("listener", "metrics"),)]
+        assert refused >= FLOOD - SCRAPE_PER_PEER
 
 
 def test_a_kept_alive_scrape_connection_serves_and_is_closed_once_idle(
@@ -149,10 +185,15 @@ def test_connections_to_the_health_port_that_never_speak_are_closed(
 ) -> None:
     base = open_fds(sidecar)
     with connections(sidecar.health_port, FLOOD):
-        assert wait_until(lambda: open_fds(sidecar) >= base + FLOOD, 10)
-        # Probes are still answered while the flood is open.
-        assert health_serving(sidecar.health_port)
+        time.sleep(1.0)
+        held = open_fds(sidecar) - base
+        assert held <= PROBE_PER_PEER + FD_SLACK, f"{held} descriptors for {FLOOD} silent"
+        # kubelet, from the node's address, is still answered while the flood is open.
+        assert health_serving_from(OTHER_PEER, sidecar.health_port)
         assert wait_until(
             lambda: open_fds(sidecar) <= base + FD_SLACK, PROBE_CONNECTION_LIFE + 10
         ), f"{open_fds(sidecar) - base} descriptors still held"
     assert health_serving(sidecar.health_port)
+    samples = scrape(sidecar.metrics_port)
+    refused = samples["sidecar_connections_refused_total"][(("listener", "health"),)]
+    assert refused >= FLOOD - PROBE_PER_PEER

@@ -5,7 +5,7 @@
 //! unbounded value; calls to unknown tools are counted under `tool="_unknown"`.
 
 use std::net::SocketAddr;
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use http_body_util::Full;
@@ -19,14 +19,17 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::pb::Status;
+use crate::server::conn_limit::ConnLimit;
 
 /// Connections the metrics port serves at once: a Prometheus or two and
 /// someone's curl need a handful; 256 idle ones hold about 3 MiB.
 pub const MAX_SCRAPE_CONNECTIONS: usize = 256;
+
+/// Of those, how many one peer address may hold.
+pub const MAX_SCRAPE_CONNECTIONS_PER_PEER: usize = 32;
 
 /// How long a metrics connection may take to send a request's head (after
 /// connecting, or between requests on a kept-alive connection). Prometheus
@@ -59,10 +62,10 @@ pub struct Metrics {
     /// away (cancelled the RPC, or its connection dropped) before the stream
     /// ended; their calls were cancelled at once.
     pub streams_abandoned: IntCounter,
-    /// `sidecar_metrics_connections_refused_total`: connections to the
-    /// metrics port closed on arrival because [`MAX_SCRAPE_CONNECTIONS`]
-    /// were open.
-    pub metrics_connections_refused: IntCounter,
+    /// `sidecar_connections_refused_total{listener}`: connections to the
+    /// `metrics` or `health` port closed on arrival because that port, or
+    /// the connection's peer address, held as many as it serves at once.
+    pub connections_refused: IntCounterVec,
     /// `sidecar_frames_shared_results_total{outcome}`: results of at least
     /// 16 KiB on frames streams with a shared region: `shared` (through the
     /// region) or `full` (the region had no room; on the socket).
@@ -148,9 +151,12 @@ impl Metrics {
             "Dispatch streams whose client went away before the stream ended; their calls were cancelled.",
         )
         .expect("static metric definition");
-        let metrics_connections_refused = IntCounter::new(
-            "sidecar_metrics_connections_refused_total",
-            "Connections to the metrics port closed on arrival: the most it serves at once were open.",
+        let connections_refused = IntCounterVec::new(
+            Opts::new(
+                "sidecar_connections_refused_total",
+                "Connections to the metrics or health port closed on arrival: the port, or the peer address, held the most it serves at once.",
+            ),
+            &["listener"],
         )
         .expect("static metric definition");
         let undelivered_results = IntGauge::new(
@@ -243,7 +249,7 @@ impl Metrics {
             Box::new(inflight.clone()),
             Box::new(streams.clone()),
             Box::new(streams_abandoned.clone()),
-            Box::new(metrics_connections_refused.clone()),
+            Box::new(connections_refused.clone()),
             Box::new(undelivered_results.clone()),
             Box::new(undelivered_bytes.clone()),
             Box::new(rate_limited.clone()),
@@ -270,7 +276,7 @@ impl Metrics {
             inflight,
             streams,
             streams_abandoned,
-            metrics_connections_refused,
+            connections_refused,
             undelivered_results,
             undelivered_bytes,
             rate_limited,
@@ -299,18 +305,20 @@ impl Metrics {
     ///
     /// The port is open to the cluster (Prometheus scrapes it), so what a
     /// connection may hold is bounded: at most [`MAX_SCRAPE_CONNECTIONS`] at
-    /// once (a new one past that is closed on arrival and counted), each must
+    /// once, [`MAX_SCRAPE_CONNECTIONS_PER_PEER`] of them from one address (a
+    /// new one past either is closed on arrival and counted), each must
     /// send a request's head within [`SCRAPE_HEADER_TIMEOUT`] of connecting
     /// or of its previous answer, and none lives past
     /// [`SCRAPE_CONNECTION_LIFE`]. Before, connections that sent nothing
-    /// stayed open for good, 12 KiB and a file descriptor each. Under a flood
-    /// of connections scrapes may be refused (the counter says so); the
-    /// sidecar's memory and descriptors, which its tool calls need, are not
-    /// at stake.
+    /// stayed open for good, 12 KiB and a file descriptor each. A flood from
+    /// one pod fills only its own share; one from many could still keep
+    /// scrapes out (the counter says so), but not the sidecar's memory and
+    /// descriptors, which its tool calls need.
     pub async fn serve(self, listener: TcpListener, shutdown: CancellationToken) {
-        let slots = Arc::new(Semaphore::new(MAX_SCRAPE_CONNECTIONS));
+        let limit = ConnLimit::new(MAX_SCRAPE_CONNECTIONS, MAX_SCRAPE_CONNECTIONS_PER_PEER);
+        let refused = self.connections_refused.with_label_values(&["metrics"]);
         loop {
-            let (stream, _) = tokio::select! {
+            let (stream, peer) = tokio::select! {
                 _ = shutdown.cancelled() => return,
                 accepted = listener.accept() => match accepted {
                     Ok(conn) => conn,
@@ -320,9 +328,9 @@ impl Metrics {
                     }
                 },
             };
-            let Ok(slot) = slots.clone().try_acquire_owned() else {
-                self.metrics_connections_refused.inc();
-                tracing::debug!("metrics connection refused: too many open");
+            let Some(slot) = limit.admit(peer.ip()) else {
+                refused.inc();
+                tracing::debug!(%peer, "metrics connection refused: too many open");
                 continue;
             };
             let metrics = self.clone();

@@ -94,15 +94,20 @@ class H2Client:
         authority: str = "localhost",
         timeout: float = 10.0,
         stream_window: int = 65535,
+        source_address: str | None = None,
     ):
         """``stream_window`` 0: the server may send no DATA on any stream until the test
-        opens that stream's window (:meth:`open_window`)."""
+        opens that stream's window (:meth:`open_window`). ``source_address``: the local
+        address a TCP connection comes from (any of 127.0.0.0/8 reaches a loopback port)."""
         if target.startswith("unix:"):
             self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             self.sock.connect(target.removeprefix("unix:"))
         else:
             host, port = target.rsplit(":", 1)
-            self.sock = socket.create_connection((host, int(port)), timeout=timeout)
+            source = (source_address, 0) if source_address else None
+            self.sock = socket.create_connection(
+                (host, int(port)), timeout=timeout, source_address=source
+            )
         self.authority = authority
         self.conn = _Connection(
             h2.config.H2Configuration(client_side=True, header_encoding="utf-8")

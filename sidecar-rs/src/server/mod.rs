@@ -5,6 +5,7 @@
 //! without signals; `main` passes SIGTERM/SIGINT.
 
 pub mod auth;
+pub mod conn_limit;
 pub mod dispatch;
 pub mod drain;
 pub mod frames;
@@ -38,6 +39,7 @@ use crate::metrics::Metrics;
 use crate::pb::{self, dispatcher_server::DispatcherServer};
 use crate::policy::fleet::Fleet;
 use crate::server::auth::BearerAuth;
+use crate::server::conn_limit::{ConnLimit, Limited};
 use crate::server::dispatch::{Admission, DispatchService};
 use crate::server::drain::Drain;
 use crate::server::linger::{Lingering, LINGER_MAX};
@@ -61,6 +63,14 @@ const PRUNE_EVERY: Duration = Duration::from_secs(60);
 /// held 18 MiB and as many file descriptors indefinitely.
 const PROBE_CONNECTION_AGE: Duration = Duration::from_secs(10);
 const PROBE_CONNECTION_GRACE: Duration = Duration::from_secs(5);
+
+/// Connections `--health-listen` serves at once, and from one peer address:
+/// kubelet probes from the node's address, one connection per probe, so a
+/// flood from some other pod cannot take its slots (past either cap a new
+/// connection is closed on arrival, counted in
+/// `sidecar_connections_refused_total{listener="health"}`).
+const MAX_PROBE_CONNECTIONS: usize = 256;
+const MAX_PROBE_CONNECTIONS_PER_PEER: usize = 64;
 
 /// How many frames streams may hold a shared result region at once: as many
 /// as fit in the bytes of undelivered results the process allows (a region
@@ -319,13 +329,20 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> an
         // Outlives the drain so probes see NOT_SERVING rather than a refused
         // connection while calls finish.
         let stop = background.clone();
+        let limit = ConnLimit::new(MAX_PROBE_CONNECTIONS, MAX_PROBE_CONNECTIONS_PER_PEER);
+        let refused = metrics.connections_refused.with_label_values(&["health"]);
+        let incoming = TcpIncoming::from(listener).try_filter_map(move |io| {
+            let slot = io.peer_addr().ok().and_then(|peer| limit.admit(peer.ip()));
+            if slot.is_none() {
+                refused.inc();
+            }
+            std::future::ready(Ok(slot.map(|slot| Limited::new(io, slot))))
+        });
         let probes = server()
             .max_connection_age(PROBE_CONNECTION_AGE)
             .max_connection_age_grace(PROBE_CONNECTION_GRACE)
             .add_service(health_service)
-            .serve_with_incoming_shutdown(TcpIncoming::from(listener), async move {
-                stop.cancelled().await
-            });
+            .serve_with_incoming_shutdown(incoming, async move { stop.cancelled().await });
         tokio::spawn(async move {
             if let Err(e) = probes.await {
                 tracing::error!(error = %e, "health listener failed");
