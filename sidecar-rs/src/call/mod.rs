@@ -207,45 +207,42 @@ impl Executor {
             },
             Err(e) => e.into_result(result),
         };
-        if let Some(tool) = &tool {
-            tool.redactor.scrub_result(&mut result);
-        }
+        self.finish(call, tool.as_deref(), &mut result, received);
         if self.tracing {
             trace::annotate(&span, &result);
         }
-        self.record(
-            &call.tool,
-            &call.agent_id,
-            tool.as_deref(),
-            &result,
-            received,
-        );
         result
     }
 
     /// The result for a call refused before it started (admission, envelope
     /// errors), counted like any other.
-    pub fn reject(&self, call: ToolCall, error: CallError, received: Instant) -> ToolResult {
+    pub fn reject(&self, mut call: ToolCall, error: CallError, received: Instant) -> ToolResult {
         let tool = self.registry.load().get(&call.tool).cloned();
         let mut result = error.into_result(ToolResult {
-            call_id: call.call_id,
+            call_id: std::mem::take(&mut call.call_id),
             timing: Some(Timing {
                 total_us: micros(received.elapsed()),
                 ..Default::default()
             }),
             ..Default::default()
         });
-        if let Some(tool) = &tool {
-            tool.redactor.scrub_result(&mut result);
-        }
-        self.record(
-            &call.tool,
-            &call.agent_id,
-            tool.as_deref(),
-            &result,
-            received,
-        );
+        self.finish(&call, tool.as_deref(), &mut result, received);
         result
+    }
+
+    /// What every result goes through before it leaves: the tool's secrets
+    /// scrubbed from it, then counted and logged.
+    fn finish(
+        &self,
+        call: &ToolCall,
+        tool: Option<&Tool>,
+        result: &mut ToolResult,
+        received: Instant,
+    ) {
+        if let Some(tool) = tool {
+            tool.redactor.scrub_result(result);
+        }
+        self.record(&call.tool, &call.agent_id, tool, result, received);
     }
 
     /// The pipeline: input checks, the shared upstream work, then `select`.
