@@ -195,6 +195,96 @@ mod tests {
         }
     }
 
+    /// Members are read with one comparison when they come as the plan
+    /// expects (`Checks::successors`, learned from earlier documents):
+    /// one plan, documents in every order of their members and with names
+    /// spelled every way, judged as jsonschema judges them, whatever the
+    /// plan learned from the documents before.
+    #[test]
+    fn members_are_judged_alike_in_any_order_and_spelling() {
+        let long = "a_member_name_longer_than_sixteen_bytes";
+        let schema = json!({
+            "type": "object",
+            "required": ["id", "idx"],
+            "additionalProperties": {"type": "integer"},
+            "properties": {
+                "id": {"type": "string", "maxLength": 3},
+                "idx": {"type": "integer", "minimum": 1},
+                "a\"q": {"type": "boolean"},
+                "é": {"type": "null"},
+                long: {"type": "string"}
+            }
+        });
+        let validator = jsonschema::validator_for(&schema).expect("compiles");
+        let compiled = Schema::compile(&schema).expect("compiles");
+        assert!(compiled.has_plan());
+        let (long_string, long_number) = (format!(r#""{long}":"x""#), format!(r#""{long}":1"#));
+        // Each member as a document may spell it, valid or not.
+        let members = [
+            vec![
+                r#""id":"abc""#,
+                r#""id" : "abcd""#,
+                r#""\u0069d":"ab""#,
+                r#""id":7"#,
+            ],
+            vec![
+                r#""idx":2"#,
+                r#""idx":0"#,
+                r#""id\u0078":"2""#,
+                "\n\"idx\"\t:\r5",
+            ],
+            vec![r#""a\"q":true"#, r#""a\u0022q":1"#],
+            vec![r#""é":null"#, r#""\u00e9":false"#],
+            vec![long_string.as_str(), long_number.as_str()],
+            vec![r#""other":1"#, r#""other":"x""#, r#""i":1"#],
+        ];
+        let mut checked = 0;
+        for pass in 0..2 {
+            for first in 0..members.len() {
+                for spelling in 0..4 {
+                    // Rotations of the members, each a different spelling.
+                    let document = (0..members.len())
+                        .map(|k| {
+                            let options = &members[(first + k) % members.len()];
+                            options[(spelling + k + pass) % options.len()]
+                        })
+                        .collect::<Vec<_>>()
+                        .join(",");
+                    for document in [format!("{{{document}}}"), format!(" {{ {document} }} ")] {
+                        let value: serde_json::Value =
+                            serde_json::from_str(&document).expect("JSON");
+                        let expected = if validator.is_valid(&value) {
+                            Verdict::Valid
+                        } else {
+                            Verdict::Invalid
+                        };
+                        assert_eq!(
+                            compiled.check_streaming(document.as_bytes(), 64),
+                            expected,
+                            "{document}"
+                        );
+                        checked += 1;
+                    }
+                }
+            }
+        }
+        assert_eq!(checked, 2 * members.len() * 4 * 2);
+        // The document's last bytes: shorter than one comparison.
+        for (document, expected) in [
+            (r#"{"idx":1,"id":"a"}"#, Verdict::Valid),
+            (r#"{"id":"a","idx":1}"#, Verdict::Valid),
+            (r#"{"id":"a","idx":0}"#, Verdict::Invalid),
+            (r#"{"id":"a","idx":1,"i":1}"#, Verdict::Valid),
+            (r#"{"id":"a","idx":1,"id":"#, Verdict::Unsure),
+        ] {
+            assert_eq!(
+                compiled.check_streaming(document.as_bytes(), 64),
+                expected,
+                "{document}"
+            );
+        }
+    }
+
     #[test]
     fn escaped_strings_are_measured_and_matched_as_decoded() {
         // Lengths are counted from the raw text less what its escapes add;

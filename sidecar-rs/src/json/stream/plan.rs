@@ -16,9 +16,11 @@
 //! gets no plan, and its documents take the tree path.
 
 use std::collections::HashMap;
+use std::sync::atomic::AtomicU32;
 
 use serde_json::{Map, Value};
 
+use super::lexer::Key;
 use super::pattern::Pattern;
 
 /// Index of a node in [`Plan::nodes`].
@@ -68,6 +70,18 @@ pub(super) struct Checks {
     /// `pattern`, for strings.
     pub pattern: Option<Pattern>,
     pub properties: Vec<(String, NodeId)>,
+    /// `properties[i]`'s name as a document writes it, when it needs no
+    /// escapes and is short ([`Key`]).
+    pub keys: Vec<Option<Key>>,
+    /// `successors[i]`: the member documents put after `properties[i]`
+    /// (the last slot: the first member), learned as they are read.
+    /// Property names come sorted (serde_json's map), not in the order
+    /// an upstream writes them, and one tool's documents keep one order,
+    /// so after the first document the walk reads each expected member
+    /// with one comparison ([`super::lexer::Reader::eat_key`]). Written
+    /// only when a guess missed: in steady state the walk's threads only
+    /// read it, so it costs no cache traffic between them.
+    pub successors: Vec<AtomicU32>,
     /// Bit `i` set: `properties[i]` is required.
     pub required: u64,
     pub additional: NodeId,
@@ -315,6 +329,12 @@ impl Compiler<'_, '_> {
             None => false,
             Some(unique) => unique.as_bool()?,
         };
+        checks.keys = checks.properties.iter().map(|(n, _)| Key::new(n)).collect();
+        // At first, each member is expected after the one before it.
+        checks.successors = (1..=checks.properties.len())
+            .chain([0])
+            .map(|i| AtomicU32::new(u32::try_from(i).unwrap_or(0)))
+            .collect();
         Some(Node::Checks(Box::new(checks)))
     }
 

@@ -4,6 +4,7 @@
 use std::borrow::Cow;
 use std::cmp::Ordering;
 use std::collections::HashSet;
+use std::sync::atomic;
 
 use serde_json::Value;
 
@@ -36,19 +37,33 @@ impl<'p, 'a> Walk<'p, 'a> {
         }
     }
 
+    /// Inlined into the member and element loops (and the containers kept
+    /// out of line): most values are scalars, and a call per value, whose
+    /// prologue saves the walk's registers, cost about as much as checking
+    /// the value (callgrind).
+    #[inline(always)]
     fn value(&mut self, id: NodeId, depth: usize) -> Result<(), Stop> {
         let kind = self.reader.peek_kind()?;
-        let plan = self.plan;
-        let checks = match &plan.nodes[id] {
-            Node::Any => return self.skip(kind, depth),
-            Node::Never => return Err(Stop::Invalid),
-            Node::Dispatch(table) => return self.value(table[kind as usize], depth),
-            Node::Checks(checks) => checks.as_ref(),
+        let Node::Checks(checks) = &self.plan.nodes[id] else {
+            return self.unchecked(id, kind, depth);
         };
         match kind {
+            Kind::String => self.string(checks),
+            Kind::Number => self.number(checks),
             Kind::Object => self.object(checks, depth),
             Kind::Array => self.array(checks, depth),
-            _ => self.scalar(kind, checks),
+            Kind::Bool | Kind::Null => self.literal(checks),
+        }
+    }
+
+    /// A value whose node makes no checks of its own.
+    #[inline(never)]
+    fn unchecked(&mut self, id: NodeId, kind: Kind, depth: usize) -> Result<(), Stop> {
+        match &self.plan.nodes[id] {
+            Node::Any => self.skip(kind, depth),
+            Node::Dispatch(table) => self.value(table[kind as usize], depth),
+            Node::Never => Err(Stop::Invalid),
+            Node::Checks(_) => unreachable!("a node with checks is walked by `value`"),
         }
     }
 
@@ -63,6 +78,7 @@ impl<'p, 'a> Walk<'p, 'a> {
         }
     }
 
+    #[inline(never)]
     fn object(&mut self, checks: &Checks, depth: usize) -> Result<(), Stop> {
         // Planned `enum`/`const` members are scalars.
         if checks.types & types::OBJECT == 0 || checks.one_of_values.is_some() {
@@ -87,6 +103,7 @@ impl<'p, 'a> Walk<'p, 'a> {
         Ok(())
     }
 
+    #[inline(never)]
     fn array(&mut self, checks: &Checks, depth: usize) -> Result<(), Stop> {
         if checks.types & types::ARRAY == 0 || checks.one_of_values.is_some() {
             return Err(Stop::Invalid);
@@ -154,34 +171,53 @@ impl<'p, 'a> Walk<'p, 'a> {
         if self.reader.eat(b'}') {
             return Ok(());
         }
-        // Members mostly come in the order the schema declares them: the
-        // one after the last match is tried first.
-        let mut next = 0;
+        // The member expected first, then after each one read, as the
+        // schema's `successors` predict (the last slot: before the first).
+        let mut previous = lookup.map_or(0, |checks| checks.properties.len());
         loop {
-            if self.reader.peek_kind()? != Kind::String {
-                return Err(Stop::Unsure);
-            }
-            let Some(raw) = self.reader.string() else {
-                return Err(Stop::Unsure);
+            let index = match lookup.filter(|c| !c.properties.is_empty()) {
+                Some(checks) => {
+                    let guess =
+                        checks.successors[previous].load(atomic::Ordering::Relaxed) as usize;
+                    let expected = checks.keys.get(guess).and_then(Option::as_ref);
+                    if expected.is_some_and(|key| self.reader.eat_key(key)) {
+                        Some(guess)
+                    } else {
+                        let found = self.name(Some(checks))?;
+                        if let Some(i) = found.filter(|&i| i != guess) {
+                            let i = u32::try_from(i).unwrap_or(u32::MAX);
+                            checks.successors[previous].store(i, atomic::Ordering::Relaxed);
+                        }
+                        found
+                    }
+                }
+                None => self.name(None)?,
             };
-            let index = lookup
-                .filter(|c| !c.properties.is_empty())
-                .and_then(|checks| {
-                    let name = self.reader.text(&raw);
-                    let properties = &checks.properties;
-                    let found = match properties.get(next) {
-                        Some((n, _)) if same(n, name) => Some(next),
-                        _ => properties.iter().position(|(n, _)| same(n, name)),
-                    };
-                    next = found.map_or(0, |i| i + 1);
-                    found
-                });
-            self.reader.expect(b':')?;
+            if let Some(i) = index {
+                previous = i;
+            }
             each(self, index, depth)?;
             if !self.reader.eat(b',') {
                 return self.reader.expect(b'}');
             }
         }
+    }
+
+    /// A member's name and the colon after it: the index of the name in
+    /// `lookup`'s properties, when it is one.
+    fn name(&mut self, lookup: Option<&Checks>) -> Result<Option<usize>, Stop> {
+        if self.reader.peek_kind()? != Kind::String {
+            return Err(Stop::Unsure);
+        }
+        let Some(raw) = self.reader.string() else {
+            return Err(Stop::Unsure);
+        };
+        let index = lookup.and_then(|checks| {
+            let name = self.reader.text(&raw);
+            checks.properties.iter().position(|(n, _)| same(n, name))
+        });
+        self.reader.expect(b':')?;
+        Ok(index)
     }
 
     /// An array's elements: `each` gets the depth inside.
@@ -203,83 +239,87 @@ impl<'p, 'a> Walk<'p, 'a> {
         }
     }
 
-    fn scalar(&mut self, kind: Kind, checks: &Checks) -> Result<(), Stop> {
-        match kind {
-            Kind::String => {
-                let Some(raw) = self.reader.string() else {
-                    return Err(Stop::Unsure);
-                };
-                if let Some(leaf) = &checks.leaf {
-                    let text = self.reader.text(&raw);
-                    return judge(leaf, &Value::String(text.to_owned()));
-                }
-                if checks.types & types::STRING == 0 {
-                    return Err(Stop::Invalid);
-                }
-                if checks.min_length.is_some() || checks.max_length.is_some() {
-                    let length = Reader::length(&raw) as u64;
-                    if checks.min_length.is_some_and(|min| length < min)
-                        || checks.max_length.is_some_and(|max| length > max)
-                    {
-                        return Err(Stop::Invalid);
-                    }
-                }
-                if let Some(members) = &checks.one_of_values {
-                    let text = self.reader.text(&raw);
-                    if !members.iter().any(|m| m.as_str() == Some(text)) {
-                        return Err(Stop::Invalid);
-                    }
-                }
-                match &checks.pattern {
-                    Some(pattern) => match pattern.is_match(self.reader.text(&raw)) {
-                        Some(true) => Ok(()),
-                        Some(false) => Err(Stop::Invalid),
-                        None => Err(Stop::Unsure),
-                    },
-                    None => Ok(()),
-                }
+    #[inline(always)]
+    fn string(&mut self, checks: &Checks) -> Result<(), Stop> {
+        let Some(raw) = self.reader.string() else {
+            return Err(Stop::Unsure);
+        };
+        if let Some(leaf) = &checks.leaf {
+            let text = self.reader.text(&raw);
+            return judge(leaf, &Value::String(text.to_owned()));
+        }
+        if checks.types & types::STRING == 0 {
+            return Err(Stop::Invalid);
+        }
+        if checks.min_length.is_some() || checks.max_length.is_some() {
+            let length = Reader::length(&raw) as u64;
+            if checks.min_length.is_some_and(|min| length < min)
+                || checks.max_length.is_some_and(|max| length > max)
+            {
+                return Err(Stop::Invalid);
             }
-            Kind::Number => {
-                let text = self.reader.number()?;
-                if let Some(leaf) = &checks.leaf {
-                    let number = text.parse().map_err(|_| Stop::Unsure)?;
-                    return judge(leaf, &Value::Number(number));
-                }
-                if checks.types & types::NUMBER == 0 {
-                    if checks.types & types::INTEGER == 0 {
-                        return Err(Stop::Invalid);
-                    }
-                    if !is_integer_literal(text) {
-                        // `1.0` and `1e2` are integers to some drafts.
-                        return Err(Stop::Unsure);
-                    }
-                }
-                if checks.one_of_values.is_some() {
-                    // Planned enums hold no numbers (those go to a leaf).
-                    return Err(Stop::Invalid);
-                }
-                within(text, &checks.bounds)
+        }
+        if let Some(members) = &checks.one_of_values {
+            let text = self.reader.text(&raw);
+            if !members
+                .iter()
+                .any(|m| m.as_str().is_some_and(|m| same(m, text)))
+            {
+                return Err(Stop::Invalid);
             }
-            Kind::Bool | Kind::Null => {
-                let literal = self.reader.literal()?;
-                let value = literal.map_or(Value::Null, Value::Bool);
-                if let Some(leaf) = &checks.leaf {
-                    return judge(leaf, &value);
-                }
-                let bit = if literal.is_some() {
-                    types::BOOLEAN
-                } else {
-                    types::NULL
-                };
-                if checks.types & bit == 0 {
-                    return Err(Stop::Invalid);
-                }
-                match &checks.one_of_values {
-                    Some(members) if !members.contains(&value) => Err(Stop::Invalid),
-                    _ => Ok(()),
-                }
+        }
+        match &checks.pattern {
+            Some(pattern) => match pattern.is_match(self.reader.text(&raw)) {
+                Some(true) => Ok(()),
+                Some(false) => Err(Stop::Invalid),
+                None => Err(Stop::Unsure),
+            },
+            None => Ok(()),
+        }
+    }
+
+    #[inline(always)]
+    fn number(&mut self, checks: &Checks) -> Result<(), Stop> {
+        let text = self.reader.number()?;
+        if let Some(leaf) = &checks.leaf {
+            let number = text.parse().map_err(|_| Stop::Unsure)?;
+            return judge(leaf, &Value::Number(number));
+        }
+        if checks.types & types::NUMBER == 0 {
+            if checks.types & types::INTEGER == 0 {
+                return Err(Stop::Invalid);
             }
-            Kind::Object | Kind::Array => unreachable!("containers are walked, not judged"),
+            if !is_integer_literal(text) {
+                // `1.0` and `1e2` are integers to some drafts.
+                return Err(Stop::Unsure);
+            }
+        }
+        if checks.one_of_values.is_some() {
+            // Planned enums hold no numbers (those go to a leaf).
+            return Err(Stop::Invalid);
+        }
+        within(text, &checks.bounds)
+    }
+
+    /// `true`, `false` or `null`.
+    #[inline(never)]
+    fn literal(&mut self, checks: &Checks) -> Result<(), Stop> {
+        let literal = self.reader.literal()?;
+        let value = literal.map_or(Value::Null, Value::Bool);
+        if let Some(leaf) = &checks.leaf {
+            return judge(leaf, &value);
+        }
+        let bit = if literal.is_some() {
+            types::BOOLEAN
+        } else {
+            types::NULL
+        };
+        if checks.types & bit == 0 {
+            return Err(Stop::Invalid);
+        }
+        match &checks.one_of_values {
+            Some(members) if !members.contains(&value) => Err(Stop::Invalid),
+            _ => Ok(()),
         }
     }
 }
