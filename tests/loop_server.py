@@ -86,13 +86,16 @@ async def _abort_open_connections() -> None:
     # closing is not done either: close() waits for its write buffer to drain, which a
     # client that does not read never lets happen. abort() closes the socket in a
     # callback it schedules at once, which runs before this resumes.
+    # Each pass first yields, so that an accept already scheduled makes its transport
+    # before the pass looks (a pass that looked first and found nothing returned while
+    # such a transport was being made).
     for _ in range(100):
-        still_open = [t for t in list(registry.values()) if _socket_open(t)]
-        for transport in still_open:
-            transport.abort()
         await asyncio.sleep(0)
+        still_open = [t for t in list(registry.values()) if _socket_open(t)]
         if not still_open:
             return
+        for transport in still_open:
+            transport.abort()
 
 
 def _socket_open(transport: asyncio.BaseTransport) -> bool:
