@@ -6,6 +6,8 @@
   sidecar holds (``${env:LLM_API_KEY}``).
 * :class:`BrainServer` runs ``brain serve``'s code (the FastAPI app on uvicorn, with the
   drain) in the test's event loop on 127.0.0.1:0.
+* :class:`ServeProcess` runs ``python -m brain serve`` as its own process (the openai
+  planner, as the pod runs it) on the sidecar's socket.
 * :class:`StubPlanner` plans without a model: ``call:<tool>`` tasks call that tool once
   and then answer with what they observed; it can take a fixed time per step.
 """
@@ -13,6 +15,10 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -23,6 +29,8 @@ from brain._metrics import BrainMetrics
 from brain._planners.base import Planner, PlanningState, Step, ToolCallRequest
 from demo_tools.config import local_tools_yaml
 from demo_tools.llamacpp import llm_tool
+
+from harness import REPO, SidecarProcess
 
 LLM_API_KEY = "sk-test-only-the-sidecar-knows-this"
 
@@ -146,3 +154,67 @@ class BrainServer:
         self.stop.set()
         if self._task is not None and self.exit_code is None:
             self.exit_code = await asyncio.wait_for(self._task, self.drain_timeout + 30)
+
+
+class ServeProcess:
+    """``python -m brain serve`` with the openai planner, as the pod runs it."""
+
+    def __init__(self, sidecar: SidecarProcess, *args: str) -> None:
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env.pop("LLM_API_KEY", None)  # the brain never has the key
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "brain",
+                "--sidecar",
+                sidecar.unix_target,
+                "--log-format",
+                "json",
+                "serve",
+                "--planner",
+                "openai",
+                "--port",
+                "0",
+                *args,
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+            cwd=REPO,
+        )
+        self.logs: list[str] = []
+        self.url = ""
+        ready = threading.Event()
+
+        def read_stdout() -> None:
+            assert self.proc.stdout is not None
+            with self.proc.stdout:
+                for line in self.proc.stdout:
+                    if line.startswith("brain listening on "):
+                        self.url = line.split()[-1]
+                        ready.set()
+
+        def read_stderr() -> None:
+            assert self.proc.stderr is not None
+            with self.proc.stderr:
+                for line in self.proc.stderr:
+                    self.logs.append(line.rstrip())
+
+        self.readers = [
+            threading.Thread(target=read_stdout, daemon=True),
+            threading.Thread(target=read_stderr, daemon=True),
+        ]
+        for reader in self.readers:
+            reader.start()
+        if not ready.wait(60):
+            self.proc.kill()
+            raise RuntimeError("brain serve did not start:\n" + "\n".join(self.logs))
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        for reader in self.readers:
+            reader.join(10)

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -23,8 +21,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from brain._brain import BrainOptions
 from brain._runs.manager import RunManagerOptions
 
-from brain_harness import LLM_API_KEY, BrainServer, StubPlanner, tools_config
-from harness import REPO, SidecarProcess, Upstream
+from brain_harness import LLM_API_KEY, BrainServer, ServeProcess, StubPlanner, tools_config
+from harness import SidecarProcess, Upstream
 from llm_server import ScriptedLLM, answer, calls, tool_call
 
 Start = Callable[..., SidecarProcess]
@@ -278,70 +276,6 @@ async def read_sse(
 
 
 # ---------------------------------------------------------------- `brain serve` and SIGTERM
-
-
-class ServeProcess:
-    """``python -m brain serve`` with the openai planner, as the pod runs it."""
-
-    def __init__(self, sidecar: SidecarProcess, *args: str) -> None:
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        env.pop("LLM_API_KEY", None)  # the brain never has the key
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "brain",
-                "--sidecar",
-                sidecar.unix_target,
-                "--log-format",
-                "json",
-                "serve",
-                "--planner",
-                "openai",
-                "--port",
-                "0",
-                *args,
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=env,
-            cwd=REPO,
-        )
-        self.logs: list[str] = []
-        self.url = ""
-        ready = threading.Event()
-
-        def read_stdout() -> None:
-            assert self.proc.stdout is not None
-            with self.proc.stdout:
-                for line in self.proc.stdout:
-                    if line.startswith("brain listening on "):
-                        self.url = line.split()[-1]
-                        ready.set()
-
-        def read_stderr() -> None:
-            assert self.proc.stderr is not None
-            with self.proc.stderr:
-                for line in self.proc.stderr:
-                    self.logs.append(line.rstrip())
-
-        self.readers = [
-            threading.Thread(target=read_stdout, daemon=True),
-            threading.Thread(target=read_stderr, daemon=True),
-        ]
-        for reader in self.readers:
-            reader.start()
-        if not ready.wait(60):
-            self.proc.kill()
-            raise RuntimeError("brain serve did not start:\n" + "\n".join(self.logs))
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-        for reader in self.readers:
-            reader.join(10)
 
 
 @pytest.fixture

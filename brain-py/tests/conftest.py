@@ -11,7 +11,7 @@ import pytest
 import uvloop
 
 #: Modules whose every test runs on both loops.
-BOTH_LOOPS = {"test_framed_transport", "test_api_protocol"}
+BOTH_LOOPS = {"test_framed_transport", "test_api_protocol", "test_api_body"}
 
 
 def pytest_asyncio_loop_factories(

@@ -20,6 +20,9 @@
 | ``brain_llm_running_sequences`` | gauge | (sequences in the decode batch) |
 | ``brain_llm_kv_tokens`` | gauge | (token positions held in the batch's KV cache) |
 | ``brain_llm_requests_total`` | counter | ``outcome`` |
+| ``brain_http_connections`` | gauge | (API connections open and admitted) |
+| ``brain_http_refused_total`` | counter | ``reason`` (``connections``, ``head_timeout``, |
+| | | ``body_too_large``, ``body_timeout``) |
 
 No label carries a run, agent or tool-call id (unbounded cardinality).
 """
@@ -30,7 +33,7 @@ from collections.abc import Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-__all__ = ["BatcherMetrics", "BrainMetrics", "LLMMetrics"]
+__all__ = ["BatcherMetrics", "BrainMetrics", "HttpMetrics", "LLMMetrics"]
 
 _RUN_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 _FAST_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
@@ -137,6 +140,31 @@ class LLMMetrics:
         )
 
 
+class HttpMetrics:
+    """What the API's HTTP server reports of its bounds (``brain._api.limits``)."""
+
+    REASONS = ("connections", "head_timeout", "body_too_large", "body_timeout")
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.connections = Gauge(
+            "brain_http_connections",
+            "Connections to the API open and admitted (refused ones are not counted).",
+            registry=registry,
+        )
+        self._refused = Counter(
+            "brain_http_refused",
+            "Connections and requests the API refused, by bound: connections (over a "
+            "connection cap: 503), head_timeout (closed before a request head arrived), "
+            "body_too_large (413), body_timeout (408).",
+            ["reason"],
+            registry=registry,
+        )
+        self._by_reason = {r: self._refused.labels(r) for r in self.REASONS}
+
+    def refused(self, reason: str) -> None:
+        self._by_reason[reason].inc()
+
+
 class BrainMetrics:
     """Every metric of one brain process."""
 
@@ -174,6 +202,7 @@ class BrainMetrics:
         )
         self.batcher = BatcherMetrics(r)
         self.llm = LLMMetrics(r)
+        self.http = HttpMetrics(r)
 
     def render(self) -> bytes:
         """The Prometheus text exposition of every metric."""

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import uvloop
 
+from ._api.limits import HttpLimits
 from ._brain import Brain, BrainOptions
 from ._client import ClientOptions, SidecarClient
 from ._exceptions import AdmissionRefused, BrainError
@@ -93,6 +94,7 @@ def _parser() -> argparse.ArgumentParser:
         default=float(_env("BRAIN_DRAIN_TIMEOUT", "20")),
         help="seconds runs may take to finish after SIGTERM (BRAIN_DRAIN_TIMEOUT; %(default)s)",
     )
+    _http_limit_flags(serve)
 
     run = sub.add_parser("run", help="run one task here and print its steps and answer")
     run.add_argument("task", help="what the agent should do")
@@ -103,6 +105,77 @@ def _parser() -> argparse.ArgumentParser:
 
     sub.add_parser("tools", help="list the sidecar's tools")
     return parser
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    return value
+
+
+def _http_limit_flags(p: argparse.ArgumentParser) -> None:
+    # String defaults: argparse converts them with ``type``, so a bad environment
+    # variable is reported like a bad flag.
+    d = HttpLimits()
+    p.add_argument(
+        "--max-connections",
+        type=_positive_int,
+        default=_env("BRAIN_MAX_CONNECTIONS", str(d.max_connections)),
+        help="API connections open at once; more are answered 503 and closed "
+        "(BRAIN_MAX_CONNECTIONS; %(default)s)",
+    )
+    p.add_argument(
+        "--max-connections-per-peer",
+        type=_positive_int,
+        default=_env("BRAIN_MAX_CONNECTIONS_PER_PEER", str(d.max_connections_per_peer)),
+        help="API connections open at once from one address; raise it behind a proxy that "
+        "funnels every client through a few addresses (BRAIN_MAX_CONNECTIONS_PER_PEER; "
+        "%(default)s)",
+    )
+    p.add_argument(
+        "--max-request-bytes",
+        type=_positive_int,
+        default=_env("BRAIN_MAX_REQUEST_BYTES", str(d.max_body_bytes)),
+        help="largest request body; larger ones get 413 (BRAIN_MAX_REQUEST_BYTES; %(default)s)",
+    )
+    p.add_argument(
+        "--request-head-timeout",
+        type=_positive_float,
+        default=_env("BRAIN_REQUEST_HEAD_TIMEOUT", str(d.head_timeout)),
+        help="seconds a new connection may take to send its request head "
+        "(BRAIN_REQUEST_HEAD_TIMEOUT; %(default)s)",
+    )
+    p.add_argument(
+        "--request-body-timeout",
+        type=_positive_float,
+        default=_env("BRAIN_REQUEST_BODY_TIMEOUT", str(d.body_timeout)),
+        help="seconds from a request's head to the end of its body; later gets 408 "
+        "(BRAIN_REQUEST_BODY_TIMEOUT; %(default)s)",
+    )
+
+
+def _http_limits(args: argparse.Namespace) -> HttpLimits:
+    return HttpLimits(
+        head_timeout=args.request_head_timeout,
+        max_connections=args.max_connections,
+        max_connections_per_peer=args.max_connections_per_peer,
+        max_body_bytes=args.max_request_bytes,
+        body_timeout=args.request_body_timeout,
+    )
 
 
 def _optional_int(text: str | None) -> int | None:
@@ -244,6 +317,7 @@ def _brain(args: argparse.Namespace, options: BrainOptions | None = None) -> Bra
 async def _serve(args: argparse.Namespace) -> int:
     from ._api.server import bind, serve
 
+    limits = _http_limits(args)
     brain = _brain(args, BrainOptions(runs=RunManagerOptions(max_in_flight=args.max_runs)))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -258,7 +332,14 @@ async def _serve(args: argparse.Namespace) -> int:
     def listening(url: str) -> None:
         print(f"brain listening on {url}", flush=True)
 
-    return await serve(brain, sock, stop, drain_timeout=args.drain_timeout, on_listening=listening)
+    return await serve(
+        brain,
+        sock,
+        stop,
+        drain_timeout=args.drain_timeout,
+        on_listening=listening,
+        limits=limits,
+    )
 
 
 def format_event(event: RunEvent) -> str | None:

@@ -9,6 +9,9 @@
 | ``models.py`` | request and response models |
 | ``app.py`` | ``create_app(brain)``: routers, error mapping, ``app.state.brain`` |
 | ``deps.py`` | dependencies the routers share (the process's ``Brain``) |
+| ``limits.py`` | ``HttpLimits``: what the server admits (connections, heads, bodies) |
+| ``body.py`` | ``BoundedBody``: request bodies read within their size and time bounds |
+| ``protocol.py`` | uvicorn's h11 with the connection caps and the request-head deadline |
 | ``server.py`` | ``serve()``: the app on uvicorn, and the drain on SIGTERM (``brain serve``) |
 
 ``server`` is imported on its own (by ``brain serve`` and the tests): building an app

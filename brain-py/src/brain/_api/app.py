@@ -3,7 +3,8 @@
 Errors are mapped here, in one place: :class:`~brain.RunNotFound` → 404,
 :class:`~brain.AdmissionRefused` → 429 (over the in-flight limit) or 503
 (draining), each with ``Retry-After``; request validation → 422 listing each problem with
-its field path (``loc``).
+its field path (``loc``). Request bodies are bounded before any of this
+(:class:`~.body.BoundedBody`: 413, 408).
 """
 
 from __future__ import annotations
@@ -14,11 +15,13 @@ from fastapi.responses import JSONResponse
 from .._brain import Brain
 from .._exceptions import AdmissionRefused, RunNotFound
 from . import health, runs, tools
+from .body import BoundedBody
+from .limits import HttpLimits
 
 __all__ = ["create_app"]
 
 
-def create_app(brain: Brain) -> FastAPI:
+def create_app(brain: Brain, limits: HttpLimits | None = None) -> FastAPI:
     app = FastAPI(
         title="tandem brain",
         summary="Agent runs: plan with an LLM, act through the sidecar.",
@@ -28,6 +31,9 @@ def create_app(brain: Brain) -> FastAPI:
     app.include_router(runs.router)
     app.include_router(tools.router)
     app.include_router(health.router)
+    app.add_middleware(
+        BoundedBody, limits=limits or HttpLimits(), refused=brain.metrics.http.refused
+    )
 
     @app.exception_handler(RunNotFound)
     async def not_found(_: Request, exc: RunNotFound) -> JSONResponse:

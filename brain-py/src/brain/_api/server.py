@@ -9,6 +9,10 @@ SIGTERM or SIGINT), then:
 3. stops the HTTP server (waiting answers and event streams have ended by then),
 4. closes the planner and the sidecar client.
 
+What the server admits (connections, request heads and bodies) is bounded by
+:class:`~.limits.HttpLimits`; :func:`serve` raises the process's open-file limit to hold
+``max_connections`` where the hard limit allows.
+
 If the planner fails to load its model, the server stops the same way at once and
 :func:`serve` returns 1. uvicorn's own signal handling is switched off: it would stop the
 server at once, without the drain.
@@ -19,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import resource
 import socket
 from collections.abc import Callable, Generator
 from typing import Any
@@ -27,7 +32,8 @@ import uvicorn
 
 from .._brain import Brain
 from .app import create_app
-from .protocol import REQUEST_HEAD_TIMEOUT, head_deadline_protocol
+from .limits import HttpLimits
+from .protocol import api_protocol
 
 __all__ = ["bind", "serve"]
 
@@ -52,6 +58,32 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+#: File descriptors the brain needs besides its API connections: the sidecar's channels,
+#: the planner's HTTP connections, model files, logs.
+_OTHER_FILES = 1024
+
+
+def _room_for_connections(connections: int) -> None:
+    """Raise the soft open-file limit so ``connections`` fit, as far as the hard limit
+    allows (many hosts start processes at a soft 1,024; containers usually at the hard
+    limit). Past it, accepting fails with EMFILE, so say so at the start."""
+    wanted = connections + _OTHER_FILES
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        raised = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        if raised > soft:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (raised, hard))
+            soft = raised
+        if soft < wanted:
+            log.warning(
+                "the open-file limit (%d) is under max_connections + %d (%d): "
+                "connections past it fail to be accepted",
+                soft,
+                _OTHER_FILES,
+                wanted,
+            )
+
+
 async def serve(
     brain: Brain,
     sock: socket.socket,
@@ -59,18 +91,20 @@ async def serve(
     *,
     drain_timeout: float,
     on_listening: Callable[[str], None] | None = None,
-    head_timeout: float = REQUEST_HEAD_TIMEOUT,
+    limits: HttpLimits | None = None,
 ) -> int:
     """Serve the API on ``sock`` until ``stop`` is set, then drain. Returns an exit code."""
+    limits = limits or HttpLimits()
+    _room_for_connections(limits.max_connections)
     config = uvicorn.Config(
-        create_app(brain),
+        create_app(brain, limits),
         lifespan="off",
         log_config=None,
         access_log=False,
         timeout_graceful_shutdown=5,
         timeout_keep_alive=30,
-        # Every request head within head_timeout: see protocol.py.
-        http=head_deadline_protocol(head_timeout),
+        # Connection caps and a deadline on request heads: see protocol.py.
+        http=api_protocol(limits, brain.metrics.http),
     )
     server = _Server(config)
     await brain.start()
