@@ -1,9 +1,12 @@
-"""Hostile connections to the ports a pod opens to the cluster: metrics and health.
+"""Hostile connections to the ports a sidecar opens to the network: metrics, health and
+the TCP data plane.
 
-The metrics port is open to every pod (Prometheus scrapes it) and kubelet dials the health
-port. A client that connects and sends nothing, or half a request, used to hold a file
-descriptor and memory in the sidecar for good (5,000 such connections: +60 MiB on the
-metrics port, +18 MiB on the health port, none ever closed). Each case opens many such
+The metrics port is open to every pod (Prometheus scrapes it), kubelet dials the health
+port, and an operator may open the data plane on TCP (`--listen host:port`, with a token)
+to brains outside the pod. A client that connects and sends nothing, or half a request,
+used to hold a file descriptor and memory in the sidecar for good (5,000 such
+connections: +60 MiB on the metrics port, +18 MiB on the health port, none ever closed;
+1,000 on the TCP data plane: 1,000 descriptors, none ever closed). Each case opens many such
 connections from one address, then asserts what the sidecar holds (file descriptors, from
 /proc) is bounded by the port's cap per peer while they are open, that a client from another
 address (127.0.0.2: any of 127.0.0.0/8 reaches a loopback port) is still served meanwhile,
@@ -42,6 +45,10 @@ OTHER_PEER = "127.0.0.2"
 SCRAPE_HEADER_TIMEOUT = 10.0
 #: A health connection's whole life: `PROBE_CONNECTION_AGE` + `PROBE_CONNECTION_GRACE`.
 PROBE_CONNECTION_LIFE = 15.0
+#: What the TCP data plane serves at once from one address (`--max-tcp-connections-per-peer`'s
+#: default), and the time a connection has to send the HTTP/2 preface (`PREFACE_TIMEOUT`).
+GRPC_PER_PEER = 256
+PREFACE_TIMEOUT = 10.0
 #: Connections each case opens: well past both caps.
 FLOOD = 1_000
 #: File descriptors the sidecar may open besides the connections under test (its
@@ -197,3 +204,29 @@ def test_connections_to_the_health_port_that_never_speak_are_closed(
     samples = scrape(sidecar.metrics_port)
     refused = samples["sidecar_connections_refused_total"][(("listener", "health"),)]
     assert refused >= FLOOD - PROBE_PER_PEER
+
+
+def test_connections_to_the_tcp_data_plane_that_never_send_the_preface_are_bounded_and_closed(
+    sidecar: SidecarProcess,
+) -> None:
+    base = open_fds(sidecar)
+    # Half the flood sends part of the HTTP/2 preface, half nothing at all.
+    with (
+        connections(sidecar.tcp_port, FLOOD // 2, b"PRI * HTTP/2.0\r\n") as partial,
+        connections(sidecar.tcp_port, FLOOD // 2) as silent,
+    ):
+        assert len(partial) + len(silent) == FLOOD
+        time.sleep(1.0)
+        held = open_fds(sidecar) - base
+        assert held <= GRPC_PER_PEER + FD_SLACK, f"{held} descriptors for {FLOOD} idle"
+        # A brain from its own address still calls (health over the same listener).
+        assert health_serving_from(OTHER_PEER, sidecar.tcp_port)
+        # Past the preface deadline every one of them is closed, though the client keeps it.
+        assert wait_until(lambda: open_fds(sidecar) <= base + FD_SLACK, PREFACE_TIMEOUT + 10), (
+            f"{open_fds(sidecar) - base} descriptors still held"
+        )
+    # The flood's address is served again, and the port says how many it turned away.
+    assert health_serving(sidecar.tcp_port)
+    samples = scrape(sidecar.metrics_port)
+    refused = samples["sidecar_connections_refused_total"][(("listener", "grpc"),)]
+    assert refused >= FLOOD - GRPC_PER_PEER

@@ -49,6 +49,17 @@ pub struct Cli {
     #[arg(long)]
     pub allow_unauthenticated_tcp: bool,
 
+    /// Connections each gRPC TCP listener serves at once; past it a new one
+    /// is closed on arrival (the unix sockets are guarded by their file mode).
+    #[arg(long, env = "SIDECAR_MAX_TCP_CONNECTIONS", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_tcp_connections: u32,
+
+    /// Connections a gRPC TCP listener serves at once from one address, so one
+    /// client cannot take every connection; raise it when many clients reach
+    /// the sidecar through one address (a NAT or proxy).
+    #[arg(long, env = "SIDECAR_MAX_TCP_CONNECTIONS_PER_PEER", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_tcp_connections_per_peer: u32,
+
     /// How often the tools file (and the secret and schema files it references) are checked
     /// for changes; SIGHUP reloads at once.
     #[arg(long, env = "SIDECAR_RELOAD_INTERVAL", default_value = "2s", value_parser = humantime_duration)]
@@ -218,6 +229,8 @@ impl Cli {
             metrics_listen: self.metrics_listen,
             auth,
             allow_unauthenticated_tcp: self.allow_unauthenticated_tcp,
+            max_tcp_connections: self.max_tcp_connections as usize,
+            max_tcp_connections_per_peer: self.max_tcp_connections_per_peer as usize,
             reload_interval: self.reload_interval,
             tracing: self.otlp_endpoint.is_some(),
             redis_url: self.redis_url.clone(),

@@ -63,8 +63,9 @@ pub struct Metrics {
     /// ended; their calls were cancelled at once.
     pub streams_abandoned: IntCounter,
     /// `sidecar_connections_refused_total{listener}`: connections to the
-    /// `metrics` or `health` port closed on arrival because that port, or
-    /// the connection's peer address, held as many as it serves at once.
+    /// `metrics` or `health` port, or to a gRPC TCP listener (`grpc`), closed
+    /// on arrival because that port, or the connection's peer address, held
+    /// as many as it serves at once.
     pub connections_refused: IntCounterVec,
     /// `sidecar_frames_shared_results_total{outcome}`: results of at least
     /// 16 KiB on frames streams with a shared region: `shared` (through the
@@ -154,7 +155,7 @@ impl Metrics {
         let connections_refused = IntCounterVec::new(
             Opts::new(
                 "sidecar_connections_refused_total",
-                "Connections to the metrics or health port closed on arrival: the port, or the peer address, held the most it serves at once.",
+                "Connections to the metrics, health or gRPC TCP port closed on arrival: the port, or the peer address, held the most it serves at once.",
             ),
             &["listener"],
         )

@@ -118,6 +118,8 @@ async fn one_stream_one_result_per_call_and_cancellation_reaches_the_upstream() 
             metrics_listen: None,
             auth: None,
             allow_unauthenticated_tcp: false,
+            max_tcp_connections: 1024,
+            max_tcp_connections_per_peer: 256,
             reload_interval: Duration::from_secs(60),
             tracing: false,
             redis_url: None,

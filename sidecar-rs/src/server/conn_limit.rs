@@ -1,23 +1,37 @@
 //! How many connections a listener open to the cluster serves at once: in
-//! all, and from any one peer address.
+//! all, and from any one peer address; and, where asked, how long a new
+//! connection may take to send its first bytes.
 //!
 //! The metrics and health ports are reachable from other pods (Prometheus,
-//! kubelet), and each connection holds memory and a file descriptor that the
-//! sidecar's tool calls need too. A cap in all bounds that; a smaller cap per
-//! peer keeps one misbehaving pod from taking every slot, so Prometheus or
-//! kubelet, from their own addresses, still get in during a flood. Neither
-//! hyper nor tonic limits connections (tower's limits count requests), hence
-//! this small wrapper: a slot is taken at accept and given back when the
-//! connection is dropped.
+//! kubelet), and so is a TCP data plane; each connection holds memory and a
+//! file descriptor that the sidecar's tool calls need too. A cap in all
+//! bounds that; a smaller cap per peer keeps one misbehaving pod from taking
+//! every slot, so Prometheus, kubelet or a brain, from their own addresses,
+//! still get in during a flood. Neither hyper nor tonic limits connections
+//! (tower's limits count requests), hence this small wrapper: a slot is taken
+//! at accept and given back when the connection is dropped.
+//!
+//! The first-bytes deadline is for the TCP data plane: hyper's HTTP/2 server
+//! waits for a client's preface without a deadline, and its keep-alive pings
+//! start only after it, so a connection that sent nothing, or part of the
+//! preface, was held for good. tonic's connection age would also end the
+//! long-lived streams of real clients, and a read timeout (tokio-io-timeout)
+//! applies to every read, so it would end a healthy connection that is idle;
+//! this one applies until the first bytes have arrived and never again.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::io;
 use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
+use prometheus::IntCounter;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::time::Sleep;
 use tonic::transport::server::Connected;
 
 /// The connections a listener holds, in all and by peer address.
@@ -62,6 +76,22 @@ impl ConnLimit {
     }
 }
 
+impl ConnLimit {
+    /// `io` with a slot of its own, or `None` when its listener or its peer
+    /// is at its cap (counted in `refused`; dropping `io` closes it).
+    pub fn admit_stream(
+        self: &Arc<Self>,
+        io: TcpStream,
+        refused: &IntCounter,
+    ) -> Option<Limited<TcpStream>> {
+        let slot = io.peer_addr().ok().and_then(|peer| self.admit(peer.ip()));
+        if slot.is_none() {
+            refused.inc();
+        }
+        slot.map(|slot| Limited::new(io, slot))
+    }
+}
+
 /// One admitted connection's place; given back when dropped.
 #[derive(Debug)]
 pub struct Slot {
@@ -86,11 +116,35 @@ impl Drop for Slot {
 pub struct Limited<S> {
     io: S,
     _slot: Slot,
+    first_bytes: Option<FirstBytes>,
+}
+
+/// The deadline on a connection's first bytes (see the module's doc).
+struct FirstBytes {
+    /// Bytes still to arrive before the deadline no longer applies.
+    awaiting: usize,
+    deadline: Pin<Box<Sleep>>,
+    expired: bool,
 }
 
 impl<S> Limited<S> {
     pub fn new(io: S, slot: Slot) -> Self {
-        Self { io, _slot: slot }
+        Self {
+            io,
+            _slot: slot,
+            first_bytes: None,
+        }
+    }
+
+    /// Fails the connection's reads unless its first `bytes` bytes arrive
+    /// `within` this long of now.
+    pub fn first_bytes_within(mut self, bytes: usize, within: Duration) -> Self {
+        self.first_bytes = Some(FirstBytes {
+            awaiting: bytes,
+            deadline: Box::pin(tokio::time::sleep(within)),
+            expired: false,
+        });
+        self
     }
 }
 
@@ -100,8 +154,41 @@ impl<S: AsyncRead + Unpin> AsyncRead for Limited<S> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
+        let this = self.get_mut();
+        let Some(first) = this.first_bytes.as_mut() else {
+            return Pin::new(&mut this.io).poll_read(cx, buf);
+        };
+        if first.expired {
+            return Poll::Ready(Err(late()));
+        }
+        let before = buf.filled().len();
+        match Pin::new(&mut this.io).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                let read = buf.filled().len() - before;
+                first.awaiting = first.awaiting.saturating_sub(read);
+                // All arrived, or the end of the stream (the server sees it).
+                if first.awaiting == 0 || read == 0 {
+                    this.first_bytes = None;
+                }
+                Poll::Ready(Ok(()))
+            }
+            Poll::Pending => {
+                if first.deadline.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                first.expired = true;
+                Poll::Ready(Err(late()))
+            }
+            failed => failed,
+        }
     }
+}
+
+fn late() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::TimedOut,
+        "the connection's first bytes did not arrive in time",
+    )
 }
 
 impl<S: AsyncWrite + Unpin> AsyncWrite for Limited<S> {
@@ -162,6 +249,67 @@ mod tests {
         assert!(limit.admit(A).is_some(), "a slot given back is free again");
         drop(b);
         assert!(limit.held.lock().unwrap().by_peer.is_empty());
+    }
+
+    fn slot() -> Slot {
+        ConnLimit::new(1, 1).admit(A).unwrap()
+    }
+
+    async fn read_some(conn: &mut Limited<tokio::io::DuplexStream>) -> io::Result<usize> {
+        use tokio::io::AsyncReadExt;
+        let mut buf = [0u8; 64];
+        conn.read(&mut buf).await
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_that_sends_nothing_fails_at_the_deadline() {
+        let (_client, server) = tokio::io::duplex(64);
+        let mut conn = Limited::new(server, slot()).first_bytes_within(24, Duration::from_secs(10));
+        let started = tokio::time::Instant::now();
+        let err = read_some(&mut conn).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert_eq!(started.elapsed(), Duration::from_secs(10));
+        // And stays failed.
+        assert_eq!(
+            read_some(&mut conn).await.unwrap_err().kind(),
+            io::ErrorKind::TimedOut
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn part_of_the_first_bytes_is_not_enough() {
+        use tokio::io::AsyncWriteExt;
+        let (mut client, server) = tokio::io::duplex(64);
+        let mut conn = Limited::new(server, slot()).first_bytes_within(24, Duration::from_secs(10));
+        client.write_all(b"PRI * HTTP/2.0\r\n").await.unwrap();
+        assert_eq!(read_some(&mut conn).await.unwrap(), 16);
+        let err = read_some(&mut conn).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn once_the_first_bytes_arrived_an_idle_connection_is_never_cut() {
+        use tokio::io::AsyncWriteExt;
+        let (mut client, server) = tokio::io::duplex(64);
+        let mut conn = Limited::new(server, slot()).first_bytes_within(24, Duration::from_secs(10));
+        client.write_all(b"PRI * HTTP/2.0\r\n").await.unwrap();
+        assert_eq!(read_some(&mut conn).await.unwrap(), 16);
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        client.write_all(b"\r\nSM\r\n\r\n").await.unwrap();
+        assert_eq!(read_some(&mut conn).await.unwrap(), 8);
+        // Idle for an hour: the read waits, and data after it arrives.
+        let idle = tokio::time::timeout(Duration::from_secs(3600), read_some(&mut conn)).await;
+        assert!(idle.is_err(), "the read must still be waiting: {idle:?}");
+        client.write_all(b"frame").await.unwrap();
+        assert_eq!(read_some(&mut conn).await.unwrap(), 5);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn without_a_deadline_a_connection_waits_for_good() {
+        let (_client, server) = tokio::io::duplex(64);
+        let mut conn = Limited::new(server, slot());
+        let idle = tokio::time::timeout(Duration::from_secs(3600), read_some(&mut conn)).await;
+        assert!(idle.is_err());
     }
 
     #[test]

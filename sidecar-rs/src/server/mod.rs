@@ -39,7 +39,7 @@ use crate::metrics::Metrics;
 use crate::pb::{self, dispatcher_server::DispatcherServer};
 use crate::policy::fleet::Fleet;
 use crate::server::auth::BearerAuth;
-use crate::server::conn_limit::{ConnLimit, Limited};
+use crate::server::conn_limit::ConnLimit;
 use crate::server::dispatch::{Admission, DispatchService};
 use crate::server::drain::Drain;
 use crate::server::linger::{Lingering, LINGER_MAX};
@@ -63,6 +63,15 @@ const PRUNE_EVERY: Duration = Duration::from_secs(60);
 /// held 18 MiB and as many file descriptors indefinitely.
 const PROBE_CONNECTION_AGE: Duration = Duration::from_secs(10);
 const PROBE_CONNECTION_GRACE: Duration = Duration::from_secs(5);
+
+/// How long a connection to a gRPC TCP listener may take to send the HTTP/2
+/// preface ([`HTTP2_PREFACE`]); past it the connection is closed. After the
+/// preface, hyper's keep-alive pings find a peer that has gone quiet. Before,
+/// a connection that sent nothing, or part of the preface, was held for good.
+const PREFACE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The bytes every HTTP/2 connection opens with (RFC 9113, section 3.4).
+const HTTP2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// Connections `--health-listen` serves at once, and from one peer address:
 /// kubelet probes from the node's address, one connection per probe, so a
@@ -128,6 +137,10 @@ pub struct ServerConfig {
     /// Required on TCP listeners unless `allow_unauthenticated_tcp`.
     pub auth: Option<BearerAuth>,
     pub allow_unauthenticated_tcp: bool,
+    /// Connections each gRPC TCP listener serves at once, in all and from one
+    /// peer address ([`conn_limit`]).
+    pub max_tcp_connections: usize,
+    pub max_tcp_connections_per_peer: usize,
     /// How often the tools file is checked for changes.
     pub reload_interval: Duration,
     /// Spans are exported (set by whoever installed the OTLP exporter).
@@ -280,8 +293,19 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> an
                     .with_context(|| format!("binding --listen {addr}"))?;
                 tracing::info!(addr = %listener.local_addr()?, "listening");
                 let closing = closing.clone();
+                let limit = ConnLimit::new(
+                    config.max_tcp_connections,
+                    config.max_tcp_connections_per_peer,
+                );
+                let refused = metrics.connections_refused.with_label_values(&["grpc"]);
                 let incoming = TcpIncoming::from(listener)
                     .with_nodelay(Some(true))
+                    .try_filter_map(move |io| {
+                        let admitted = limit
+                            .admit_stream(io, &refused)
+                            .map(|io| io.first_bytes_within(HTTP2_PREFACE.len(), PREFACE_TIMEOUT));
+                        std::future::ready(Ok(admitted))
+                    })
                     .map_ok(move |io| Lingering::new(io, closing.clone()));
                 let serve = tcp_router
                     .clone()
@@ -331,13 +355,8 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> an
         let stop = background.clone();
         let limit = ConnLimit::new(MAX_PROBE_CONNECTIONS, MAX_PROBE_CONNECTIONS_PER_PEER);
         let refused = metrics.connections_refused.with_label_values(&["health"]);
-        let incoming = TcpIncoming::from(listener).try_filter_map(move |io| {
-            let slot = io.peer_addr().ok().and_then(|peer| limit.admit(peer.ip()));
-            if slot.is_none() {
-                refused.inc();
-            }
-            std::future::ready(Ok(slot.map(|slot| Limited::new(io, slot))))
-        });
+        let incoming = TcpIncoming::from(listener)
+            .try_filter_map(move |io| std::future::ready(Ok(limit.admit_stream(io, &refused))));
         let probes = server()
             .max_connection_age(PROBE_CONNECTION_AGE)
             .max_connection_age_grace(PROBE_CONNECTION_GRACE)
