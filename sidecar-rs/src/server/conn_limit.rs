@@ -74,9 +74,7 @@ impl ConnLimit {
             peer,
         })
     }
-}
 
-impl ConnLimit {
     /// `io` with a slot of its own, or `None` when its listener or its peer
     /// is at its cap (counted in `refused`; dropping `io` closes it).
     pub fn admit_stream(
@@ -162,12 +160,13 @@ impl<S: AsyncRead + Unpin> AsyncRead for Limited<S> {
             return Poll::Ready(Err(late()));
         }
         let before = buf.filled().len();
+        let room = buf.remaining() > 0;
         match Pin::new(&mut this.io).poll_read(cx, buf) {
             Poll::Ready(Ok(())) => {
                 let read = buf.filled().len() - before;
                 first.awaiting = first.awaiting.saturating_sub(read);
                 // All arrived, or the end of the stream (the server sees it).
-                if first.awaiting == 0 || read == 0 {
+                if first.awaiting == 0 || (read == 0 && room) {
                     this.first_bytes = None;
                 }
                 Poll::Ready(Ok(()))
