@@ -15,7 +15,10 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import hashlib
+import shutil
 import sys
+import tempfile
 import time
 import traceback
 from pathlib import Path
@@ -48,6 +51,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def frozen_copy(binary: Path, into: Path) -> tuple[Path, str]:
+    """A copy of ``binary`` for the whole run, and its sha256.
+
+    Every scenario measures these same bytes: scenario 5's ``cargo bench`` relinks
+    ``target/release/sidecar`` (a bench build unifies the dev-dependencies' features, e.g.
+    tokio's ``test-util``), and a rebuild during the run would otherwise change the
+    sidecar under the scenarios after it.
+    """
+    copy = into / binary.name
+    shutil.copy2(binary, copy)
+    digest = hashlib.sha256(copy.read_bytes()).hexdigest()
+    return copy, digest
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     stale = stale_fixtures()
@@ -63,11 +80,13 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     results: list[ScenarioResult] = []
     failed: list[str] = []
-    with Nginx() as nginx:
+    with tempfile.TemporaryDirectory(prefix="tandem-bench-bin-") as tmp, Nginx() as nginx:
+        sidecar_bin, sidecar_sha256 = frozen_copy(args.sidecar_bin, Path(tmp))
+        print(f"==> measuring {args.sidecar_bin} (sha256 {sidecar_sha256[:16]}...)", flush=True)
         ctx = Context(
             quick=args.quick,
             nginx=nginx,
-            sidecar_bin=args.sidecar_bin.resolve(),
+            sidecar_bin=sidecar_bin,
             results_dir=args.results,
             repo=REPO,
             pin=not args.no_pin,
@@ -97,6 +116,8 @@ def main(argv: list[str] | None = None) -> int:
         "machine": report.machine(),
         "finished_at": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "duration_s": round(time.monotonic() - started, 1),
+        "sidecar_bin": str(args.sidecar_bin),
+        "sidecar_sha256": sidecar_sha256,
     }
     report.write_summary(results, meta, args.results)
     problems = check_results(args.results, [r.key for r in results])

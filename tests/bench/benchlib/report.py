@@ -97,7 +97,8 @@ def write_summary(results: list[ScenarioResult], meta: dict[str, Any], results_d
     lines = [
         f"Measured {meta['finished_at']} on {m['cores']} cores ({m['cpu_model']}), "
         f"{m['memory_gib']} GiB, Linux {m['kernel']}, Python {m['python']}"
-        f"{'; QUICK mode' if meta['quick'] else ''}.",
+        f"{'; QUICK mode' if meta['quick'] else ''}."
+        + (f" Sidecar sha256 {meta['sidecar_sha256'][:16]}." if "sidecar_sha256" in meta else ""),
         "",
     ]
     lines.extend(markdown_section(r) + "\n" for r in results)
