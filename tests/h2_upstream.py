@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import ssl
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import h2.config
@@ -38,6 +39,8 @@ class Route:
     hold: bool = False
     #: Drop the whole connection instead of answering (a peer restarting).
     drop: bool = False
+    #: Answer with this instead (what a misbehaving origin writes; tests/hostile/h2_origin.py).
+    script: Callable[[_Connection, int], Awaitable[None]] | None = None
 
 
 class H2Upstream(LoopServer):
@@ -64,6 +67,7 @@ class H2Upstream(LoopServer):
         self.refused: collections.Counter[str] = collections.Counter()
         #: Requests still to answer with a graceful shutdown of their connection, by path.
         self._shutdowns: collections.Counter[str] = collections.Counter()
+        self._open: set[_Connection] = set()
 
     def json(self, path: str, body: bytes, *, status: int = 200, delay: float = 0.0) -> None:
         self._routes[path] = Route(body, status, delay)
@@ -73,6 +77,11 @@ class H2Upstream(LoopServer):
 
     def drop(self, path: str) -> None:
         self._routes[path] = Route(b"", drop=True)
+
+    def script(self, path: str, script: Callable[[_Connection, int], Awaitable[None]]) -> None:
+        """Answer ``path`` with ``script(connection, stream_id)``: it writes through the
+        connection's ``h2`` state machine and :meth:`_Connection.flush`."""
+        self._routes[path] = Route(b"", script=script)
 
     def refuse(
         self,
@@ -92,17 +101,23 @@ class H2Upstream(LoopServer):
         theirs, as a server restarting does), then closing it."""
         self._shutdowns[path] = times
 
+    def paths_open(self) -> list[str]:
+        """The paths of the streams still open, on every connection."""
+        return [path for conn in list(self._open) for path in list(conn.paths.values())]
+
     def route(self, path: str) -> Route:
         return self._routes.get(path) or Route(b'{"error": "no route"}', status=404)
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
         conn = _Connection(self, writer)
+        self._open.add(conn)
         try:
             await conn.serve(reader)
         except ConnectionError:
             pass
         finally:
+            self._open.discard(conn)
             conn.close()
 
 
@@ -126,6 +141,17 @@ class _Connection:
         self.handlers: dict[int, asyncio.Task[None]] = {}
         #: Set when the client opens flow-control windows (a large body waits on it).
         self.window = asyncio.Event()
+
+    async def room(self, sid: int) -> int:
+        """Bytes ``sid`` may send now (flow control and frame size), waiting for a window
+        update while there are none."""
+        while True:
+            room = min(self.h2.local_flow_control_window(sid), self.h2.max_outbound_frame_size)
+            if room > 0:
+                return room
+            self.window.clear()
+            self.flush()
+            await self.window.wait()
 
     async def serve(self, reader: asyncio.StreamReader) -> None:
         self.h2.initiate_connection()
@@ -178,6 +204,16 @@ class _Connection:
         if route.drop:
             self.writer.transport.abort()
             return
+        if route.script is not None:
+            try:
+                await route.script(self, sid)
+            except h2.exceptions.StreamClosedError:
+                pass  # the client reset it
+            finally:
+                self.paths.pop(sid, None)
+                self.handlers.pop(sid, None)
+                self.flush()
+            return
         if route.hold:
             await asyncio.Event().wait()
         if route.delay:
@@ -194,12 +230,7 @@ class _Connection:
             )
             body = memoryview(route.body)
             while body:
-                room = min(self.h2.local_flow_control_window(sid), self.h2.max_outbound_frame_size)
-                if room <= 0:
-                    self.window.clear()
-                    self.flush()
-                    await self.window.wait()
-                    continue
+                room = await self.room(sid)
                 chunk, body = body[:room], body[room:]
                 self.h2.send_data(sid, bytes(chunk), end_stream=not body)
                 self.flush()

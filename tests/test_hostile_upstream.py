@@ -9,23 +9,17 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 
 import pytest
 
 from brain import SidecarClient, Status
+from hostile.cases import ATTEMPTS, MB, RSS_BOUND, Case, case_tools
 from hostile.upstream import HostileUpstream
 
 from harness import SidecarProcess, scrape, tool, tools_file
 
 Start = Callable[..., SidecarProcess]
 MakeClient = Callable[..., SidecarClient]
-
-MB = 1024 * 1024
-#: Resident memory a case may add: far below the 50 MB bodies and the 100 MB bomb.
-RSS_BOUND = 48 * MB
-ATTEMPTS = 2
-RETRY = {"max_attempts": ATTEMPTS, "backoff_initial": "10ms", "backoff_max": "20ms"}
 
 
 @pytest.fixture
@@ -40,16 +34,6 @@ def hostile() -> Iterator[Callable[[], HostileUpstream]]:
     yield make
     for server in started:
         server.stop()
-
-
-@dataclass(frozen=True)
-class Case:
-    scenario: str
-    status: Status
-    upstream_status: int = 0
-    #: A fragment of the error message.
-    error: str = ""
-    attempts: int = 1
 
 
 CASES = [
@@ -74,16 +58,7 @@ CASES = [
 
 def config(server: HostileUpstream, *, breaker: bool = False) -> str:
     return tools_file(
-        *(
-            tool(
-                c.scenario,
-                f"{server.url}/{c.scenario}",
-                retry=RETRY,
-                timeout="1s" if c.scenario == "drip" else "10s",
-                max_response_bytes=MB,
-            )
-            for c in CASES
-        ),
+        *case_tools(server.url, CASES),
         tool("ok", f"{server.url}/ok"),
         upstreams={
             server.url: {

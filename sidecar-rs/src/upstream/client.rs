@@ -27,7 +27,7 @@ use crate::config::spec::HttpVersion;
 use crate::config::template::{Credentials, RenderedRequest};
 use crate::error::CallError;
 use crate::upstream::egress::{self, EgressDenied, EgressPolicy, RedirectRules};
-use crate::upstream::http::{default_headers, HttpClient};
+use crate::upstream::http::{default_headers, HttpClient, HTTP2_MAX_HEADER_LIST_SIZE};
 use crate::upstream::multiplex::{self, Multiplexed};
 
 /// How a tool reaches its own origin.
@@ -545,13 +545,17 @@ impl Credentials {
 /// speaks only HTTP/1.1 causes, saying so. Such an origin answers the
 /// connection preface with an error page, which HTTP/2 reads as a frame
 /// header (a framing error), or closes the connection before that is read.
-/// Neither a failure to connect nor one the origin reported in HTTP/2 (a
-/// reset, a GOAWAY) gets the hint, nor does any failure once the origin has
+/// Neither a failure to connect, nor one the origin reported in HTTP/2 (a
+/// reset, a GOAWAY), nor a stream the sidecar reset over what the origin
+/// sent on it gets the hint, nor does any failure once the origin has
 /// answered (the caller checks that).
 fn describe_http2(e: &(dyn std::error::Error + 'static)) -> CallError {
     let h2 = h2_error(e);
+    // Connection-level only: a stream the sidecar reset for what the origin
+    // sent on it was read as HTTP/2.
     if h2.is_some_and(|h2| {
         h2.is_library()
+            && h2.is_go_away()
             && matches!(
                 h2.reason(),
                 Some(h2::Reason::FRAME_SIZE_ERROR | h2::Reason::PROTOCOL_ERROR)
@@ -562,7 +566,8 @@ fn describe_http2(e: &(dyn std::error::Error + 'static)) -> CallError {
         ));
     }
     // A connection refused or timed out says nothing about the protocol.
-    let about_http2 = !is_connect(e) && !h2.is_some_and(h2::Error::is_remote);
+    // Nor does a stream the sidecar reset: the origin spoke HTTP/2 on it.
+    let about_http2 = !is_connect(e) && !h2.is_some_and(|h2| h2.is_remote() || h2.is_reset());
     match describe(Failed::Request, e) {
         CallError::UpstreamUnreachable(message) if about_http2 => CallError::UpstreamUnreachable(
             format!("{message}; the origin has not answered in HTTP/2 yet: {NOT_HTTP2}"),
@@ -598,6 +603,31 @@ fn h2_error<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a h2::Erro
     None
 }
 
+/// What the origin did, where `e` is the sidecar's HTTP/2 layer refusing
+/// what it sent (a local error, not one the origin reported).
+fn http2_rule_broken(failed: Failed, e: &(dyn std::error::Error + 'static)) -> Option<String> {
+    let h2 = h2_error(e).filter(|h2| h2.is_library())?;
+    let limit = HTTP2_MAX_HEADER_LIST_SIZE / 1024;
+    match (h2.reason()?, h2.is_go_away(), failed) {
+        // h2 must decode a header block to keep the HPACK state; one too
+        // large to buffer ends the connection.
+        (h2::Reason::COMPRESSION_ERROR, _, _) => Some(format!(
+            "the origin sent a response header block over the {limit} KiB the sidecar \
+             accepts, or one that is not valid HPACK; its connection is closed"
+        )),
+        (h2::Reason::PROTOCOL_ERROR, false, Failed::Request) => Some(format!(
+            "the origin's response head breaks HTTP/2's rules: headers over the {limit} KiB \
+             the sidecar accepts, or a malformed or connection-specific header"
+        )),
+        (h2::Reason::PROTOCOL_ERROR, false, Failed::Body) => Some(
+            "the origin's response body breaks HTTP/2's rules: more or fewer bytes than its \
+             content-length, or a malformed trailer"
+                .to_owned(),
+        ),
+        _ => None,
+    }
+}
+
 /// What was under way when a transport error came.
 #[derive(Debug, Clone, Copy)]
 enum Failed {
@@ -625,6 +655,11 @@ fn describe(failed: Failed, e: &(dyn std::error::Error + 'static)) -> CallError 
     while let Some(s) = source {
         detail = s.to_string();
         source = s.source();
+    }
+    if let Some(broke) = http2_rule_broken(failed, e) {
+        // h2's own words ("unspecific protocol error detected") do not say
+        // what the origin did.
+        detail = format!("{broke} ({detail})");
     }
     if detail.is_empty() {
         CallError::UpstreamUnreachable(kind.to_owned())

@@ -76,6 +76,13 @@ impl Default for UpstreamOptions {
 pub(crate) const HTTP2_PING_INTERVAL: Duration = Duration::from_secs(30);
 pub(crate) const HTTP2_PING_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The largest response header block an HTTP/2 origin may send (hyper's
+/// default, set here so the error that names it cannot drift from it). h2
+/// answers a larger one by ending the whole connection (`COMPRESSION_ERROR`:
+/// the block must be decoded to keep the HPACK state, and it will not buffer
+/// it), so every call on that connection fails with it.
+pub(crate) const HTTP2_MAX_HEADER_LIST_SIZE: u32 = 16 * 1024;
+
 /// How long an idle pooled connection is kept.
 pub(crate) const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
@@ -120,7 +127,8 @@ pub fn http_client(
         // (a peer gone without a FIN) must be found by a ping, not by every
         // call waiting out its deadline until TCP keep-alive notices.
         .http2_keep_alive_interval(HTTP2_PING_INTERVAL)
-        .http2_keep_alive_timeout(HTTP2_PING_TIMEOUT);
+        .http2_keep_alive_timeout(HTTP2_PING_TIMEOUT)
+        .http2_max_header_list_size(HTTP2_MAX_HEADER_LIST_SIZE);
     if version == HttpVersion::Http2 {
         builder.http2_only(true);
     }

@@ -31,7 +31,9 @@ use hyper::body::Incoming;
 use hyper::client::conn::http2::{Builder, SendRequest};
 use hyper_util::rt::TokioTimer;
 
-use crate::upstream::http::{Connector, HTTP2_PING_INTERVAL, HTTP2_PING_TIMEOUT};
+use crate::upstream::http::{
+    Connector, HTTP2_MAX_HEADER_LIST_SIZE, HTTP2_PING_INTERVAL, HTTP2_PING_TIMEOUT,
+};
 
 type Sender = SendRequest<Full<Bytes>>;
 
@@ -161,7 +163,8 @@ impl Multiplexed {
             .timer(TokioTimer::new())
             .adaptive_window(true)
             .keep_alive_interval(HTTP2_PING_INTERVAL)
-            .keep_alive_timeout(HTTP2_PING_TIMEOUT);
+            .keep_alive_timeout(HTTP2_PING_TIMEOUT)
+            .max_header_list_size(HTTP2_MAX_HEADER_LIST_SIZE);
         Self {
             origin,
             connector,
