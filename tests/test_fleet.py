@@ -170,6 +170,54 @@ async def test_redis_outage_falls_back_to_a_local_share_and_recovers(
         assert "fleet mode on" in sidecar.log_text()
 
 
+async def test_a_redis_that_stops_answering_costs_no_call_more_than_a_command_timeout(
+    upstream: Upstream, redis: RedisServer, fleet_of: Callable[..., Any]
+) -> None:
+    """Redis keeps its connections but answers nothing (a frozen process, a partition
+    without resets): the first lease waits out the command timeout (250 ms) and the
+    sidecar falls back to its local share. Calls that were already queued for that lease
+    must not each wait out a timeout of their own in turn; none may come near its
+    deadline. Fleet mode resumes once Redis answers again."""
+    Arrivals(upstream, "/shared")
+    sidecar, client = fleet_of(fleet_config(upstream), redis)
+    assert (await client.call("shared")).ok
+    took: list[float] = []
+    statuses: dict[Status, int] = {}
+
+    async def timed() -> None:
+        started = time.monotonic()
+        r = await client.call("shared", agent_id="a", timeout=5)
+        took.append(time.monotonic() - started)
+        statuses[r.status] = statuses.get(r.status, 0) + 1
+
+    # Spend the local tokens, so the calls below need a lease, and let the wait Redis
+    # announced for the next one pass.
+    await asyncio.gather(*(timed() for _ in range(BURST * 2)))
+    await asyncio.sleep(1.2)
+    took.clear()
+    statuses.clear()
+    redis.freeze()
+    try:
+        calls = [asyncio.create_task(timed()) for _ in range(100)]
+        await asyncio.sleep(1.5)  # more calls after the fallback
+        calls += [asyncio.create_task(timed()) for _ in range(50)]
+        await asyncio.gather(*calls)
+        samples = await asyncio.to_thread(scrape, sidecar.metrics_port)
+        assert samples["sidecar_fleet_connected"][()] == 0
+    finally:
+        redis.thaw()
+
+    assert set(statuses) <= {Status.OK, Status.RATE_LIMITED}, statuses
+    slowest = max(took)
+    assert slowest < 1.5, f"a call waited {slowest:.2f} s on a Redis that answers nothing"
+    for _ in range(50):
+        samples = await asyncio.to_thread(scrape, sidecar.metrics_port)
+        if samples["sidecar_fleet_connected"][()] == 1:
+            break
+        await asyncio.sleep(0.1)
+    assert samples["sidecar_fleet_connected"][()] == 1, "fleet mode resumed"
+
+
 async def test_deny_mode_refuses_with_a_clear_status_while_redis_is_down(
     upstream: Upstream, redis: RedisServer, fleet_of: Callable[..., Any]
 ) -> None:
