@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import socket
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -16,6 +18,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 
 from brain import SidecarClient, Status
+from hostile.streams import wait_until
 
 from harness import SidecarProcess, Upstream, replace_file, scrape, tool, tools_file
 
@@ -207,3 +210,50 @@ async def test_otlp_exports_a_span_per_call_in_the_callers_trace(
         assert attributes["agent_id"] == "a9"
     finally:
         await server.stop(None)
+
+
+async def test_a_trace_collector_that_never_answers_slows_no_call_and_holds_no_exit(
+    upstream: Upstream, start_sidecar: Start, client_for: MakeClient
+) -> None:
+    """The collector accepts connections and reads nothing back (a frozen process, a
+    black-holed address): calls go on as usual, spans past the processor's queue are
+    dropped, and at exit the spans not yet exported get a few seconds, not the exporter's
+    timeout per batch (`338e16e`'s binary took 20 s to exit here, and a minute after
+    40,000 calls)."""
+    collector = socket.socket()
+    collector.bind(("127.0.0.1", 0))
+    collector.listen(16)
+    held: list[socket.socket] = []
+
+    def accept() -> None:
+        while True:
+            try:
+                held.append(collector.accept()[0])
+            except OSError:
+                return
+
+    threading.Thread(target=accept, daemon=True).start()
+    try:
+        upstream.json("GET", "/x", {"ok": True})
+        sidecar = start_sidecar(
+            tools_file(tool("x", f"{upstream.url}/x")),
+            "--otlp-endpoint",
+            f"http://127.0.0.1:{collector.getsockname()[1]}",
+        )
+        client = client_for(sidecar.unix_target)
+        # Under the processor's queue (2,048 spans), over one export batch (512): an
+        # export is stuck on the collector and the rest wait for the flush at exit.
+        for _ in range(3):
+            results = await asyncio.gather(*(client.call("x", timeout=5) for _ in range(250)))
+            assert all(r.ok for r in results), [r for r in results if not r.ok][:3]
+        # The exporter connects for its first batch (at 512 spans, or 5 s at most).
+        assert await asyncio.to_thread(wait_until, lambda: bool(held), 10.0), "no export began"
+        started = time.monotonic()
+        assert await asyncio.to_thread(sidecar.terminate, 60) == 0
+        took = time.monotonic() - started
+        assert took < 15, f"exit took {took:.1f} s on a collector that never answers"
+        assert "exiting without them" in sidecar.log_text()
+    finally:
+        collector.close()
+        for conn in held:
+            conn.close()

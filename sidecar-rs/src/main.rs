@@ -25,6 +25,13 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// (what the tests run) about 4 MiB. Only the pages touched become resident.
 const WORKER_STACK: usize = 8 << 20;
 
+/// How long the spans not yet exported may take to flush at exit. The SDK's
+/// batch processor (the async-runtime one) ignores its own shutdown timeout:
+/// it exports what it holds batch by batch, each with the exporter's 10 s, so
+/// a collector that accepts connections and never answers held the exit for
+/// a minute, past the drain and into the pod's grace period.
+const TRACE_FLUSH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -72,9 +79,20 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     };
-    // Flushing blocks on the exporter's task; do it off the runtime's workers.
+    // Flushing blocks on the exporter's task; do it off the runtime's
+    // workers, and for TRACE_FLUSH_TIMEOUT at most.
     let flush = runtime.spawn_blocking(move || telemetry.shutdown());
-    let _ = runtime.block_on(flush);
+    if runtime
+        .block_on(async { tokio::time::timeout(TRACE_FLUSH_TIMEOUT, flush).await })
+        .is_err()
+    {
+        tracing::warn!(
+            timeout = ?TRACE_FLUSH_TIMEOUT,
+            "the trace collector took the spans not yet exported too long; exiting without them"
+        );
+    }
+    // A flush past its deadline is still blocked on the exporter: leave it.
+    runtime.shutdown_background();
     code
 }
 
