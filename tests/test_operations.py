@@ -171,6 +171,17 @@ class Collector(trace_service_pb2_grpc.TraceServiceServicer):  # type: ignore[mi
         return trace_service_pb2.ExportTraceServiceResponse()
 
 
+def traced_sidecar(start_sidecar: Start, upstream: Upstream, port: int) -> SidecarProcess:
+    """A sidecar with one tool, ``x`` (``upstream``'s ``/x``), exporting its spans to
+    the OTLP collector on ``port``."""
+    upstream.json("GET", "/x", {"ok": True})
+    return start_sidecar(
+        tools_file(tool("x", f"{upstream.url}/x")),
+        "--otlp-endpoint",
+        f"http://127.0.0.1:{port}",
+    )
+
+
 async def test_otlp_exports_a_span_per_call_in_the_callers_trace(
     upstream: Upstream, start_sidecar: Start, client_for: MakeClient
 ) -> None:
@@ -180,12 +191,7 @@ async def test_otlp_exports_a_span_per_call_in_the_callers_trace(
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     try:
-        upstream.json("GET", "/x", {"ok": True})
-        sidecar = start_sidecar(
-            tools_file(tool("x", f"{upstream.url}/x")),
-            "--otlp-endpoint",
-            f"http://127.0.0.1:{port}",
-        )
+        sidecar = traced_sidecar(start_sidecar, upstream, port)
         trace_id = "0af7651916cd43dd8448eb211c80319c"
         parent = "b7ad6b7169203331"
         r = await client_for(sidecar.unix_target).call(
@@ -234,12 +240,7 @@ async def test_a_trace_collector_that_never_answers_slows_no_call_and_holds_no_e
 
     threading.Thread(target=accept, daemon=True).start()
     try:
-        upstream.json("GET", "/x", {"ok": True})
-        sidecar = start_sidecar(
-            tools_file(tool("x", f"{upstream.url}/x")),
-            "--otlp-endpoint",
-            f"http://127.0.0.1:{collector.getsockname()[1]}",
-        )
+        sidecar = traced_sidecar(start_sidecar, upstream, collector.getsockname()[1])
         client = client_for(sidecar.unix_target)
         # Under the processor's queue (2,048 spans), over one export batch (512): an
         # export is stuck on the collector and the rest wait for the flush at exit.
