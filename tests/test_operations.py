@@ -8,6 +8,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -70,6 +71,38 @@ async def test_hot_reload_applies_new_limits_and_rejects_broken_files(
     assert sidecar.proc is not None
     sidecar.proc.send_signal(signal.SIGHUP)
     await wait_for_reloads(sidecar, "rejected", 2)
+
+
+async def test_a_reload_naming_a_device_or_an_oversized_file_is_rejected_unread(
+    upstream: Upstream, start_sidecar: Start, client_for: MakeClient, tmp_path: Path
+) -> None:
+    """A tools file edited to take a secret from ``/dev/zero`` (or a schema from a log
+    file of 20 MB): the reload is rejected with an error naming the file, and nothing is
+    read into memory: the watcher reads every named file on each check, and an unbounded
+    read there grew a live sidecar by a gigabyte a second until the kernel killed it."""
+    upstream.json("GET", "/x", {"ok": True})
+    sidecar = start_sidecar(tools_file(tool("x", f"{upstream.url}/x")))
+    client = client_for(sidecar.unix_target)
+    assert (await client.call("x")).ok
+    before = sidecar.rss_bytes()
+
+    endless = {"headers": {"X-Key": "${file:/dev/zero}"}}
+    replace_file(sidecar.config_path, tools_file(tool("x", f"{upstream.url}/x", request=endless)))
+    await wait_for_reloads(sidecar, "rejected", 1)
+    assert "/dev/zero: not a regular file" in sidecar.log_text()
+
+    log = tmp_path / "app.log"
+    log.write_bytes(b"x" * (20 << 20))
+    replace_file(
+        sidecar.config_path,
+        tools_file(tool("x", f"{upstream.url}/x"), schema_files=[{"file": str(log)}]),
+    )
+    await wait_for_reloads(sidecar, "rejected", 2)
+    assert f"{log}: larger than 16777216 bytes" in sidecar.log_text()
+
+    assert (await client.call("x")).ok  # the previous config is in force
+    grown = sidecar.rss_bytes() - before
+    assert grown < 8 << 20, f"RSS grew by {grown >> 20} MiB"
 
 
 async def wait_for_reloads(sidecar: SidecarProcess, result: str, count: int) -> None:

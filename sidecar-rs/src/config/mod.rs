@@ -11,6 +11,7 @@
 //! | [`reload`] | hot reload on SIGHUP and on file changes (the tools file, secret files, schema files) |
 //! | [`yaml`] | YAML text to JSON values, numbers exactly as written (no serde YAML library keeps their digits) |
 
+pub mod files;
 pub mod redact;
 pub mod registry;
 pub mod reload;

@@ -17,7 +17,7 @@ use arc_swap::ArcSwap;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::registry::Registry;
-use crate::config::spec;
+use crate::config::{files, spec};
 use crate::error::ConfigError;
 use crate::metrics::Metrics;
 use crate::upstream::origins::Upstreams;
@@ -132,18 +132,24 @@ pub fn load(path: &Path, upstreams: &Upstreams) -> (Result<Registry, ConfigError
 /// now, before compiling, so that a change made while compiling shows up as
 /// a change next time).
 fn read(path: &Path) -> (Result<String, ConfigError>, u64) {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-        path: path.display().to_string(),
-        source,
-    });
+    let text = spec::read_tools_file(path);
     let mut hasher = DefaultHasher::new();
     match &text {
         Ok(t) => {
             t.hash(&mut hasher);
-            let schemas = spec::schema_file_paths(t, spec::folder_of(path));
-            for file in secret_files(t).into_iter().chain(schemas) {
-                // A missing file hashes as empty: its appearing is a change.
-                std::fs::read(&file).unwrap_or_default().hash(&mut hasher);
+            let secrets = secret_files(t)
+                .into_iter()
+                .map(|f| (f, files::MAX_SECRET_BYTES));
+            let schemas = spec::schema_file_paths(t, spec::folder_of(path))
+                .into_iter()
+                .map(|f| (f, files::MAX_SCHEMA_FILE_BYTES));
+            for (file, max) in secrets.chain(schemas) {
+                // A missing file, or one the loader refuses (too large, not
+                // a regular file), hashes as empty: its appearing or being
+                // mended is a change.
+                files::read_bytes(&file, max)
+                    .unwrap_or_default()
+                    .hash(&mut hasher);
             }
         }
         Err(_) => "".hash(&mut hasher),

@@ -10,6 +10,8 @@ use std::fmt;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use crate::config::files::{self, MAX_SECRET_BYTES};
+
 /// A credential value. Debug and Display print `[redacted]`.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(Arc<str>);
@@ -91,27 +93,9 @@ impl SecretRef {
     }
 }
 
-/// Credentials are small (an RSA-4096 PEM key is about 3.2 KB); a secret
-/// larger than this is a mistake (`${file:/dev/zero}`, a log file), refused
-/// rather than read into memory and compiled into the redactor.
-const MAX_SECRET_BYTES: u64 = 16 * 1024;
-
 fn read_capped(path: &std::path::Path) -> Result<String, String> {
-    use std::io::Read;
-    let cannot = |e: std::io::Error| format!("cannot read secret file {}: {e}", path.display());
-    let mut text = String::new();
-    std::fs::File::open(path)
-        .map_err(cannot)?
-        .take(MAX_SECRET_BYTES + 1)
-        .read_to_string(&mut text)
-        .map_err(cannot)?;
-    if text.len() as u64 > MAX_SECRET_BYTES {
-        return Err(format!(
-            "secret file {} is larger than {MAX_SECRET_BYTES} bytes",
-            path.display()
-        ));
-    }
-    Ok(text)
+    files::read_text(path, MAX_SECRET_BYTES)
+        .map_err(|e| format!("cannot read secret file {}: {e}", path.display()))
 }
 
 #[cfg(test)]
@@ -152,8 +136,13 @@ mod tests {
     }
 
     #[test]
-    fn an_endless_secret_file_is_refused_not_read() {
+    fn an_endless_or_oversized_secret_file_is_refused_not_read() {
         let e = SecretRef::File("/dev/zero".into()).resolve().unwrap_err();
-        assert!(e.contains("larger than"), "{e}");
+        assert!(e.contains("/dev/zero: not a regular file"), "{e}");
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("app.log");
+        std::fs::write(&log, "x".repeat(MAX_SECRET_BYTES as usize + 1)).unwrap();
+        let e = SecretRef::File(log).resolve().unwrap_err();
+        assert!(e.contains("larger than 16384 bytes"), "{e}");
     }
 }

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::config::yaml;
+use crate::config::{files, yaml};
 use crate::error::ConfigError;
 
 /// The whole file.
@@ -832,11 +832,16 @@ impl OnLimit {
 /// Reads and parses `path`, applying `defaults` to every tool; schema
 /// files are found relative to its folder.
 pub fn load(path: &Path) -> Result<ConfigFile, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+    parse_in(&read_tools_file(path)?, folder_of(path))
+}
+
+/// The tools file's text (a regular file of at most
+/// [`files::MAX_TOOLS_FILE_BYTES`]).
+pub fn read_tools_file(path: &Path) -> Result<String, ConfigError> {
+    files::read_text(path, files::MAX_TOOLS_FILE_BYTES).map_err(|source| ConfigError::Read {
         path: path.display().to_string(),
         source,
-    })?;
-    parse_in(&text, folder_of(path))
+    })
 }
 
 /// The folder a tools file's relative paths start from.
@@ -920,7 +925,7 @@ pub fn parse_in(text: &str, folder: &Path) -> Result<ConfigFile, ConfigError> {
 /// Reads one schema file: JSON if its name ends in `.json`, else YAML
 /// (numbers exact either way).
 fn read_schema_file(path: &Path) -> Result<serde_json::Value, String> {
-    let text = std::fs::read_to_string(path)
+    let text = files::read_text(path, files::MAX_SCHEMA_FILE_BYTES)
         .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     let json = path
         .extension()
