@@ -90,7 +90,7 @@ async def test_a_reload_naming_a_device_or_an_oversized_file_is_rejected_unread(
     endless = {"headers": {"X-Key": "${file:/dev/zero}"}}
     replace_file(sidecar.config_path, tools_file(tool("x", f"{upstream.url}/x", request=endless)))
     await wait_for_reloads(sidecar, "rejected", 1)
-    assert "/dev/zero: not a regular file" in sidecar.log_text()
+    assert "/dev/zero: larger than 16384 bytes" in sidecar.log_text()
 
     log = tmp_path / "app.log"
     log.write_bytes(b"x" * (20 << 20))
