@@ -387,6 +387,21 @@ class RedisServer:
         assert self.proc is not None
         self.proc.send_signal(signal.SIGCONT)
 
+    def cli(self, *args: str) -> str:
+        """One command through redis-cli (installed with redis-server); its reply as text."""
+        import shutil
+
+        binary = shutil.which("redis-cli")
+        assert binary is not None, "redis-cli is installed with redis-server"
+        out = subprocess.run(
+            [binary, "-p", str(self.port), *args],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        )
+        return out.stdout.strip()
+
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()

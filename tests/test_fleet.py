@@ -234,6 +234,132 @@ async def test_deny_mode_refuses_with_a_clear_status_while_redis_is_down(
     assert "on_redis_error: deny" in r.error
 
 
+async def steady(client: SidecarClient, name: str, seconds: float) -> list[Any]:
+    """Calls `name` 40 times a second (under every limit here) for `seconds`."""
+    results = []
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        results.append(await client.call(name, agent_id="a", timeout=5))
+        await asyncio.sleep(0.025)
+    return results
+
+
+async def connected_samples(sidecar: SidecarProcess, seconds: float) -> list[float]:
+    """`sidecar_fleet_connected` scraped ten times a second for `seconds`."""
+    seen = []
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        samples = await asyncio.to_thread(scrape, sidecar.metrics_port)
+        seen.append(samples["sidecar_fleet_connected"][()])
+        await asyncio.sleep(0.1)
+    return seen
+
+
+async def test_a_key_of_another_type_sends_only_its_own_bucket_to_the_fallback(
+    upstream: Upstream, redis: RedisServer, fleet_of: Callable[..., Any]
+) -> None:
+    """Another program wrote a list where one bucket lives (or data the lease script
+    cannot read): Redis answers every lease for that key with WRONGTYPE. That is the
+    bucket's problem, not an outage: it falls back per its on_redis_error, says why
+    once, asks Redis again once a second (not per call), and leases again once the key
+    is free; the other buckets stay in fleet mode and `sidecar_fleet_connected` stays 1.
+    (Before, each refusal turned fleet mode off as "Redis unreachable" and the next
+    heartbeat on again: a log line pair and a metric flap every second.)"""
+    for path in ("/shared", "/strict", "/other"):
+        upstream.json("GET", path, {"ok": True})
+    spec = {"scope": "fleet", "rate": RATE, "per": "1s", "burst": BURST}
+    config = tools_file(
+        tool("shared", f"{upstream.url}/shared", rate_limits=[spec]),
+        tool("strict", f"{upstream.url}/strict", rate_limits=[{**spec, "on_redis_error": "deny"}]),
+        tool("other", f"{upstream.url}/other", rate_limits=[spec]),
+    )
+    sidecar, client = fleet_of(config, redis)
+    for name in ("shared", "strict", "other"):
+        assert (await client.call(name, agent_id="a")).ok
+    keys = {name: f"tandem:rl:{name}" for name in ("shared", "strict", "other")}
+    assert set(redis.cli("KEYS", "tandem:rl:*").split()) == set(keys.values())
+    for name in ("shared", "strict"):
+        redis.cli("DEL", keys[name])
+        redis.cli("RPUSH", keys[name], "someone-else's-list")
+    errors_before = (
+        (await asyncio.to_thread(scrape, sidecar.metrics_port))
+        .get("sidecar_fleet_redis_errors_total", {})
+        .get((("op", "lease"),), 0)
+    )
+
+    seconds = 3.0
+    shared, strict, other, connected = await asyncio.gather(
+        steady(client, "shared", seconds),
+        steady(client, "strict", seconds),
+        steady(client, "other", seconds),
+        connected_samples(sidecar, seconds),
+    )
+    assert set(connected) == {1}, "one bucket refused is not a fleet outage"
+    assert {r.status for r in shared} == {Status.OK}, "local_share: served on the local share"
+    assert {r.status for r in other} == {Status.OK}
+    refused = [r for r in strict if r.status is Status.LIMITER_UNAVAILABLE]
+    assert len(refused) >= len(strict) - 2, [r.status for r in strict]  # lease tokens left
+    assert "WRONGTYPE" in refused[-1].error
+    assert keys["strict"] in refused[-1].error
+    assert "on_redis_error: deny" in refused[-1].error
+    # The untouched bucket kept leasing from Redis.
+    assert redis.cli("TYPE", keys["other"]) == "hash"
+    # A refusal costs a round trip per bucket per second, not one per call.
+    samples = await asyncio.to_thread(scrape, sidecar.metrics_port)
+    errors = samples["sidecar_fleet_redis_errors_total"][(("op", "lease"),)] - errors_before
+    assert 2 <= errors <= 2 * (seconds + 2), errors
+    log = sidecar.log_text()
+    for name in ("shared", "strict"):
+        said = [line for line in log.splitlines() if "refused this bucket's lease" in line]
+        assert sum(keys[name] in line for line in said) == 1, said
+    assert "WRONGTYPE" in log
+    assert "unreachable" not in log
+    assert log.count("fleet mode on") == 1, "fleet mode never went off"
+
+    # The key is freed: both buckets lease from Redis again within a retry interval.
+    for name in ("shared", "strict"):
+        redis.cli("DEL", keys[name])
+    await asyncio.sleep(1.2)
+    strict = await steady(client, "strict", 0.5)
+    assert {r.status for r in strict} == {Status.OK}
+    await steady(client, "shared", 0.5)
+    for name in ("shared", "strict"):
+        assert redis.cli("TYPE", keys[name]) == "hash", name
+    assert sidecar.log_text().count("leases this bucket again") == 2
+
+
+async def test_a_redis_out_of_memory_is_named_and_fleet_mode_resumes_after(
+    upstream: Upstream, redis: RedisServer, fleet_of: Callable[..., Any]
+) -> None:
+    """Redis at its maxmemory refuses every write with OOM: the heartbeat as well as
+    the leases. Fleet mode goes off once, and the log says Redis refuses, not that it is
+    unreachable; calls go on at the local share; fleet mode resumes when memory is
+    freed."""
+    upstream.json("GET", "/shared", {"ok": True})
+    sidecar, client = fleet_of(fleet_config(upstream), redis)
+    assert (await client.call("shared", agent_id="a")).ok
+    redis.cli("CONFIG", "SET", "maxmemory", "1")
+    try:
+        results, connected = await asyncio.gather(
+            steady(client, "shared", 3.0), connected_samples(sidecar, 3.0)
+        )
+    finally:
+        redis.cli("CONFIG", "SET", "maxmemory", "0")
+    assert {r.status for r in results} == {Status.OK}
+    assert connected[-10:] == [0] * 10, connected
+    log = sidecar.log_text()
+    assert "Redis refuses the heartbeat" in log
+    assert "OOM" in log
+    assert "unreachable" not in log
+    off = [line for line in log.splitlines() if "falling back per on_redis_error" in line]
+    assert len(off) == 1, off
+    for _ in range(50):  # the next heartbeat, within a second
+        if (await connected_samples(sidecar, 0.1))[-1] == 1:
+            break
+    assert (await connected_samples(sidecar, 0.1))[-1] == 1, "fleet mode resumed"
+    assert sidecar.log_text().count("fleet mode on") == 2
+
+
 async def test_announced_upstream_quota_is_held_fleet_wide_until_reset(
     upstream: Upstream, redis: RedisServer, fleet_of: Callable[..., Any]
 ) -> None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import shutil
 import subprocess
 import threading
 import time
@@ -61,15 +60,6 @@ def redis(tmp_path: Path) -> Iterator[RedisServer]:
     server = RedisServer(tmp_path).start()
     yield server
     server.kill()
-
-
-def redis_cli(server: RedisServer, *args: str) -> str:
-    cli = shutil.which("redis-cli")
-    assert cli is not None, "redis-cli is installed with redis-server"
-    out = subprocess.run(
-        [cli, "-p", str(server.port), *args], capture_output=True, text=True, timeout=10, check=True
-    )
-    return out.stdout.strip()
 
 
 def answering(status: int, headers: dict[str, str], then: int = 200) -> Any:
@@ -193,8 +183,8 @@ async def test_a_hold_reaches_a_sidecar_started_after_it_was_learned(
     r = await client_for(first.unix_target).call("q", timeout=5)
     assert r.status is Status.OK, r
     # Stored in Redis with its expiry ...
-    assert redis_cli(redis, "ZSCORE", "tandem:holds", upstream.url) != ""
-    ttl_ms = int(redis_cli(redis, "PTTL", "tandem:holds"))
+    assert redis.cli("ZSCORE", "tandem:holds", upstream.url) != ""
+    ttl_ms = int(redis.cli("PTTL", "tandem:holds"))
     assert 25_000 < ttl_ms <= 30_000, ttl_ms
     # ... so a sidecar that starts afterwards (and missed the broadcast) is held too.
     later = start_sidecar(config, "--redis-url", redis.url)
@@ -485,7 +475,7 @@ async def test_check_config_with_redis_joins_nothing(redis: RedisServer, tmp_pat
         # within its first heartbeat (immediately) and then every second.
         end = time.monotonic() + 2.5
         while time.monotonic() < end:
-            assert await asyncio.to_thread(redis_cli, redis, "ZCARD", "tandem:sidecars") == "0"
+            assert await asyncio.to_thread(redis.cli, "ZCARD", "tandem:sidecars") == "0"
             await asyncio.sleep(0.05)
         await asyncio.to_thread(fifo.feed)
         out_bytes, err_bytes = await asyncio.wait_for(proc.communicate(), 30)
@@ -496,5 +486,5 @@ async def test_check_config_with_redis_joins_nothing(redis: RedisServer, tmp_pat
     out, err = out_bytes.decode(), err_bytes.decode()
     assert proc.returncode == 0, err
     assert "OK, 1 tools: f" in out
-    assert redis_cli(redis, "ZCARD", "tandem:sidecars") == "0"
-    assert redis_cli(redis, "KEYS", "tandem:*") == ""
+    assert redis.cli("ZCARD", "tandem:sidecars") == "0"
+    assert redis.cli("KEYS", "tandem:*") == ""

@@ -226,7 +226,7 @@ impl Metrics {
             ),
             connected: IntGauge::new(
                 "sidecar_fleet_connected",
-                "1 while Redis answers (fleet mode), 0 while limits use their fallback.",
+                "1 in fleet mode (Redis answers the heartbeat), 0 while limits use their fallback.",
             )
             .expect("static metric definition"),
             live: IntGauge::new(

@@ -10,13 +10,17 @@ use tokio::time::Instant;
 
 use crate::config::spec::OnRedisError;
 use crate::policy::bucket::{Keyed, TokenBucket};
-use crate::policy::fleet::Fleet;
+use crate::policy::fleet::{Fleet, FleetError};
 use crate::policy::ratelimit::{Refusal, IDLE, MAX_KEYS};
 
 /// How long leased fleet permits stay usable before they are handed back.
 const LEASE_TTL: Duration = Duration::from_millis(500);
 /// A lease aims to cover this much of the sidecar's own recent demand.
 const LEASE_SPAN: f64 = 0.1;
+/// After Redis refused a bucket's lease (its key holds another type, say),
+/// the bucket falls back this long before asking again: a refusal costs one
+/// round trip per bucket per interval, not one per call.
+const RETRY_AFTER_REFUSAL: Duration = Duration::from_secs(1);
 
 /// A fleet-scoped limit: one Redis bucket per key, leased into local memory.
 pub struct FleetLimit {
@@ -67,8 +71,8 @@ impl FleetLimit {
             // Redis said when a block will be there: don't ask again sooner.
             return Err(Refusal::Wait(wait));
         }
-        if !self.fleet.healthy() {
-            return self.fall_back(&bucket, cost, "Redis is unreachable");
+        if let Some(why) = self.cannot_lease(&bucket) {
+            return self.fall_back(&bucket, cost, &why);
         }
         // One lease request per bucket at a time; the others wait for it.
         let _refilling = bucket.refill.lock().await;
@@ -82,8 +86,8 @@ impl FleetLimit {
         if let Some(wait) = bucket.refused_for() {
             return Err(Refusal::Wait(wait));
         }
-        if !self.fleet.healthy() {
-            return self.fall_back(&bucket, cost, "Redis is unreachable");
+        if let Some(why) = self.cannot_lease(&bucket) {
+            return self.fall_back(&bucket, cost, &why);
         }
         let live = u64::from(self.fleet.live());
         let (want, returned) = bucket.plan(cost, self.burst, live);
@@ -100,6 +104,7 @@ impl FleetLimit {
             .await
         {
             Ok(lease) if lease.granted > 0 => {
+                bucket.answered();
                 bucket.add_lease(lease.granted as f64);
                 if bucket.take_local(cost) {
                     Ok(())
@@ -110,6 +115,7 @@ impl FleetLimit {
                 }
             }
             Ok(lease) => {
+                bucket.answered();
                 // Come back when a whole block of this sidecar's fair share has
                 // refilled, not for every single permit: under contention that is
                 // what keeps leases (Redis round trips) a small fraction of calls.
@@ -119,8 +125,21 @@ impl FleetLimit {
                 bucket.refuse_until(Instant::now() + wait);
                 Err(Refusal::Wait(wait))
             }
-            Err(e) => self.fall_back(&bucket, cost, &e),
+            Err(FleetError::Refused(e)) => {
+                let why = bucket.refused(&e);
+                self.fall_back(&bucket, cost, &why)
+            }
+            Err(e @ FleetError::Unreachable(_)) => self.fall_back(&bucket, cost, &e.to_string()),
         }
+    }
+
+    /// Why `bucket` cannot lease now, if it cannot: fleet mode is off, or
+    /// Redis refused this bucket's lease a moment ago.
+    fn cannot_lease(&self, bucket: &FleetBucket) -> Option<Arc<str>> {
+        if !self.fleet.healthy() {
+            return Some(self.fleet.down_reason());
+        }
+        bucket.refusal()
     }
 
     /// While Redis is unreachable: `local_share` enforces this sidecar's
@@ -169,6 +188,9 @@ struct LocalLease {
     window_start: Option<Instant>,
     /// Redis had nothing to lease before this instant.
     refused_until: Option<Instant>,
+    /// Redis refused this bucket's last lease: what it said, and until when
+    /// the bucket falls back without asking again.
+    redis_refusal: Option<(Arc<str>, Instant)>,
 }
 
 impl FleetBucket {
@@ -221,6 +243,42 @@ impl FleetBucket {
             .refused_until
             .and_then(|until| until.checked_duration_since(Instant::now()))
             .filter(|d| !d.is_zero())
+    }
+
+    /// Records that Redis refused this bucket's lease; logs the first refusal
+    /// of a run of them. Returns why, as a fallback reason.
+    fn refused(&self, error: &str) -> Arc<str> {
+        let why: Arc<str> = Arc::from(format!(
+            "Redis refused the lease for {}: {error}",
+            self.redis_key
+        ));
+        let first = self
+            .lock()
+            .redis_refusal
+            .replace((why.clone(), Instant::now() + RETRY_AFTER_REFUSAL))
+            .is_none();
+        if first {
+            tracing::warn!(
+                key = %self.redis_key,
+                error,
+                "fleet limits: Redis refused this bucket's lease; it falls back per on_redis_error and retries every second"
+            );
+        }
+        why
+    }
+
+    /// Redis answered a lease: a run of refusals, if any, is over.
+    fn answered(&self) {
+        if self.lock().redis_refusal.take().is_some() {
+            tracing::info!(key = %self.redis_key, "fleet limits: Redis leases this bucket again");
+        }
+    }
+
+    /// Why this bucket falls back without asking Redis, while it does.
+    fn refusal(&self) -> Option<Arc<str>> {
+        let lease = self.lock();
+        let (why, until) = lease.redis_refusal.as_ref()?;
+        (Instant::now() < *until).then(|| why.clone())
     }
 
     fn refuse_until(&self, until: Instant) {

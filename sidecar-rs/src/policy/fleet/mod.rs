@@ -18,9 +18,14 @@
 //!   kept in a sorted set (origin → until, Redis time) for the ones that
 //!   start, or reconnect, later: they read it before serving. Entries go
 //!   when their hold ends; the key expires with the last one.
-//! * **Failure.** When Redis cannot be reached, fleet limits fall back per
-//!   their `on_redis_error`; a reconnect is tried in the background and
-//!   fleet mode resumes by itself. Both transitions are logged and counted.
+//! * **Failure.** When Redis cannot be reached, or refuses the heartbeat
+//!   (out of memory, a read-only replica, no permission), fleet limits fall
+//!   back per their `on_redis_error`; a reconnect is tried in the background
+//!   and fleet mode resumes by itself. Both transitions are logged and
+//!   counted. A Redis that answers but refuses one bucket's lease (its key
+//!   holds another type, or data the script cannot read) is that bucket's
+//!   problem: it falls back alone for a while (see [`lease`]) and fleet mode
+//!   stays on for the others.
 
 pub mod lease;
 
@@ -111,6 +116,49 @@ const COMMAND_TIMEOUT: Duration = Duration::from_millis(250);
 /// Channel on which learned upstream throttles are broadcast.
 pub const THROTTLE_CHANNEL: &str = "tandem:throttle";
 
+/// Why a Redis operation failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FleetError {
+    /// No answer: not connected, the connection failed, or no reply within
+    /// the command timeout. Fleet mode is off until Redis answers again.
+    Unreachable(String),
+    /// Redis answered with an error: a key of another type, out of memory,
+    /// a read-only replica, no permission, a reply of an unexpected shape.
+    Refused(String),
+}
+
+impl std::fmt::Display for FleetError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Unreachable(why) => write!(f, "Redis is unreachable ({why})"),
+            Self::Refused(why) => write!(f, "Redis refused the command ({why})"),
+        }
+    }
+}
+
+impl FleetError {
+    fn of(e: &redis::RedisError) -> Self {
+        use redis::{ErrorKind, ServerErrorKind};
+        let answered = match e.kind() {
+            // Replies that say the server cannot serve right now, rather than
+            // that it refuses this command: the same as no answer.
+            ErrorKind::Server(
+                ServerErrorKind::BusyLoading
+                | ServerErrorKind::TryAgain
+                | ServerErrorKind::ClusterDown
+                | ServerErrorKind::MasterDown,
+            ) => false,
+            ErrorKind::Server(_) | ErrorKind::Extension | ErrorKind::UnexpectedReturnType => true,
+            _ => false,
+        };
+        if answered {
+            Self::Refused(e.to_string())
+        } else {
+            Self::Unreachable(e.to_string())
+        }
+    }
+}
+
 /// Metrics the fleet reports.
 #[derive(Clone)]
 pub struct FleetMetrics {
@@ -118,7 +166,7 @@ pub struct FleetMetrics {
     pub commands: IntCounterVec,
     /// `sidecar_fleet_redis_errors_total{op}`
     pub errors: IntCounterVec,
-    /// `sidecar_fleet_connected`: 1 while Redis answers, else 0.
+    /// `sidecar_fleet_connected`: 1 in fleet mode (Redis answers the heartbeat), else 0.
     pub connected: IntGauge,
     /// `sidecar_fleet_live_sidecars`
     pub live: IntGauge,
@@ -130,6 +178,8 @@ pub struct Fleet {
     client: redis::Client,
     conn: ArcSwapOption<ConnectionManager>,
     healthy: AtomicBool,
+    /// Why fleet mode went off last (what a `deny` limit tells the caller).
+    down_reason: std::sync::Mutex<Arc<str>>,
     live: AtomicU32,
     lease: redis::Script,
     heartbeat: redis::Script,
@@ -185,6 +235,7 @@ impl Fleet {
             client,
             conn: ArcSwapOption::empty(),
             healthy: AtomicBool::new(false),
+            down_reason: std::sync::Mutex::new(Arc::from("Redis has not answered yet")),
             live: AtomicU32::new(1),
             lease: redis::Script::new(LEASE),
             heartbeat: redis::Script::new(HEARTBEAT),
@@ -216,6 +267,14 @@ impl Fleet {
         self.healthy.load(Ordering::Relaxed)
     }
 
+    /// Why fleet mode is off (meaningful while [`Fleet::healthy`] is false).
+    pub fn down_reason(&self) -> Arc<str> {
+        self.down_reason
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     /// Live sidecars as last seen (at least 1: this one).
     pub fn live(&self) -> u32 {
         self.live.load(Ordering::Relaxed).max(1)
@@ -243,7 +302,7 @@ impl Fleet {
                 match self.client.get_connection_manager_with_config(config).await {
                     Ok(conn) => self.conn.store(Some(Arc::new(conn))),
                     Err(e) => {
-                        self.mark(false, &e.to_string());
+                        self.mark(Some(&FleetError::Unreachable(e.to_string())));
                         continue;
                     }
                 }
@@ -256,9 +315,17 @@ impl Fleet {
                     async move { invocation.invoke_async::<u32>(&mut conn).await }
                 })
                 .await;
-            if let Ok(live) = beat {
-                self.live.store(live, Ordering::Relaxed);
-                self.metrics.live.set(i64::from(live));
+            match beat {
+                Ok(live) => {
+                    self.live.store(live, Ordering::Relaxed);
+                    self.metrics.live.set(i64::from(live));
+                    self.mark(None);
+                }
+                // The heartbeat is the fleet's own probe: a Redis that refuses it
+                // (out of memory, read-only, no permission) will refuse leases too,
+                // and this sidecar is missing from the live count.
+                Err(e @ FleetError::Refused(_)) => self.mark(Some(&e)),
+                Err(FleetError::Unreachable(_)) => {} // marked by `run`
             }
         }
         // Leave the fleet promptly so the others' shares grow at once.
@@ -276,49 +343,59 @@ impl Fleet {
         }
     }
 
-    /// Runs one Redis operation with the command timeout, recording health.
-    async fn run<T, F, Fut>(&self, op: &str, f: F) -> Result<T, String>
+    /// Runs one Redis operation with the command timeout. No answer turns
+    /// fleet mode off; only a heartbeat turns it back on (see
+    /// [`Fleet::maintain`]), so one good lease cannot flip it on and the
+    /// next failure off again. A refusal changes nothing here: whether it
+    /// concerns the fleet or one key is the caller's to say.
+    async fn run<T, F, Fut>(&self, op: &str, f: F) -> Result<T, FleetError>
     where
         F: FnOnce(ConnectionManager) -> Fut,
         Fut: std::future::Future<Output = redis::RedisResult<T>>,
     {
         let Some(conn) = self.conn.load_full() else {
-            return Err("not connected to Redis".into());
+            return Err(FleetError::Unreachable("not connected".into()));
         };
         // A clone shares the one multiplexed connection.
         let conn = (*conn).clone();
         self.metrics.commands.with_label_values(&[op]).inc();
         let outcome = tokio::time::timeout(COMMAND_TIMEOUT, f(conn)).await;
-        match outcome {
-            Ok(Ok(value)) => {
-                self.mark(true, "");
-                Ok(value)
-            }
-            Ok(Err(e)) => {
-                self.metrics.errors.with_label_values(&[op]).inc();
-                self.mark(false, &e.to_string());
-                Err(e.to_string())
-            }
-            Err(_) => {
-                self.metrics.errors.with_label_values(&[op]).inc();
-                self.mark(false, "timed out");
-                Err(format!("Redis did not answer within {COMMAND_TIMEOUT:?}"))
-            }
+        let error = match outcome {
+            Ok(Ok(value)) => return Ok(value),
+            Ok(Err(e)) => FleetError::of(&e),
+            Err(_) => FleetError::Unreachable(format!("no answer within {COMMAND_TIMEOUT:?}")),
+        };
+        self.metrics.errors.with_label_values(&[op]).inc();
+        if matches!(error, FleetError::Unreachable(_)) {
+            self.mark(Some(&error));
         }
+        Err(error)
     }
 
-    fn mark(&self, healthy: bool, why: &str) {
+    /// Turns fleet mode on (`None`) or off (`Some(why)`), logging a change.
+    fn mark(&self, down: Option<&FleetError>) {
+        let healthy = down.is_none();
+        if let Some(why) = down {
+            *self.down_reason.lock().unwrap_or_else(|e| e.into_inner()) =
+                Arc::from(why.to_string());
+        }
         let was = self.healthy.swap(healthy, Ordering::Relaxed);
         self.metrics.connected.set(i64::from(healthy));
-        match (was, healthy) {
-            (false, true) => {
-                tracing::info!(id = %self.id, "fleet limits: Redis reachable, fleet mode on")
+        match (was, down) {
+            (false, None) => {
+                tracing::info!(id = %self.id, "fleet limits: Redis answers, fleet mode on")
             }
-            (true, false) => tracing::warn!(
+            (true, Some(FleetError::Unreachable(e))) => tracing::warn!(
                 id = %self.id,
-                error = why,
+                error = %e,
                 live = self.live(),
                 "fleet limits: Redis unreachable, falling back per on_redis_error"
+            ),
+            (true, Some(FleetError::Refused(e))) => tracing::warn!(
+                id = %self.id,
+                error = %e,
+                live = self.live(),
+                "fleet limits: Redis refuses the heartbeat, falling back per on_redis_error"
             ),
             _ => {}
         }
@@ -334,7 +411,7 @@ impl Fleet {
         want: u64,
         returned: u64,
         ttl: Duration,
-    ) -> Result<Lease, String> {
+    ) -> Result<Lease, FleetError> {
         let (granted, wait_ms): (u64, u64) = self
             .run("lease", |mut conn| {
                 let mut invocation = self.lease.key(key);
@@ -450,5 +527,48 @@ impl Fleet {
                 _ = tokio::time::sleep(HEARTBEAT_EVERY) => {}
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::FleetError;
+    use redis::{make_extension_error, ErrorKind, RedisError, ServerErrorKind};
+
+    fn class(e: RedisError) -> &'static str {
+        match FleetError::of(&e) {
+            FleetError::Unreachable(_) => "unreachable",
+            FleetError::Refused(_) => "refused",
+        }
+    }
+
+    #[test]
+    fn an_error_reply_is_a_refusal_and_no_answer_is_an_outage() {
+        // Replies that refuse this command: Redis is there.
+        for code in ["WRONGTYPE", "OOM", "NOAUTH", "MISCONF"] {
+            assert_eq!(
+                class(make_extension_error(code.into(), None)),
+                "refused",
+                "{code}"
+            );
+        }
+        assert_eq!(
+            class((ErrorKind::Server(ServerErrorKind::ReadOnly), "ro").into()),
+            "refused"
+        );
+        assert_eq!(
+            class((ErrorKind::UnexpectedReturnType, "shape").into()),
+            "refused"
+        );
+        // Replies that say it cannot serve now, and no reply at all: an outage.
+        for kind in [ServerErrorKind::BusyLoading, ServerErrorKind::MasterDown] {
+            assert_eq!(
+                class((ErrorKind::Server(kind), "not now").into()),
+                "unreachable"
+            );
+        }
+        let reset = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
+        assert_eq!(class(reset.into()), "unreachable");
+        assert_eq!(class((ErrorKind::Parse, "garbage").into()), "unreachable");
     }
 }
