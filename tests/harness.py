@@ -387,17 +387,19 @@ class RedisServer:
         assert self.proc is not None
         self.proc.send_signal(signal.SIGCONT)
 
-    def cli(self, *args: str) -> str:
-        """One command through redis-cli (installed with redis-server); its reply as text."""
+    def cli(self, *args: str, commands: str | None = None) -> str:
+        """One command through redis-cli (installed with redis-server), or `commands`
+        (one a line) with no args; the reply as text."""
         import shutil
 
         binary = shutil.which("redis-cli")
         assert binary is not None, "redis-cli is installed with redis-server"
         out = subprocess.run(
             [binary, "-p", str(self.port), *args],
+            input=commands,
             capture_output=True,
             text=True,
-            timeout=10,
+            timeout=60,
             check=True,
         )
         return out.stdout.strip()

@@ -360,6 +360,36 @@ async def test_a_redis_out_of_memory_is_named_and_fleet_mode_resumes_after(
     assert sidecar.log_text().count("fleet mode on") == 2
 
 
+async def test_a_flood_of_throttles_for_unknown_origins_is_bounded(
+    upstream: Upstream, redis: RedisServer, fleet_of: Callable[..., Any]
+) -> None:
+    """Anything that can publish to Redis can send throttles. Holds for origins no tool
+    calls are kept for later (a sidecar starting learns them before its config is
+    compiled), but only so many: 20,000 junk origins leave the sidecar's memory where
+    it was, are logged once, and hold nothing it calls."""
+    upstream.json("GET", "/shared", {"ok": True})
+    sidecar, client = fleet_of(fleet_config(upstream), redis)
+    assert (await client.call("shared", agent_id="a")).ok
+    before = sidecar.rss_bytes()
+    junk = "".join(
+        f"PUBLISH tandem:throttle 600000|http://junk-{i}-{'x' * 1000}.example:80\n"
+        for i in range(20_000)
+    )
+    await asyncio.to_thread(redis.cli, commands=junk)
+    for _ in range(100):
+        if "holds for 1024 origins" in sidecar.log_text():
+            break
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(1)  # the rest of the 20,000 (a few ms each at most, debug build)
+    r = await client.call("shared", agent_id="a")
+    assert r.ok, r
+    said = [line for line in sidecar.log_text().splitlines() if "holds for 1024 origins" in line]
+    assert len(said) == 1, said
+    # 20,000 holds of ~1 KB kept would be 20 MiB; 1,024 are one.
+    grown = sidecar.rss_bytes() - before
+    assert grown < 4 << 20, f"RSS grew by {grown / 2**20:.1f} MiB"
+
+
 async def test_announced_upstream_quota_is_held_fleet_wide_until_reset(
     upstream: Upstream, redis: RedisServer, fleet_of: Callable[..., Any]
 ) -> None:

@@ -5,7 +5,7 @@
 //! stay warm.
 
 use std::collections::HashMap;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use prometheus::Histogram;
@@ -80,6 +80,11 @@ impl UpstreamState {
     }
 }
 
+/// Most holds kept for origins no tool calls yet. Holds arrive from anyone
+/// who can publish to Redis; at startup they are the fleet's origins, a few
+/// dozen, so past this the rest are some other program's and are dropped.
+const MAX_PENDING_HOLDS: usize = 1024;
+
 /// What an HTTP client is shared by: egress policy, port (`None`: any
 /// port) and HTTP version.
 type ClientKey = (EgressPolicy, Option<u16>, HttpVersion);
@@ -95,6 +100,9 @@ pub struct Upstreams {
     /// they arrive before the config is compiled); applied when the origin's
     /// state is created.
     pending_holds: Mutex<HashMap<String, Instant>>,
+    /// `pending_holds` is full and a hold was dropped (logged once per run
+    /// of drops).
+    pending_full: AtomicBool,
     /// HTTP clients by egress policy, port (`None`: any port) and HTTP
     /// version, shared by every tool with that policy so connection pools
     /// stay warm.
@@ -119,6 +127,7 @@ impl Upstreams {
             fleet: None,
             states: Mutex::default(),
             pending_holds: Mutex::default(),
+            pending_full: AtomicBool::new(false),
             clients: Mutex::default(),
             multiplexed: Mutex::default(),
             tls: Mutex::default(),
@@ -154,6 +163,17 @@ impl Upstreams {
         // Bounded: forget holds that have run out before adding one.
         let now = Instant::now();
         pending.retain(|_, held| *held > now);
+        if pending.len() >= MAX_PENDING_HOLDS && !pending.contains_key(origin) {
+            if !self.pending_full.swap(true, Ordering::Relaxed) {
+                tracing::warn!(
+                    origin = %origin.chars().take(200).collect::<String>(),
+                    held = MAX_PENDING_HOLDS,
+                    "fleet throttles: holds for {MAX_PENDING_HOLDS} origins no tool calls are kept already; this one and later ones are dropped until some run out"
+                );
+            }
+            return;
+        }
+        self.pending_full.store(false, Ordering::Relaxed);
         let held = pending.entry(origin.to_owned()).or_insert(until);
         *held = (*held).max(until);
     }
@@ -260,5 +280,26 @@ impl Upstreams {
             Some(base) => base.clone(),
             None => tls.insert(tls_config()?).clone(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn holds_for_origins_no_tool_calls_are_bounded() {
+        let upstreams = Upstreams::new(UpstreamOptions::default(), Metrics::new());
+        for i in 0..MAX_PENDING_HOLDS * 10 {
+            upstreams.apply_throttle(&format!("http://h{i}.example:80"), Duration::from_secs(60));
+        }
+        let pending = upstreams.pending_holds.lock().unwrap();
+        assert_eq!(pending.len(), MAX_PENDING_HOLDS);
+        // The first ones were kept, and one already kept is still extended.
+        assert!(pending.contains_key("http://h0.example:80"));
+        drop(pending);
+        upstreams.apply_throttle("http://h0.example:80", Duration::from_secs(120));
+        let held = upstreams.pending_holds.lock().unwrap()["http://h0.example:80"];
+        assert!(held > Instant::now() + Duration::from_secs(100));
     }
 }
