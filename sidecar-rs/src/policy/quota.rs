@@ -39,6 +39,31 @@ const QUOTA_HEADERS: [(HeaderName, HeaderName); 3] = [
     ),
 ];
 
+/// The response headers the sidecar reads ([`exhausted_for`],
+/// [`upstream_wait`]), copied out of `headers`. A call keeps these while its
+/// body arrives instead of the whole head: over HTTP/1.1 hyper's header values
+/// are slices of the connection's read buffer, so holding them would pin that
+/// buffer (8 KiB or more) and make the body's reads take a second one.
+pub fn kept_headers(headers: &HeaderMap) -> HeaderMap {
+    // One pass over the head rather than a lookup per name: most of a head
+    // is standard headers, which a prefix test passes over for a few
+    // instructions, where each lookup hashes its name.
+    let mut kept = HeaderMap::new();
+    for (name, value) in headers {
+        let read = *name == http::header::RETRY_AFTER
+            || (name.as_str().starts_with("x-ratelimit-")
+                && QUOTA_HEADERS
+                    .iter()
+                    .any(|(remaining, reset)| name == remaining || name == reset));
+        if read {
+            if let Ok(copy) = http::HeaderValue::from_bytes(value.as_bytes()) {
+                kept.append(name.clone(), copy);
+            }
+        }
+    }
+    kept
+}
+
 /// How long the upstream says no request should reach it, if it says so,
 /// at most `max`.
 pub fn exhausted_for(
@@ -172,6 +197,35 @@ mod tests {
     }
 
     const MAX: Duration = Duration::from_secs(600);
+
+    #[test]
+    fn the_kept_headers_are_the_ones_read_and_say_the_same() {
+        let now = SystemTime::now();
+        let full = headers(&[
+            ("content-type", "application/json"),
+            ("server", "nginx"),
+            ("retry-after", "7"),
+            ("x-ratelimit-remaining-tokens", "0"),
+            ("x-ratelimit-reset-tokens", "1m30s"),
+            ("x-ratelimit-remaining", "12"),
+        ]);
+        let kept = kept_headers(&full);
+        assert_eq!(kept.len(), 4);
+        assert_eq!(
+            exhausted_for(429, &kept, now),
+            Some(Duration::from_secs(90))
+        );
+        assert!(kept.get("content-type").is_none() && kept.get("server").is_none());
+        assert_eq!(
+            exhausted_for(429, &kept, now),
+            exhausted_for(429, &full, now)
+        );
+        assert_eq!(
+            upstream_wait(&kept, now, MAX),
+            upstream_wait(&full, now, MAX)
+        );
+        assert!(kept_headers(&headers(&[("server", "nginx")])).is_empty());
+    }
 
     fn exhausted_for(status: u16, headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
         super::exhausted_for(status, headers, now, MAX)
