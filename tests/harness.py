@@ -333,8 +333,11 @@ def free_port() -> int:
 class RedisServer:
     """A real redis-server on loopback, no persistence; can be killed and restarted."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, *extra_args: str) -> None:
+        """`extra_args` go to redis-server's command line, e.g. to rename a command
+        away as an older server would lack it."""
         self.workdir = workdir
+        self.extra_args = extra_args
         self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -362,6 +365,7 @@ class RedisServer:
                 "no",
                 "--dir",
                 str(self.workdir),
+                *self.extra_args,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

@@ -360,49 +360,116 @@ async def test_a_redis_out_of_memory_is_named_and_fleet_mode_resumes_after(
     assert sidecar.log_text().count("fleet mode on") == 2
 
 
-async def test_a_flood_of_throttles_for_unknown_origins_is_bounded(
+async def dropped_throttles(sidecar: SidecarProcess) -> dict[str, float]:
+    samples = await asyncio.to_thread(scrape, sidecar.metrics_port)
+    return {
+        dict(labels)["reason"]: value
+        for labels, value in samples.get("sidecar_fleet_throttles_dropped_total", {}).items()
+    }
+
+
+async def test_a_flood_of_throttles_costs_cpu_not_memory_and_loses_no_real_hold(
     upstream: Upstream, redis: RedisServer, fleet_of: Callable[..., Any]
 ) -> None:
-    """Anything that can publish to Redis can send throttles. Holds for origins no tool
-    calls are kept for later (a sidecar starting learns them before its config is
-    compiled), but only so many (1,024; the bound itself is the unit test in
-    `upstream/origins.rs`): 20,000 junk origins reach the cap, are logged once, and hold
-    nothing the sidecar calls. RSS is not asserted here: the flood passes through
-    redis-rs's subscription buffers on its way, so the peak mixes that transient with what
-    is kept (by hand: +26.7 MiB without the cap, +1.5 to +6.3 MiB with it)."""
+    """Anything that can publish to Redis can send throttles, as fast as it likes.
+    Messages pass a bounded queue (the excess dropped, the stored holds read instead)
+    and origins longer than any a tool calls are dropped on arrival, so a flood costs the
+    sidecar CPU but not memory: 1,000 messages with 64 KiB origins, which the unbounded
+    subscription of old kept whole (one hold each, 64 MiB), leave RSS within 16 MiB.
+    Holds for short unknown origins are kept for later, up to 1,024 (logged once). A real
+    hold published amid 20,000 junk messages takes effect whether its message got
+    through or was dropped."""
     upstream.json("GET", "/shared", {"ok": True})
     sidecar, client = fleet_of(fleet_config(upstream), redis)
     assert (await client.call("shared", agent_id="a")).ok
-    junk = "".join(
-        f"PUBLISH tandem:throttle 600000|http://junk-{i}-{'x' * 1000}.example:80\n"
-        for i in range(20_000)
+    before = sidecar.rss_bytes()
+    huge = "".join(
+        f"PUBLISH tandem:throttle 600000|http://big-{i}-{'x' * 65536}.example:80\n"
+        for i in range(1000)
     )
-    await asyncio.to_thread(redis.cli, commands=junk)
+    await asyncio.to_thread(redis.cli, commands=huge)
+    for _ in range(200):
+        if (await dropped_throttles(sidecar)).get("malformed") == 1000:
+            break
+        await asyncio.sleep(0.05)
+    assert (await dropped_throttles(sidecar)).get("malformed") == 1000
+    grown = sidecar.rss_bytes() - before
+    assert grown < 16 * 2**20, f"RSS grew {grown / 2**20:.1f} MiB"
+
+    seconds, micros = (await asyncio.to_thread(redis.cli, "TIME")).split()
+    until_ms = int(seconds) * 1000 + int(micros) // 1000 + 30_000
+    junk = [
+        f"PUBLISH tandem:throttle 600000|http://junk-{i}-{'x' * 200}.example:80\n"
+        for i in range(20_000)
+    ]
+    # What a sidecar that learned the hold does: store it, then publish it.
+    junk[10_000:10_000] = [
+        f"ZADD tandem:holds {until_ms} {upstream.url}\n",
+        f"PUBLISH tandem:throttle 30000|{upstream.url}\n",
+    ]
+    await asyncio.to_thread(redis.cli, commands="".join(junk))
     for _ in range(100):
         if "holds for 1024 origins" in sidecar.log_text():
             break
         await asyncio.sleep(0.05)
-    await asyncio.sleep(1)  # the rest of the 20,000 (a few ms each at most, debug build)
-    r = await client.call("shared", agent_id="a")
-    assert r.ok, r
+    await asyncio.sleep(1.5)  # the rest of the flood, and a re-read of the stored holds
+    held = await client.call("shared", agent_id="a", timeout=0.5)
+    assert held.status is Status.RATE_LIMITED, held
+    assert held.limited_by == f"upstream:{upstream.url}"
     said = [line for line in sidecar.log_text().splitlines() if "holds for 1024 origins" in line]
     assert len(said) == 1, said
+    print("dropped for a full queue:", (await dropped_throttles(sidecar)).get("queue_full"))
 
 
-async def test_announced_upstream_quota_is_held_fleet_wide_until_reset(
-    upstream: Upstream, redis: RedisServer, fleet_of: Callable[..., Any]
-) -> None:
+def quota_tool(upstream: Upstream, reset_s: int) -> tuple[str, list[float]]:
+    """A tool whose upstream announces, on its first call only, that its quota is spent
+    for `reset_s`; the config and the upstream's arrival times."""
     times: list[float] = []
 
     async def quota(_: web.Request) -> web.StreamResponse:
         times.append(time.monotonic())
         headers = (
-            {"x-ratelimit-remaining": "0", "x-ratelimit-reset": "2"} if len(times) == 1 else {}
+            {"x-ratelimit-remaining": "0", "x-ratelimit-reset": str(reset_s)}
+            if len(times) == 1
+            else {}
         )
         return web.json_response({"ok": True}, headers=headers)
 
     upstream.route("GET", "/quota", quota)
-    config = tools_file(tool("q", f"{upstream.url}/quota", timeout="5s"))
+    return tools_file(tool("q", f"{upstream.url}/quota", timeout="5s")), times
+
+
+async def test_without_resp3_throttles_are_read_from_the_stored_holds(
+    upstream: Upstream, tmp_path: Path, fleet_of: Callable[..., Any]
+) -> None:
+    """A Redis that refuses HELLO (before 6, or with the command renamed away, as here)
+    cannot push throttles on a RESP3 connection: each sidecar says so once and reads the
+    stored holds every second, so a hold one learns reaches the others within about a
+    second, and fleet limits work as before."""
+    redis = RedisServer(tmp_path, "--rename-command", "HELLO", '""').start()
+    try:
+        config, times = quota_tool(upstream, reset_s=5)
+        (a, client_a), (b, client_b) = fleet_of(config, redis), fleet_of(config, redis)
+        await wait_live(a, 2)
+        assert (await client_a.call("q")).ok
+        await asyncio.sleep(1.5)  # one poll of the stored holds, with room
+        held = await client_b.call("q", timeout=0.5)
+        assert held.status is Status.RATE_LIMITED, held
+        assert held.limited_by == f"upstream:{upstream.url}"
+        assert len(times) == 1
+        for sidecar in (a, b):
+            said = [line for line in sidecar.log_text().splitlines() if "RESP3" in line]
+            assert len(said) == 1, said
+            samples = await asyncio.to_thread(scrape, sidecar.metrics_port)
+            assert samples["sidecar_fleet_connected"][()] == 1
+    finally:
+        redis.kill()
+
+
+async def test_announced_upstream_quota_is_held_fleet_wide_until_reset(
+    upstream: Upstream, redis: RedisServer, fleet_of: Callable[..., Any]
+) -> None:
+    config, times = quota_tool(upstream, reset_s=2)
     (a, client_a), (_, client_b) = fleet_of(config, redis), fleet_of(config, redis)
     await wait_live(a, 2)
     await asyncio.sleep(1.2)  # both subscribed to throttle broadcasts

@@ -213,6 +213,11 @@ impl Metrics {
             "Bytes of shared result regions their clients released (copied out), free to be written again.",
         )
         .expect("static metric definition");
+        let throttles_dropped = counter(
+            "sidecar_fleet_throttles_dropped_total",
+            "Throttle messages from Redis dropped: queue_full (arriving faster than applied; the stored holds are read instead) or malformed.",
+            &["reason"],
+        );
         let fleet = crate::policy::fleet::FleetMetrics {
             commands: counter(
                 "sidecar_fleet_redis_commands_total",
@@ -234,6 +239,10 @@ impl Metrics {
                 "Sidecars with a fresh heartbeat in Redis.",
             )
             .expect("static metric definition"),
+            throttles_dropped: crate::policy::fleet::throttles::DropCounters {
+                queue_full: throttles_dropped.with_label_values(&["queue_full"]),
+                malformed: throttles_dropped.with_label_values(&["malformed"]),
+            },
         };
         let circuit_state = IntGaugeVec::new(
             Opts::new(
@@ -266,6 +275,7 @@ impl Metrics {
             Box::new(fleet.errors.clone()),
             Box::new(fleet.connected.clone()),
             Box::new(fleet.live.clone()),
+            Box::new(throttles_dropped),
         ] {
             registry.register(c).expect("metric names are unique");
         }

@@ -199,7 +199,7 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> an
             upstreams.apply_throttle(&origin, wait);
         }
         let upstreams = upstreams.clone();
-        tokio::spawn(fleet.clone().subscribe_throttles(
+        tokio::spawn(fleet.clone().follow_throttles(
             move |origin, wait| upstreams.apply_throttle(origin, wait),
             background.clone(),
         ));

@@ -17,7 +17,8 @@
 //!   [`crate::policy::quota`]) is published for the sidecars running now and
 //!   kept in a sorted set (origin → until, Redis time) for the ones that
 //!   start, or reconnect, later: they read it before serving. Entries go
-//!   when their hold ends; the key expires with the last one.
+//!   when their hold ends; the key expires with the last one. Delivery is
+//!   bounded whatever publishes to the channel (see [`throttles`]).
 //! * **Failure.** When Redis cannot be reached, or refuses the heartbeat
 //!   (out of memory, a read-only replica, no permission), fleet limits fall
 //!   back per their `on_redis_error`; a reconnect is tried in the background
@@ -28,6 +29,7 @@
 //!   stays on for the others.
 
 pub mod lease;
+pub mod throttles;
 
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
@@ -170,12 +172,16 @@ pub struct FleetMetrics {
     pub connected: IntGauge,
     /// `sidecar_fleet_live_sidecars`
     pub live: IntGauge,
+    /// `sidecar_fleet_throttles_dropped_total{reason}`
+    pub throttles_dropped: throttles::DropCounters,
 }
 
 pub struct Fleet {
     id: String,
     prefix: String,
     client: redis::Client,
+    /// The same server over RESP3, for pushed throttles (see [`throttles`]).
+    push_client: redis::Client,
     conn: ArcSwapOption<ConnectionManager>,
     healthy: AtomicBool,
     /// Why fleet mode went off last (what a `deny` limit tells the caller).
@@ -223,6 +229,13 @@ impl Fleet {
     /// live sidecar (which would shrink every real sidecar's share).
     pub fn offline(url: &str, metrics: FleetMetrics) -> Result<Arc<Self>, String> {
         let client = redis::Client::open(url).map_err(|e| format!("--redis-url: {e}"))?;
+        let info = client.get_connection_info().clone();
+        let resp3 = info
+            .redis_settings()
+            .clone()
+            .set_protocol(redis::ProtocolVersion::RESP3);
+        let push_client = redis::Client::open(info.set_redis_settings(resp3))
+            .map_err(|e| format!("--redis-url: {e}"))?;
         let id = format!(
             "{}-{}-{:08x}",
             std::env::var("HOSTNAME").unwrap_or_else(|_| "sidecar".into()),
@@ -233,6 +246,7 @@ impl Fleet {
             id,
             prefix: "tandem".into(),
             client,
+            push_client,
             conn: ArcSwapOption::empty(),
             healthy: AtomicBool::new(false),
             down_reason: std::sync::Mutex::new(Arc::from("Redis has not answered yet")),
@@ -428,105 +442,6 @@ impl Fleet {
             granted,
             wait: Duration::from_millis(wait_ms),
         })
-    }
-
-    fn holds_key(&self) -> String {
-        format!("{}:holds", self.prefix)
-    }
-
-    /// Tells every sidecar to hold requests to `origin` for `wait`: the ones
-    /// running now by a message, later ones by the stored hold.
-    pub async fn publish_throttle(&self, origin: &str, wait: Duration) {
-        let wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX);
-        let key = self.holds_key();
-        let _ = self
-            .run("hold", |mut conn| {
-                let mut invocation = self.hold.key(&key);
-                invocation.arg(origin).arg(wait_ms);
-                async move { invocation.invoke_async::<i64>(&mut conn).await }
-            })
-            .await;
-        let message = format!("{wait_ms}|{origin}");
-        let _ = self
-            .run("publish", |mut conn| {
-                let mut cmd = redis::cmd("PUBLISH");
-                cmd.arg(THROTTLE_CHANNEL).arg(message);
-                async move { cmd.query_async::<i64>(&mut conn).await }
-            })
-            .await;
-    }
-
-    /// The holds in force now, by origin, as stored by
-    /// [`Fleet::publish_throttle`]. Empty when Redis cannot be reached.
-    pub async fn holds(&self) -> Vec<(String, Duration)> {
-        let key = self.holds_key();
-        let flat: Vec<String> = match self
-            .run("holds", |mut conn| {
-                let invocation = self.holds.key(&key);
-                async move { invocation.invoke_async(&mut conn).await }
-            })
-            .await
-        {
-            Ok(flat) => flat,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot read upstream holds from Redis");
-                return Vec::new();
-            }
-        };
-        flat.chunks_exact(2)
-            .filter_map(|pair| {
-                let ms = pair[1].parse::<u64>().ok()?;
-                Some((pair[0].clone(), Duration::from_millis(ms)))
-            })
-            .collect()
-    }
-
-    /// Delivers throttles published by other sidecars to `apply`, until
-    /// `stop`: the stored holds each time the subscription starts (so holds
-    /// published while this sidecar was away are not missed), then each
-    /// message. Resubscribes after Redis outages.
-    pub async fn subscribe_throttles(
-        self: Arc<Self>,
-        apply: impl Fn(&str, Duration) + Send + 'static,
-        stop: CancellationToken,
-    ) {
-        use futures::StreamExt;
-        loop {
-            let pubsub = tokio::select! {
-                _ = stop.cancelled() => return,
-                r = self.client.get_async_pubsub() => r,
-            };
-            match pubsub {
-                Ok(mut pubsub) => {
-                    if pubsub.subscribe(THROTTLE_CHANNEL).await.is_ok() {
-                        for (origin, wait) in self.holds().await {
-                            apply(&origin, wait);
-                        }
-                        let mut messages = pubsub.on_message();
-                        loop {
-                            let message = tokio::select! {
-                                _ = stop.cancelled() => return,
-                                m = messages.next() => m,
-                            };
-                            let Some(message) = message else { break };
-                            let Ok(text) = message.get_payload::<String>() else {
-                                continue;
-                            };
-                            if let Some((ms, origin)) = text.split_once('|') {
-                                if let Ok(ms) = ms.parse::<u64>() {
-                                    apply(origin, Duration::from_millis(ms));
-                                }
-                            }
-                        }
-                    }
-                }
-                Err(e) => tracing::debug!(error = %e, "throttle subscription failed; retrying"),
-            }
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                _ = tokio::time::sleep(HEARTBEAT_EVERY) => {}
-            }
-        }
     }
 }
 

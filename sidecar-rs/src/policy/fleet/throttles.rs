@@ -1,0 +1,403 @@
+//! Upstream throttles shared by the fleet: published by the sidecar that
+//! learned one, stored in Redis for sidecars that start later, and pushed to
+//! the ones running now.
+//!
+//! **Bounded delivery.** redis-rs's `PubSub` type reads the socket into an
+//! unbounded channel, so a publisher faster than this sidecar applies
+//! messages grows it without end. Instead the subscription is a RESP3
+//! connection whose reader hands each message to [`Inbox::deliver`]: it
+//! parses it, drops it if malformed or oversized, and queues it in a bounded
+//! queue, dropping it (and counting) when the queue is full. A flood costs
+//! CPU, not memory. Nothing is lost for good: every hold is also stored in
+//! Redis, and after drops the stored holds are read again, so a dropped
+//! message only makes its hold late by up to a second.
+//!
+//! **Without RESP3** (Redis before 6, or a server that refuses `HELLO`),
+//! the stored holds are read every second instead of pushed, and RESP3 is
+//! tried again every minute.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus::IntCounter;
+use redis::aio::MultiplexedConnection;
+use redis::{AsyncConnectionConfig, PushInfo, PushKind, Value};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::{Fleet, FleetError, COMMAND_TIMEOUT, HEARTBEAT_EVERY, THROTTLE_CHANNEL};
+
+/// Messages waiting to be applied; more are dropped (and the stored holds
+/// read again). Applying one takes microseconds, so a full queue means a
+/// flood, not a burst of real throttles.
+const QUEUE: usize = 256;
+/// Longest origin accepted from Redis (`scheme://host:port`, a DNS name is
+/// at most 253 bytes). Longer ones are no origin a tool calls; dropping them
+/// also bounds what the queue and the kept holds can hold.
+pub const MAX_ORIGIN_LEN: usize = 512;
+/// How often the subscription connection is pinged: a Redis that stops
+/// answering without closing the socket is found within this plus the
+/// reply timeout.
+const PING_EVERY: Duration = Duration::from_secs(5);
+/// How long to poll stored holds before trying RESP3 again.
+const RESP3_RETRY: Duration = Duration::from_secs(60);
+
+/// `sidecar_fleet_throttles_dropped_total{reason}` resolved once.
+#[derive(Clone)]
+pub struct DropCounters {
+    pub queue_full: IntCounter,
+    pub malformed: IntCounter,
+}
+
+/// A throttle message's payload, `<milliseconds>|<origin>`, or `None` when
+/// it is not one.
+pub fn parse_message(payload: &[u8]) -> Option<(&str, Duration)> {
+    let text = std::str::from_utf8(payload).ok()?;
+    let (ms, origin) = text.split_once('|')?;
+    let ms = ms.parse::<u64>().ok()?;
+    acceptable_origin(origin).then_some((origin, Duration::from_millis(ms)))
+}
+
+fn acceptable_origin(origin: &str) -> bool {
+    !origin.is_empty() && origin.len() <= MAX_ORIGIN_LEN
+}
+
+/// Where the subscription connection's reader leaves throttle messages.
+struct Inbox {
+    queue: mpsc::Sender<(Box<str>, Duration)>,
+    /// Messages dropped for a full queue since the stored holds were read.
+    overflowed: AtomicU64,
+    /// Cancelled when redis-rs reports the connection closed.
+    gone: CancellationToken,
+    dropped: DropCounters,
+}
+
+impl Inbox {
+    /// Called by redis-rs's connection task for each push; must not wait.
+    fn deliver(&self, info: PushInfo) {
+        match info.kind {
+            PushKind::Disconnection => self.gone.cancel(),
+            PushKind::Message => {
+                let parsed = match info.data.get(1) {
+                    Some(Value::BulkString(payload)) => parse_message(payload),
+                    _ => None,
+                };
+                let Some((origin, wait)) = parsed else {
+                    self.dropped.malformed.inc();
+                    return;
+                };
+                if let Err(mpsc::error::TrySendError::Full(_)) =
+                    self.queue.try_send((origin.into(), wait))
+                {
+                    self.overflowed.fetch_add(1, Ordering::Relaxed);
+                    self.dropped.queue_full.inc();
+                }
+            }
+            // Subscription confirmations and kinds this connection does not ask for.
+            _ => {}
+        }
+    }
+}
+
+/// Why following pushed throttles stopped.
+enum Ended {
+    Stopped,
+    Lost(String),
+    NoResp3(String),
+}
+
+impl Fleet {
+    fn holds_key(&self) -> String {
+        format!("{}:holds", self.prefix)
+    }
+
+    /// Tells every sidecar to hold requests to `origin` for `wait`: the ones
+    /// running now by a message, later ones by the stored hold.
+    pub async fn publish_throttle(&self, origin: &str, wait: Duration) {
+        let wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX);
+        let key = self.holds_key();
+        let _ = self
+            .run("hold", |mut conn| {
+                let mut invocation = self.hold.key(&key);
+                invocation.arg(origin).arg(wait_ms);
+                async move { invocation.invoke_async::<i64>(&mut conn).await }
+            })
+            .await;
+        let message = format!("{wait_ms}|{origin}");
+        let _ = self
+            .run("publish", |mut conn| {
+                let mut cmd = redis::cmd("PUBLISH");
+                cmd.arg(THROTTLE_CHANNEL).arg(message);
+                async move { cmd.query_async::<i64>(&mut conn).await }
+            })
+            .await;
+    }
+
+    /// The holds in force now, by origin, as stored by
+    /// [`Fleet::publish_throttle`]. Empty (and logged) when Redis cannot be
+    /// reached.
+    pub async fn holds(&self) -> Vec<(String, Duration)> {
+        self.stored_holds().await.unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "cannot read upstream holds from Redis");
+            Vec::new()
+        })
+    }
+
+    async fn stored_holds(&self) -> Result<Vec<(String, Duration)>, FleetError> {
+        let key = self.holds_key();
+        let flat: Vec<String> = self
+            .run("holds", |mut conn| {
+                let invocation = self.holds.key(&key);
+                async move { invocation.invoke_async(&mut conn).await }
+            })
+            .await?;
+        let mut holds = Vec::with_capacity(flat.len() / 2);
+        let mut pairs = flat.into_iter();
+        while let (Some(origin), Some(ms)) = (pairs.next(), pairs.next()) {
+            if let (true, Ok(ms)) = (acceptable_origin(&origin), ms.parse::<u64>()) {
+                holds.push((origin, Duration::from_millis(ms)));
+            }
+        }
+        Ok(holds)
+    }
+
+    /// Applies the stored holds; quiet on failure (the caller retries).
+    async fn apply_stored(&self, apply: &impl Fn(&str, Duration)) {
+        if let Ok(holds) = self.stored_holds().await {
+            for (origin, wait) in holds {
+                apply(&origin, wait);
+            }
+        }
+    }
+
+    /// Delivers throttles published by other sidecars to `apply`, until
+    /// `stop`: the stored holds each time the subscription starts (so holds
+    /// published while this sidecar was away are not missed), then each
+    /// message. Resubscribes after Redis outages.
+    pub async fn follow_throttles(
+        self: Arc<Self>,
+        apply: impl Fn(&str, Duration) + Send + 'static,
+        stop: CancellationToken,
+    ) {
+        let mut said_no_resp3 = false;
+        loop {
+            match self.follow_pushed(&apply, &stop).await {
+                Ended::Stopped => return,
+                Ended::Lost(e) => {
+                    tracing::debug!(error = %e, "throttle subscription lost; resubscribing");
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = tokio::time::sleep(HEARTBEAT_EVERY) => {}
+                    }
+                }
+                Ended::NoResp3(e) => {
+                    if !said_no_resp3 {
+                        said_no_resp3 = true;
+                        tracing::warn!(
+                            error = %e,
+                            "fleet throttles: Redis refuses a RESP3 connection (Redis 6 or later pushes throttles); reading the stored holds every second instead"
+                        );
+                    }
+                    if self.poll_stored(&apply, &stop, RESP3_RETRY).await {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Subscribes on a RESP3 connection and applies what it pushes until the
+    /// connection is lost or `stop`.
+    async fn follow_pushed(
+        &self,
+        apply: &impl Fn(&str, Duration),
+        stop: &CancellationToken,
+    ) -> Ended {
+        let (queue, mut messages) = mpsc::channel(QUEUE);
+        let inbox = Arc::new(Inbox {
+            queue,
+            overflowed: AtomicU64::new(0),
+            gone: CancellationToken::new(),
+            dropped: self.metrics.throttles_dropped.clone(),
+        });
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(COMMAND_TIMEOUT * 4))
+            .set_response_timeout(Some(COMMAND_TIMEOUT * 4))
+            .set_push_sender({
+                let inbox = inbox.clone();
+                move |info| {
+                    inbox.deliver(info);
+                    Ok::<(), ()>(())
+                }
+            });
+        let connect = async {
+            let mut conn = self
+                .push_client
+                .get_multiplexed_async_connection_with_config(&config)
+                .await?;
+            conn.subscribe(THROTTLE_CHANNEL).await?;
+            Ok::<MultiplexedConnection, redis::RedisError>(conn)
+        };
+        let mut conn = tokio::select! {
+            _ = stop.cancelled() => return Ended::Stopped,
+            c = connect => match c {
+                Ok(conn) => conn,
+                Err(e) => return match FleetError::of(&e) {
+                    FleetError::Refused(why) => Ended::NoResp3(why),
+                    FleetError::Unreachable(why) => Ended::Lost(why),
+                },
+            },
+        };
+        // Holds stored while this sidecar was not subscribed.
+        self.apply_stored(apply).await;
+        let mut tick = tokio::time::interval(HEARTBEAT_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut since_ping = Duration::ZERO;
+        let mut dropping: u64 = 0;
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return Ended::Stopped,
+                _ = inbox.gone.cancelled() => return Ended::Lost("connection closed".into()),
+                Some((origin, wait)) = messages.recv() => apply(&origin, wait),
+                _ = tick.tick() => {
+                    let dropped = inbox.overflowed.swap(0, Ordering::Relaxed);
+                    if dropped > 0 {
+                        if dropping == 0 {
+                            tracing::warn!(
+                                queue = QUEUE,
+                                "fleet throttles: messages arrive faster than they are applied; dropping the excess and reading the stored holds instead"
+                            );
+                        }
+                        dropping += dropped;
+                        self.apply_stored(apply).await;
+                    } else if dropping > 0 {
+                        tracing::info!(
+                            dropped = dropping,
+                            "fleet throttles: caught up with the messages"
+                        );
+                        dropping = 0;
+                    }
+                    since_ping += HEARTBEAT_EVERY;
+                    if since_ping >= PING_EVERY {
+                        since_ping = Duration::ZERO;
+                        let ping = redis::cmd("PING");
+                        let ping = ping.query_async::<Value>(&mut conn);
+                        match tokio::time::timeout(COMMAND_TIMEOUT * 4, ping).await {
+                            Ok(Ok(_)) => {}
+                            Ok(Err(e)) => return Ended::Lost(e.to_string()),
+                            Err(_) => return Ended::Lost("no answer to PING".into()),
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Applies the stored holds every second for `span`; true if `stop` came.
+    async fn poll_stored(
+        &self,
+        apply: &impl Fn(&str, Duration),
+        stop: &CancellationToken,
+        span: Duration,
+    ) -> bool {
+        let end = tokio::time::Instant::now() + span;
+        let mut tick = tokio::time::interval(HEARTBEAT_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        while tokio::time::Instant::now() < end {
+            tokio::select! {
+                _ = stop.cancelled() => return true,
+                _ = tick.tick() => self.apply_stored(apply).await,
+            }
+        }
+        false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prometheus::core::Collector;
+
+    fn inbox(capacity: usize) -> (Inbox, mpsc::Receiver<(Box<str>, Duration)>) {
+        let (queue, rx) = mpsc::channel(capacity);
+        let counter = |name| IntCounter::new(name, "test").unwrap();
+        let inbox = Inbox {
+            queue,
+            overflowed: AtomicU64::new(0),
+            gone: CancellationToken::new(),
+            dropped: DropCounters {
+                queue_full: counter("full"),
+                malformed: counter("malformed"),
+            },
+        };
+        (inbox, rx)
+    }
+
+    fn message(payload: &[u8]) -> PushInfo {
+        PushInfo {
+            kind: PushKind::Message,
+            data: vec![
+                Value::BulkString(THROTTLE_CHANNEL.into()),
+                Value::BulkString(payload.to_vec()),
+            ],
+        }
+    }
+
+    fn count(c: &IntCounter) -> u64 {
+        c.collect()[0].get_metric()[0].get_counter().get_value() as u64
+    }
+
+    #[test]
+    fn a_message_names_the_wait_then_the_origin() {
+        assert_eq!(
+            parse_message(b"1500|https://api.example:443"),
+            Some(("https://api.example:443", Duration::from_millis(1500)))
+        );
+        for bad in [
+            &b"https://api.example"[..],
+            b"soon|https://api.example",
+            b"-1|https://api.example",
+            b"100|",
+            b"100|\xff\xfe",
+        ] {
+            assert_eq!(parse_message(bad), None, "{bad:?}");
+        }
+        let long = format!("1|http://{}", "x".repeat(MAX_ORIGIN_LEN));
+        assert_eq!(parse_message(long.as_bytes()), None);
+    }
+
+    #[test]
+    fn a_full_queue_drops_and_remembers_that_it_did() {
+        let (inbox, mut rx) = inbox(4);
+        for i in 0..10 {
+            inbox.deliver(message(format!("100|http://o{i}").as_bytes()));
+        }
+        inbox.deliver(message(b"not a throttle"));
+        inbox.deliver(message(
+            format!("1|http://{}", "x".repeat(100_000)).as_bytes(),
+        ));
+        assert_eq!(inbox.overflowed.load(Ordering::Relaxed), 6);
+        assert_eq!(count(&inbox.dropped.queue_full), 6);
+        assert_eq!(count(&inbox.dropped.malformed), 2);
+        let kept: Vec<_> = std::iter::from_fn(|| rx.try_recv().ok()).collect();
+        assert_eq!(kept.len(), 4);
+        assert_eq!(&*kept[0].0, "http://o0");
+        // Room again: the next message is queued.
+        inbox.deliver(message(b"100|http://later"));
+        assert_eq!(&*rx.try_recv().unwrap().0, "http://later");
+    }
+
+    #[test]
+    fn a_closed_connection_is_signalled_even_with_a_full_queue() {
+        let (inbox, _rx) = inbox(1);
+        inbox.deliver(message(b"1|http://a"));
+        inbox.deliver(message(b"1|http://b"));
+        assert!(!inbox.gone.is_cancelled());
+        inbox.deliver(PushInfo {
+            kind: PushKind::Disconnection,
+            data: vec![],
+        });
+        assert!(inbox.gone.is_cancelled());
+    }
+}
