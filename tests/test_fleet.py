@@ -421,6 +421,41 @@ async def test_a_flood_of_throttles_costs_cpu_not_memory_and_loses_no_real_hold(
     print("dropped for a full queue:", (await dropped_throttles(sidecar)).get("queue_full"))
 
 
+async def test_stored_holds_are_read_bounded_whatever_else_wrote_them(
+    upstream: Upstream, redis: RedisServer, fleet_of: Callable[..., Any]
+) -> None:
+    """A starting sidecar reads the stored holds once its config is loaded. Something
+    else writing `tandem:holds` costs it no more than the bound: the 4,096 longest holds,
+    origins over 512 bytes skipped in Redis. Here 200 holds with 64 KiB origins, 3,000
+    short junk origins (more than the 1,024 unknown origins kept) and 20,000 shorter
+    ones: its RSS stays within 12 MiB of a sidecar that started before them (by hand: 3.7
+    to 4.2 MiB; 54.6 MiB when the whole set was read), and the real hold amid the junk
+    (read after 3,000 junk ones) applies from the first call."""
+    upstream.json("GET", "/shared", {"ok": True})
+    config = fleet_config(upstream)
+    control, _ = fleet_of(config, redis)
+    seconds, micros = (await asyncio.to_thread(redis.cli, "TIME")).split()
+    now_ms = int(seconds) * 1000 + int(micros) // 1000
+
+    def holds(count: int, ends_in_ms: int, name: str, length: int) -> list[str]:
+        return [
+            f"ZADD tandem:holds {now_ms + ends_in_ms} http://{name}-{i}-{'x' * length}.example\n"
+            for i in range(count)
+        ]
+
+    junk = holds(200, 120_000, "big", 65536) + holds(3000, 60_000, "junk", 200)
+    junk += holds(20_000, 10_000, "short", 20)
+    junk.append(f"ZADD tandem:holds {now_ms + 50_000} {upstream.url}\n")
+    await asyncio.to_thread(redis.cli, commands="".join(junk))
+    sidecar, client = fleet_of(config, redis)
+    held = await client.call("shared", agent_id="a", timeout=0.5)
+    assert held.status is Status.RATE_LIMITED, held
+    assert held.limited_by == f"upstream:{upstream.url}"
+    await asyncio.sleep(1)  # the subscription's read of the same holds
+    grown = sidecar.rss_bytes() - control.rss_bytes()
+    assert grown < 12 * 2**20, f"RSS {grown / 2**20:.1f} MiB above the control"
+
+
 def quota_tool(upstream: Upstream, reset_s: int) -> tuple[str, list[float]]:
     """A tool whose upstream announces, on its first call only, that its quota is spent
     for `reset_s`; the config and the upstream's arrival times."""

@@ -192,18 +192,6 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> an
         None => None,
     };
     let upstreams = Arc::new(upstreams);
-    if let Some(fleet) = &fleet {
-        // Holds learned by sidecars that ran before this one apply from the
-        // first call on (the subscription below catches later ones).
-        for (origin, wait) in fleet.holds().await {
-            upstreams.apply_throttle(&origin, wait);
-        }
-        let upstreams = upstreams.clone();
-        tokio::spawn(fleet.clone().follow_throttles(
-            move |origin, wait| upstreams.apply_throttle(origin, wait),
-            background.clone(),
-        ));
-    }
     // Files and schema compilation: on the blocking pool, not a worker.
     let (registry, loaded) = {
         let path = config.config_path.clone();
@@ -218,6 +206,21 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> an
         tools = registry.len(),
         "config loaded"
     );
+    if let Some(fleet) = &fleet {
+        // Holds learned by sidecars that ran before this one apply from the
+        // first call on (the subscription below catches later ones). Read
+        // once the config is loaded, so a hold for an origin a tool calls
+        // lands on that origin and not among the (capped) holds kept for
+        // unknown origins.
+        for (origin, wait) in fleet.holds().await {
+            upstreams.apply_throttle(&origin, wait);
+        }
+        let upstreams = upstreams.clone();
+        tokio::spawn(fleet.clone().follow_throttles(
+            move |origin, wait| upstreams.apply_throttle(origin, wait),
+            background.clone(),
+        ));
+    }
     crate::config::redact::set_in_force(registry.redactor().clone());
     let registry = Arc::new(ArcSwap::from_pointee(registry));
     let exec = Arc::new(

@@ -95,17 +95,22 @@ end
 return 1
 "#;
 
-/// The holds in force: a flat list of origin, milliseconds left.
+/// The holds in force, the longest first: a flat list of origin,
+/// milliseconds left. Bounded whatever else writes to the set: at most
+/// ARGV[1] entries, and origins longer than ARGV[2] bytes are skipped.
 /// KEYS[1] holds set.
 const HOLDS: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', string.format('%d', now))
-local r = redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')
+local r = redis.call('ZREVRANGE', KEYS[1], 0, tonumber(ARGV[1]) - 1, 'WITHSCORES')
+local longest = tonumber(ARGV[2])
 local out = {}
 for i = 1, #r, 2 do
-  out[#out + 1] = r[i]
-  out[#out + 1] = string.format('%d', tonumber(r[i + 1]) - now)
+  if #r[i] <= longest then
+    out[#out + 1] = r[i]
+    out[#out + 1] = string.format('%d', tonumber(r[i + 1]) - now)
+  end
 end
 return out
 "#;

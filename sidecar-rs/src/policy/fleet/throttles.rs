@@ -36,6 +36,9 @@ const QUEUE: usize = 256;
 /// at most 253 bytes). Longer ones are no origin a tool calls; dropping them
 /// also bounds what the queue and the kept holds can hold.
 pub const MAX_ORIGIN_LEN: usize = 512;
+/// Most stored holds read at once (the longest first). A fleet holds a few
+/// origins; more than this were written by something else.
+const MAX_STORED_HOLDS: usize = 4096;
 /// How often the subscription connection is pinged: a Redis that stops
 /// answering without closing the socket is found within this plus the
 /// reply timeout.
@@ -148,7 +151,8 @@ impl Fleet {
         let key = self.holds_key();
         let flat: Vec<String> = self
             .run("holds", |mut conn| {
-                let invocation = self.holds.key(&key);
+                let mut invocation = self.holds.key(&key);
+                invocation.arg(MAX_STORED_HOLDS).arg(MAX_ORIGIN_LEN);
                 async move { invocation.invoke_async(&mut conn).await }
             })
             .await?;
