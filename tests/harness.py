@@ -331,52 +331,95 @@ def free_port() -> int:
 
 
 class RedisServer:
-    """A real redis-server on loopback, no persistence; can be killed and restarted."""
+    """A real redis-server on loopback, no persistence; can be killed and restarted.
 
-    def __init__(self, workdir: Path, *extra_args: str) -> None:
+    As production runs it, optionally: `password` for the default user (what `url` and
+    `cli` log in with; more users by `--user` in `extra_args`), and TLS only (`tls_ca`, a
+    `trustme.CA` that issues the server's certificate for 127.0.0.1; no plain port)."""
+
+    def __init__(
+        self,
+        workdir: Path,
+        *extra_args: str,
+        password: str | None = None,
+        tls_ca: Any = None,
+    ) -> None:
         """`extra_args` go to redis-server's command line, e.g. to rename a command
         away as an older server would lack it."""
         self.workdir = workdir
         self.extra_args = extra_args
+        self.password = password
+        self.tls_ca = tls_ca
+        self.ca_file = workdir / "redis-ca.pem"
         self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
 
+    def url_for(self, user: str = "", password: str | None = None) -> str:
+        """The URL a client logs in with as `user` (the default user when empty)."""
+        scheme = "rediss" if self.tls_ca is not None else "redis"
+        login = f"{user}:{password}@" if password is not None else ""
+        return f"{scheme}://{login}127.0.0.1:{self.port}/0"
+
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        return self.url_for(password=self.password)
+
+    def _args(self) -> list[str]:
+        args = ["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+        args += ["--dir", str(self.workdir)]
+        if self.password is not None:
+            args += ["--requirepass", self.password]
+        if self.tls_ca is None:
+            return [*args, "--port", str(self.port)]
+        cert = self.tls_ca.issue_cert("127.0.0.1")
+        cert_file, key_file = self.workdir / "redis-cert.pem", self.workdir / "redis-key.pem"
+        cert.cert_chain_pems[0].write_to_path(str(cert_file))
+        cert.private_key_pem.write_to_path(str(key_file))
+        self.tls_ca.cert_pem.write_to_path(str(self.ca_file))
+        return [
+            *args,
+            "--port",
+            "0",
+            "--tls-port",
+            str(self.port),
+            "--tls-cert-file",
+            str(cert_file),
+            "--tls-key-file",
+            str(key_file),
+            "--tls-ca-cert-file",
+            str(self.ca_file),
+            "--tls-auth-clients",
+            "no",
+        ]
+
+    def _answers(self) -> bool:
+        import socket
+
+        with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as raw:
+            if self.tls_ca is None:
+                raw.sendall(b"PING\r\n")
+                return raw.recv(16).startswith((b"+PONG", b"-NOAUTH"))
+            context = ssl.create_default_context(cafile=str(self.ca_file))
+            with context.wrap_socket(raw, server_hostname="127.0.0.1") as s:
+                s.sendall(b"PING\r\n")
+                return s.recv(16).startswith((b"+PONG", b"-NOAUTH"))
 
     def start(self) -> RedisServer:
         import shutil
-        import socket
 
         binary = shutil.which("redis-server")
         if binary is None:
             raise RuntimeError("redis-server is not installed (make test installs it)")
         self.proc = subprocess.Popen(
-            [
-                binary,
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(self.workdir),
-                *self.extra_args,
-            ],
+            [binary, *self._args(), *self.extra_args],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
         end = time.monotonic() + 10
         while time.monotonic() < end:
             try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s:
-                    s.sendall(b"PING\r\n")
-                    if s.recv(16).startswith(b"+PONG"):
-                        return self
+                if self._answers():
+                    return self
             except OSError:
                 time.sleep(0.02)
         raise RuntimeError("redis-server did not start")
@@ -398,8 +441,10 @@ class RedisServer:
 
         binary = shutil.which("redis-cli")
         assert binary is not None, "redis-cli is installed with redis-server"
+        login = ["-a", self.password, "--no-auth-warning"] if self.password else []
+        tls = ["--tls", "--cacert", str(self.ca_file)] if self.tls_ca is not None else []
         out = subprocess.run(
-            [binary, "-p", str(self.port), *args],
+            [binary, "-p", str(self.port), *login, *tls, *args],
             input=commands,
             capture_output=True,
             text=True,

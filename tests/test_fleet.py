@@ -12,6 +12,7 @@ import pytest
 from aiohttp import web
 
 from brain import SidecarClient, Status
+from fleet_support import quota_tool, wait_live
 
 from harness import RedisServer, SidecarProcess, Upstream, scrape, tool, tools_file
 
@@ -80,15 +81,6 @@ def fleet_of(
         return sidecar, client_for(sidecar.unix_target)
 
     return make
-
-
-async def wait_live(sidecar: SidecarProcess, count: int) -> None:
-    for _ in range(100):
-        samples = await asyncio.to_thread(scrape, sidecar.metrics_port)
-        if samples.get("sidecar_fleet_live_sidecars", {}).get((), 0) == count:
-            return
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"fleet never saw {count} live sidecars")
 
 
 async def test_three_sidecars_share_one_limit_fairly(
@@ -456,24 +448,6 @@ async def test_stored_holds_are_read_bounded_whatever_else_wrote_them(
     assert grown < 12 * 2**20, f"RSS {grown / 2**20:.1f} MiB above the control"
 
 
-def quota_tool(upstream: Upstream, reset_s: int) -> tuple[str, list[float]]:
-    """A tool whose upstream announces, on its first call only, that its quota is spent
-    for `reset_s`; the config and the upstream's arrival times."""
-    times: list[float] = []
-
-    async def quota(_: web.Request) -> web.StreamResponse:
-        times.append(time.monotonic())
-        headers = (
-            {"x-ratelimit-remaining": "0", "x-ratelimit-reset": str(reset_s)}
-            if len(times) == 1
-            else {}
-        )
-        return web.json_response({"ok": True}, headers=headers)
-
-    upstream.route("GET", "/quota", quota)
-    return tools_file(tool("q", f"{upstream.url}/quota", timeout="5s")), times
-
-
 async def test_without_resp3_throttles_are_read_from_the_stored_holds(
     upstream: Upstream, tmp_path: Path, fleet_of: Callable[..., Any]
 ) -> None:
@@ -483,7 +457,8 @@ async def test_without_resp3_throttles_are_read_from_the_stored_holds(
     second, and fleet limits work as before."""
     redis = RedisServer(tmp_path, "--rename-command", "HELLO", '""').start()
     try:
-        config, times = quota_tool(upstream, reset_s=5)
+        q, times = quota_tool(upstream, reset_s=5)
+        config = tools_file(q)
         (a, client_a), (b, client_b) = fleet_of(config, redis), fleet_of(config, redis)
         await wait_live(a, 2)
         assert (await client_a.call("q")).ok
@@ -504,7 +479,8 @@ async def test_without_resp3_throttles_are_read_from_the_stored_holds(
 async def test_announced_upstream_quota_is_held_fleet_wide_until_reset(
     upstream: Upstream, redis: RedisServer, fleet_of: Callable[..., Any]
 ) -> None:
-    config, times = quota_tool(upstream, reset_s=2)
+    q, times = quota_tool(upstream, reset_s=2)
+    config = tools_file(q)
     (a, client_a), (_, client_b) = fleet_of(config, redis), fleet_of(config, redis)
     await wait_live(a, 2)
     await asyncio.sleep(1.2)  # both subscribed to throttle broadcasts

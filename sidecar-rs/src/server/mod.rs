@@ -182,7 +182,8 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> an
             if !fleet.wait_connected(Duration::from_secs(2)).await {
                 tracing::warn!(
                     id = fleet.id(),
-                    "Redis is not reachable yet; fleet limits start on their fallback"
+                    reason = %fleet.down_reason(),
+                    "fleet mode is off at start (Redis unreachable or refusing, see reason); fleet limits start on their fallback"
                 );
             }
             tracing::info!(id = fleet.id(), "fleet limits enabled");

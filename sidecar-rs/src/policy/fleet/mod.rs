@@ -155,7 +155,10 @@ impl FleetError {
                 | ServerErrorKind::ClusterDown
                 | ServerErrorKind::MasterDown,
             ) => false,
-            ErrorKind::Server(_) | ErrorKind::Extension | ErrorKind::UnexpectedReturnType => true,
+            ErrorKind::Server(_)
+            | ErrorKind::Extension
+            | ErrorKind::UnexpectedReturnType
+            | ErrorKind::AuthenticationFailed => true,
             _ => false,
         };
         if answered {
@@ -321,7 +324,9 @@ impl Fleet {
                 match self.client.get_connection_manager_with_config(config).await {
                     Ok(conn) => self.conn.store(Some(Arc::new(conn))),
                     Err(e) => {
-                        self.mark(Some(&FleetError::Unreachable(e.to_string())));
+                        // No answer, or an answer that refuses this sidecar
+                        // (a wrong password, an ACL user that may not log in).
+                        self.mark(Some(&FleetError::of(&e)));
                         continue;
                     }
                 }
@@ -478,6 +483,10 @@ mod tests {
         );
         assert_eq!(
             class((ErrorKind::UnexpectedReturnType, "shape").into()),
+            "refused"
+        );
+        assert_eq!(
+            class((ErrorKind::AuthenticationFailed, "WRONGPASS").into()),
             "refused"
         );
         // Replies that say it cannot serve now, and no reply at all: an outage.
