@@ -16,7 +16,7 @@ import pytest
 import trustme
 
 from brain import SidecarClient, Status
-from fleet_support import quota_tool, wait_live
+from fleet_support import quota_tool, wait_live, wait_subscribed
 
 from harness import (
     RedisServer,
@@ -63,12 +63,16 @@ def ca() -> trustme.CA:
     return trustme.CA()
 
 
-@pytest.fixture
-def redis(tmp_path: Path, ca: trustme.CA) -> Iterator[RedisServer]:
+def secure_redis(tmp_path: Path, ca: trustme.CA, *extra_args: str) -> RedisServer:
     workdir = tmp_path / "redis"
     workdir.mkdir()
     user = ("--user", USER, "on", f">{PASSWORD}", *ACL_RULES)
-    server = RedisServer(workdir, *user, password="admin-only", tls_ca=ca).start()
+    return RedisServer(workdir, *user, *extra_args, password="admin-only", tls_ca=ca).start()
+
+
+@pytest.fixture
+def redis(tmp_path: Path, ca: trustme.CA) -> Iterator[RedisServer]:
+    server = secure_redis(tmp_path, ca)
     yield server
     server.kill()
 
@@ -101,7 +105,7 @@ async def test_fleet_mode_over_tls_as_a_least_privileged_user(
     a, b = start_sidecar(config, env=env), start_sidecar(config, env=env)
     client_a, client_b = client_for(a.unix_target), client_for(b.unix_target)
     await wait_live(a, 2)
-    await asyncio.sleep(1.2)  # both subscribed
+    await wait_subscribed(redis, 2)
     results = await asyncio.gather(*(client_a.call("shared", agent_id="x") for _ in range(30)))
     statuses = {r.status for r in results}
     assert statuses == {Status.OK, Status.RATE_LIMITED}, statuses  # burst 20 fleet-wide
@@ -154,6 +158,29 @@ async def test_a_refused_login_keeps_fleet_mode_off_and_says_why(
     samples = await asyncio.to_thread(scrape, sidecar.metrics_port)
     assert samples["sidecar_fleet_connected"][()] == 0
     assert_never_told(sidecar, secret)
+
+
+async def test_a_redis_without_hello_never_hears_the_password_back(
+    upstream: Upstream, tmp_path: Path, ca: trustme.CA, start_sidecar: Start
+) -> None:
+    """redis-rs logs in to a RESP3 connection with `HELLO 3 AUTH user password`. A server
+    without HELLO answers `unknown command 'HELLO', with args beginning with: ...`, the
+    password among them: the sidecar's WARN about it must not repeat the reply as is."""
+    redis = secure_redis(tmp_path, ca, "--rename-command", "HELLO", '""')
+    try:
+        upstream.json("GET", "/shared", {"ok": True})
+        config = tools_file(tool("shared", f"{upstream.url}/shared"))
+        sidecar = start_sidecar(config, env=env_for(redis, redis.url_for(USER, PASSWORD)))
+        await wait_live(sidecar, 1)
+        for _ in range(100):
+            if "RESP3" in sidecar.log_text():
+                break
+            await asyncio.sleep(0.05)
+        said = [line for line in sidecar.log_text().splitlines() if "RESP3" in line]
+        assert len(said) == 1, said
+        assert_never_told(sidecar, PASSWORD)
+    finally:
+        redis.kill()
 
 
 def test_a_redis_url_that_does_not_parse_is_refused_without_repeating_it(

@@ -146,7 +146,8 @@ pub struct Cli {
 
     /// Redis for `scope: fleet` rate limits and fleet-wide upstream
     /// throttles, e.g. `redis://redis:6379/0`.
-    #[arg(long, env = "SIDECAR_REDIS_URL")]
+    // The URL can hold a password: `--help` does not show the variable's value.
+    #[arg(long, env = "SIDECAR_REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<String>,
 
     /// Export a span per tool call over OTLP/gRPC to this collector, e.g.

@@ -95,22 +95,31 @@ end
 return 1
 "#;
 
-/// The holds in force, the longest first: a flat list of origin,
+/// The holds in force, those that end last first: a flat list of origin,
 /// milliseconds left. Bounded whatever else writes to the set: at most
-/// ARGV[1] entries, and origins longer than ARGV[2] bytes are skipped.
+/// ARGV[1] entries, origins longer than ARGV[2] bytes skipped (looking at no
+/// more than four times ARGV[1] entries, a page at a time, for the rest).
 /// KEYS[1] holds set.
 const HOLDS: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', string.format('%d', now))
-local r = redis.call('ZREVRANGE', KEYS[1], 0, tonumber(ARGV[1]) - 1, 'WITHSCORES')
+local limit = tonumber(ARGV[1])
 local longest = tonumber(ARGV[2])
 local out = {}
-for i = 1, #r, 2 do
-  if #r[i] <= longest then
-    out[#out + 1] = r[i]
-    out[#out + 1] = string.format('%d', tonumber(r[i + 1]) - now)
+local found = 0
+local start = 0
+while found < limit and start < limit * 4 do
+  local r = redis.call('ZREVRANGE', KEYS[1], start, start + 1023, 'WITHSCORES')
+  for i = 1, #r, 2 do
+    if found < limit and #r[i] <= longest then
+      out[#out + 1] = r[i]
+      out[#out + 1] = string.format('%d', tonumber(r[i + 1]) - now)
+      found = found + 1
+    end
   end
+  if #r < 2048 then break end
+  start = start + 1024
 end
 return out
 "#;
@@ -188,6 +197,9 @@ pub struct Fleet {
     id: String,
     prefix: String,
     client: redis::Client,
+    /// The password in `--redis-url`, removed from anything said about a
+    /// failure (see [`Fleet::classify`]).
+    password: Option<String>,
     /// The same server over RESP3, for pushed throttles (see [`throttles`]).
     push_client: redis::Client,
     conn: ArcSwapOption<ConnectionManager>,
@@ -238,6 +250,7 @@ impl Fleet {
     pub fn offline(url: &str, metrics: FleetMetrics) -> Result<Arc<Self>, String> {
         let client = redis::Client::open(url).map_err(|e| format!("--redis-url: {e}"))?;
         let info = client.get_connection_info().clone();
+        let password = info.redis_settings().password().map(str::to_owned);
         let resp3 = info
             .redis_settings()
             .clone()
@@ -254,6 +267,7 @@ impl Fleet {
             id,
             prefix: "tandem".into(),
             client,
+            password,
             push_client,
             conn: ArcSwapOption::empty(),
             healthy: AtomicBool::new(false),
@@ -326,7 +340,7 @@ impl Fleet {
                     Err(e) => {
                         // No answer, or an answer that refuses this sidecar
                         // (a wrong password, an ACL user that may not log in).
-                        self.mark(Some(&FleetError::of(&e)));
+                        self.mark(Some(&self.classify(&e)));
                         continue;
                     }
                 }
@@ -377,6 +391,20 @@ impl Fleet {
         F: FnOnce(ConnectionManager) -> Fut,
         Fut: std::future::Future<Output = redis::RedisResult<T>>,
     {
+        let outcome = self.run_unmarked(op, f).await;
+        if let Err(error @ FleetError::Unreachable(_)) = &outcome {
+            self.mark(Some(error));
+        }
+        outcome
+    }
+
+    /// [`Fleet::run`] for work beside the limits (reading stored holds),
+    /// whose failure says nothing about fleet mode: it changes nothing.
+    async fn run_unmarked<T, F, Fut>(&self, op: &str, f: F) -> Result<T, FleetError>
+    where
+        F: FnOnce(ConnectionManager) -> Fut,
+        Fut: std::future::Future<Output = redis::RedisResult<T>>,
+    {
         let Some(conn) = self.conn.load_full() else {
             return Err(FleetError::Unreachable("not connected".into()));
         };
@@ -386,14 +414,26 @@ impl Fleet {
         let outcome = tokio::time::timeout(COMMAND_TIMEOUT, f(conn)).await;
         let error = match outcome {
             Ok(Ok(value)) => return Ok(value),
-            Ok(Err(e)) => FleetError::of(&e),
+            Ok(Err(e)) => self.classify(&e),
             Err(_) => FleetError::Unreachable(format!("no answer within {COMMAND_TIMEOUT:?}")),
         };
         self.metrics.errors.with_label_values(&[op]).inc();
-        if matches!(error, FleetError::Unreachable(_)) {
-            self.mark(Some(&error));
-        }
         Err(error)
+    }
+
+    /// [`FleetError::of`] with the password removed from Redis's words: a
+    /// server can repeat a command's arguments in its reply (redis-rs logs
+    /// in with `HELLO 3 AUTH user password`), and these words reach logs
+    /// and the `deny` limit's message.
+    fn classify(&self, e: &redis::RedisError) -> FleetError {
+        let mut error = FleetError::of(e);
+        if let Some(secret) = self.password.as_deref().filter(|p| !p.is_empty()) {
+            let (FleetError::Unreachable(text) | FleetError::Refused(text)) = &mut error;
+            if text.contains(secret) {
+                *text = text.replace(secret, "***");
+            }
+        }
+        error
     }
 
     /// Turns fleet mode on (`None`) or off (`Some(why)`), logging a change.
@@ -499,5 +539,19 @@ mod tests {
         let reset = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
         assert_eq!(class(reset.into()), "unreachable");
         assert_eq!(class((ErrorKind::Parse, "garbage").into()), "unreachable");
+    }
+
+    #[test]
+    fn the_password_is_not_repeated_from_redis_words() {
+        let metrics = crate::metrics::Metrics::new();
+        let url = "rediss://tandem:s3cret-pw@127.0.0.1:6380/0";
+        let fleet = super::Fleet::offline(url, metrics.fleet.clone()).unwrap();
+        let echoed = make_extension_error(
+            "ERR".into(),
+            Some("unknown command 'HELLO', with args beginning with: '3' 'AUTH' 'tandem' 's3cret-pw'".into()),
+        );
+        let said = fleet.classify(&echoed).to_string();
+        assert!(!said.contains("s3cret-pw"), "{said}");
+        assert!(said.contains("'AUTH' 'tandem' '***'"), "{said}");
     }
 }

@@ -8,21 +8,29 @@
 //! connection whose reader hands each message to [`Inbox::deliver`]: it
 //! parses it, drops it if malformed or oversized, and queues it in a bounded
 //! queue, dropping it (and counting) when the queue is full. A flood costs
-//! CPU, not memory. Nothing is lost for good: every hold is also stored in
-//! Redis, and after drops the stored holds are read again, so a dropped
-//! message only makes its hold late by up to a second.
+//! CPU, not memory (an oversized message is still read whole by redis-rs
+//! before it is dropped: a transient cost per message). Nothing is lost for
+//! good: every hold is also stored in Redis, and after drops the stored holds
+//! are read again, each second until a read succeeds, so a dropped message
+//! only makes its hold late.
 //!
-//! **Without RESP3** (Redis before 6, or a server that refuses `HELLO`),
-//! the stored holds are read every second instead of pushed, and RESP3 is
-//! tried again every minute.
+//! **Without a subscription** (Redis before 6 has no RESP3; an ACL may deny
+//! the channel), the stored holds are read every second instead of pushed,
+//! and the subscription is tried again every minute.
+//!
+//! Everything said about a failure (logs, down reasons) passes through
+//! [`Fleet::classify`], which removes the Redis password: a server without
+//! `HELLO` answers redis-rs's `HELLO 3 AUTH user password` by repeating its
+//! arguments.
 
+use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus::IntCounter;
 use redis::aio::MultiplexedConnection;
-use redis::{AsyncConnectionConfig, PushInfo, PushKind, Value};
+use redis::{AsyncConnectionConfig, ErrorKind, PushInfo, PushKind, RedisError, Value};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -36,8 +44,8 @@ const QUEUE: usize = 256;
 /// at most 253 bytes). Longer ones are no origin a tool calls; dropping them
 /// also bounds what the queue and the kept holds can hold.
 pub const MAX_ORIGIN_LEN: usize = 512;
-/// Most stored holds read at once (the longest first). A fleet holds a few
-/// origins; more than this were written by something else.
+/// Most stored holds read at once (those that end last). A fleet holds a
+/// few origins; more than this were written by something else.
 const MAX_STORED_HOLDS: usize = 4096;
 /// How often the subscription connection is pinged: a Redis that stops
 /// answering without closing the socket is found within this plus the
@@ -104,10 +112,32 @@ impl Inbox {
 }
 
 /// Why following pushed throttles stopped.
+#[derive(Debug, PartialEq, Eq)]
 enum Ended {
     Stopped,
+    /// The connection failed or went away: subscribe again shortly.
     Lost(String),
-    NoResp3(String),
+    /// Redis has no RESP3 (`HELLO`), so it cannot push on this connection.
+    NoResp3,
+    /// Redis answered and refused the login or the subscription.
+    Refused(String),
+}
+
+impl Ended {
+    /// What a failed connect or subscribe means. `error` is the failure as
+    /// [`Fleet::classify`] describes it (the password removed).
+    fn after(e: &RedisError, error: FleetError) -> Self {
+        // redis-rs says RESP3NotSupported for Redis before 6; a server with
+        // HELLO renamed away answers like any unknown command.
+        let no_hello = e.kind() == ErrorKind::RESP3NotSupported
+            || e.detail()
+                .is_some_and(|d| d.starts_with("unknown command 'HELLO'"));
+        match error {
+            _ if no_hello => Self::NoResp3,
+            FleetError::Refused(why) => Self::Refused(why),
+            FleetError::Unreachable(why) => Self::Lost(why),
+        }
+    }
 }
 
 impl Fleet {
@@ -149,8 +179,10 @@ impl Fleet {
 
     async fn stored_holds(&self) -> Result<Vec<(String, Duration)>, FleetError> {
         let key = self.holds_key();
+        // Unmarked: a slow read of the holds (Redis busy with a flood) is no
+        // reason to send every limit to its fallback.
         let flat: Vec<String> = self
-            .run("holds", |mut conn| {
+            .run_unmarked("holds", |mut conn| {
                 let mut invocation = self.holds.key(&key);
                 invocation.arg(MAX_STORED_HOLDS).arg(MAX_ORIGIN_LEN);
                 async move { invocation.invoke_async(&mut conn).await }
@@ -166,13 +198,16 @@ impl Fleet {
         Ok(holds)
     }
 
-    /// Applies the stored holds; quiet on failure (the caller retries).
-    async fn apply_stored(&self, apply: &impl Fn(&str, Duration)) {
-        if let Ok(holds) = self.stored_holds().await {
-            for (origin, wait) in holds {
-                apply(&origin, wait);
-            }
+    /// Applies the stored holds; false (quietly) when they could not be
+    /// read, for the caller to try again.
+    async fn apply_stored(&self, apply: &impl Fn(&str, Duration)) -> bool {
+        let Ok(holds) = self.stored_holds().await else {
+            return false;
+        };
+        for (origin, wait) in holds {
+            apply(&origin, wait);
         }
+        true
     }
 
     /// Delivers throttles published by other sidecars to `apply`, until
@@ -184,7 +219,7 @@ impl Fleet {
         apply: impl Fn(&str, Duration) + Send + 'static,
         stop: CancellationToken,
     ) {
-        let mut said_no_resp3 = false;
+        let (mut said_no_resp3, mut said_refused) = (false, false);
         loop {
             match self.follow_pushed(&apply, &stop).await {
                 Ended::Stopped => return,
@@ -194,19 +229,30 @@ impl Fleet {
                         _ = stop.cancelled() => return,
                         _ = tokio::time::sleep(HEARTBEAT_EVERY) => {}
                     }
+                    continue;
                 }
-                Ended::NoResp3(e) => {
-                    if !said_no_resp3 {
-                        said_no_resp3 = true;
+                Ended::NoResp3 => {
+                    if !std::mem::replace(&mut said_no_resp3, true) {
                         tracing::warn!(
-                            error = %e,
-                            "fleet throttles: Redis refuses a RESP3 connection (Redis 6 or later pushes throttles); reading the stored holds every second instead"
+                            "fleet throttles: Redis has no RESP3 (HELLO; Redis 6 or later pushes throttles); reading the stored holds every second instead"
                         );
                     }
-                    if self.poll_stored(&apply, &stop, RESP3_RETRY).await {
-                        return;
+                }
+                Ended::Refused(e) => {
+                    if !std::mem::replace(&mut said_refused, true) {
+                        tracing::warn!(
+                            error = %e,
+                            "fleet throttles: Redis refuses the subscription to tandem:throttle; reading the stored holds every second instead"
+                        );
                     }
                 }
+            }
+            if self
+                .poll_stored(&apply, &stop, RESP3_RETRY)
+                .await
+                .is_break()
+            {
+                return;
             }
         }
     }
@@ -247,14 +293,12 @@ impl Fleet {
             _ = stop.cancelled() => return Ended::Stopped,
             c = connect => match c {
                 Ok(conn) => conn,
-                Err(e) => return match FleetError::of(&e) {
-                    FleetError::Refused(why) => Ended::NoResp3(why),
-                    FleetError::Unreachable(why) => Ended::Lost(why),
-                },
+                Err(e) => return Ended::after(&e, self.classify(&e)),
             },
         };
-        // Holds stored while this sidecar was not subscribed.
-        self.apply_stored(apply).await;
+        // Holds stored while this sidecar was not subscribed; read again each
+        // tick until a read succeeds, as after dropped messages.
+        let mut reread = !self.apply_stored(apply).await;
         let mut tick = tokio::time::interval(HEARTBEAT_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut since_ping = Duration::ZERO;
@@ -274,8 +318,12 @@ impl Fleet {
                             );
                         }
                         dropping += dropped;
-                        self.apply_stored(apply).await;
-                    } else if dropping > 0 {
+                        reread = true;
+                    }
+                    if reread {
+                        reread = !self.apply_stored(apply).await;
+                    }
+                    if dropped == 0 && dropping > 0 && !reread {
                         tracing::info!(
                             dropped = dropping,
                             "fleet throttles: caught up with the messages"
@@ -287,9 +335,11 @@ impl Fleet {
                         since_ping = Duration::ZERO;
                         let ping = redis::cmd("PING");
                         let ping = ping.query_async::<Value>(&mut conn);
+                        // The connection's response timeout ends a PING first;
+                        // this bounds the wait whatever redis-rs does.
                         match tokio::time::timeout(COMMAND_TIMEOUT * 4, ping).await {
                             Ok(Ok(_)) => {}
-                            Ok(Err(e)) => return Ended::Lost(e.to_string()),
+                            Ok(Err(e)) => return Ended::Lost(self.classify(&e).to_string()),
                             Err(_) => return Ended::Lost("no answer to PING".into()),
                         }
                     }
@@ -298,23 +348,26 @@ impl Fleet {
         }
     }
 
-    /// Applies the stored holds every second for `span`; true if `stop` came.
+    /// Applies the stored holds every second for `span`, or until `stop`
+    /// (`Break`).
     async fn poll_stored(
         &self,
         apply: &impl Fn(&str, Duration),
         stop: &CancellationToken,
         span: Duration,
-    ) -> bool {
+    ) -> ControlFlow<()> {
         let end = tokio::time::Instant::now() + span;
         let mut tick = tokio::time::interval(HEARTBEAT_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         while tokio::time::Instant::now() < end {
             tokio::select! {
-                _ = stop.cancelled() => return true,
-                _ = tick.tick() => self.apply_stored(apply).await,
+                _ = stop.cancelled() => return ControlFlow::Break(()),
+                _ = tick.tick() => {
+                    self.apply_stored(apply).await;
+                }
             }
         }
-        false
+        ControlFlow::Continue(())
     }
 }
 
@@ -390,6 +443,24 @@ mod tests {
         // Room again: the next message is queued.
         inbox.deliver(message(b"100|http://later"));
         assert_eq!(&*rx.try_recv().unwrap().0, "http://later");
+    }
+
+    #[test]
+    fn a_server_without_hello_is_told_from_a_refusal_and_an_outage() {
+        let ended = |e: RedisError| Ended::after(&e, super::super::FleetError::of(&e));
+        assert_eq!(
+            ended((ErrorKind::RESP3NotSupported, "no HELLO").into()),
+            Ended::NoResp3
+        );
+        let renamed = redis::make_extension_error(
+            "ERR".into(),
+            Some("unknown command 'HELLO', with args beginning with: '3' 'AUTH'".into()),
+        );
+        assert_eq!(ended(renamed), Ended::NoResp3);
+        let noperm = redis::make_extension_error("NOPERM".into(), Some("channel".into()));
+        assert!(matches!(ended(noperm), Ended::Refused(_)));
+        let reset = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
+        assert!(matches!(ended(reset.into()), Ended::Lost(_)));
     }
 
     #[test]
