@@ -16,7 +16,7 @@ import pytest
 import trustme
 
 from brain import SidecarClient, Status
-from fleet_support import quota_tool, wait_live, wait_subscribed
+from fleet_support import quota_tool, wait_held, wait_live, wait_subscribed
 
 from harness import (
     RedisServer,
@@ -63,10 +63,12 @@ def ca() -> trustme.CA:
     return trustme.CA()
 
 
-def secure_redis(tmp_path: Path, ca: trustme.CA, *extra_args: str) -> RedisServer:
+def secure_redis(
+    tmp_path: Path, ca: trustme.CA, *extra_args: str, rules: tuple[str, ...] = ACL_RULES
+) -> RedisServer:
     workdir = tmp_path / "redis"
     workdir.mkdir()
-    user = ("--user", USER, "on", f">{PASSWORD}", *ACL_RULES)
+    user = ("--user", USER, "on", f">{PASSWORD}", *rules)
     return RedisServer(workdir, *user, *extra_args, password="admin-only", tls_ca=ca).start()
 
 
@@ -179,6 +181,33 @@ async def test_a_redis_without_hello_never_hears_the_password_back(
         said = [line for line in sidecar.log_text().splitlines() if "RESP3" in line]
         assert len(said) == 1, said
         assert_never_told(sidecar, PASSWORD)
+    finally:
+        redis.kill()
+
+
+async def test_an_acl_without_the_channel_gets_holds_read_every_second(
+    upstream: Upstream, tmp_path: Path, ca: trustme.CA, start_sidecar: Start, client_for: MakeClient
+) -> None:
+    """An operator who leaves `&tandem:*` out of the ACL: Redis refuses the subscription
+    (NOPERM). The sidecar says so once, reads the stored holds every second instead, and a
+    hold one sidecar learns still reaches the other."""
+    rules = tuple(rule for rule in ACL_RULES if rule != "&tandem:*")
+    redis = secure_redis(tmp_path, ca, rules=rules)
+    try:
+        q, _ = quota_tool(upstream, reset_s=5)
+        env = env_for(redis, redis.url_for(USER, PASSWORD))
+        a, b = start_sidecar(tools_file(q), env=env), start_sidecar(tools_file(q), env=env)
+        client_a, client_b = client_for(a.unix_target), client_for(b.unix_target)
+        await wait_live(a, 2)
+        assert (await client_a.call("q")).ok
+        held = await wait_held(client_b, "q")
+        assert held.status is Status.RATE_LIMITED, held
+        assert held.limited_by == f"upstream:{upstream.url}"
+        for sidecar in (a, b):
+            said = [line for line in sidecar.log_text().splitlines() if "no subscription" in line]
+            assert len(said) == 1, said
+            assert "no permissions to access one of the channels" in said[0], said
+            assert_never_told(sidecar, PASSWORD)
     finally:
         redis.kill()
 

@@ -248,15 +248,19 @@ impl Fleet {
     /// `--check-config` can compile fleet limits without registering as a
     /// live sidecar (which would shrink every real sidecar's share).
     pub fn offline(url: &str, metrics: FleetMetrics) -> Result<Arc<Self>, String> {
-        let client = redis::Client::open(url).map_err(|e| format!("--redis-url: {e}"))?;
-        let info = client.get_connection_info().clone();
+        let parsed = redis::Client::open(url).map_err(|e| format!("--redis-url: {e}"))?;
+        let info = parsed.get_connection_info().clone();
         let password = info.redis_settings().password().map(str::to_owned);
-        let resp3 = info
-            .redis_settings()
-            .clone()
-            .set_protocol(redis::ProtocolVersion::RESP3);
-        let push_client = redis::Client::open(info.set_redis_settings(resp3))
-            .map_err(|e| format!("--redis-url: {e}"))?;
+        // Limits and presence on RESP2 whatever the URL says (`?protocol=`):
+        // the scripts' replies are read as RESP2 shapes, and RESP2 needs no
+        // `HELLO`, which Redis before 6 lacks. Pushed throttles need RESP3.
+        let with = |protocol| {
+            let settings = info.redis_settings().clone().set_protocol(protocol);
+            redis::Client::open(info.clone().set_redis_settings(settings))
+                .map_err(|e| format!("--redis-url: {e}"))
+        };
+        let client = with(redis::ProtocolVersion::RESP2)?;
+        let push_client = with(redis::ProtocolVersion::RESP3)?;
         let id = format!(
             "{}-{}-{:08x}",
             std::env::var("HOSTNAME").unwrap_or_else(|_| "sidecar".into()),
@@ -427,8 +431,13 @@ impl Fleet {
     /// and the `deny` limit's message.
     fn classify(&self, e: &redis::RedisError) -> FleetError {
         let mut error = FleetError::of(e);
+        let (FleetError::Unreachable(text) | FleetError::Refused(text)) = &mut error;
+        // Redis cuts the arguments it repeats after this (to 128 bytes, so a
+        // long password comes back cut and would not match below): keep none.
+        if let Some(at) = text.find(", with args beginning with:") {
+            text.truncate(at);
+        }
         if let Some(secret) = self.password.as_deref().filter(|p| !p.is_empty()) {
-            let (FleetError::Unreachable(text) | FleetError::Refused(text)) = &mut error;
             if text.contains(secret) {
                 *text = text.replace(secret, "***");
             }
@@ -552,6 +561,22 @@ mod tests {
         );
         let said = fleet.classify(&echoed).to_string();
         assert!(!said.contains("s3cret-pw"), "{said}");
-        assert!(said.contains("'AUTH' 'tandem' '***'"), "{said}");
+        assert!(!said.contains("AUTH"), "{said}");
+        assert!(said.contains("unknown command 'HELLO'"), "{said}");
+        // Anything else that repeats it.
+        let other = make_extension_error("ERR".into(), Some("no s3cret-pw here".into()));
+        assert!(fleet.classify(&other).to_string().contains("no *** here"));
+        // A long password, repeated cut short.
+        let long = "p".repeat(200);
+        let url = format!("rediss://tandem:{long}@127.0.0.1:6380/0");
+        let fleet = super::Fleet::offline(&url, metrics.fleet.clone()).unwrap();
+        let cut = make_extension_error(
+            "ERR".into(),
+            Some(format!(
+                "unknown command 'HELLO', with args beginning with: '3' 'AUTH' 'tandem' '{}'",
+                &long[..100]
+            )),
+        );
+        assert!(!fleet.classify(&cut).to_string().contains("ppppp"));
     }
 }

@@ -219,9 +219,11 @@ impl Fleet {
         apply: impl Fn(&str, Duration) + Send + 'static,
         stop: CancellationToken,
     ) {
-        let (mut said_no_resp3, mut said_refused) = (false, false);
+        // Whether holds are being polled for want of a subscription: warned
+        // once when it starts, and an INFO when a subscription ends it.
+        let mut polling = false;
         loop {
-            match self.follow_pushed(&apply, &stop).await {
+            let why = match self.follow_pushed(&apply, &stop, &mut polling).await {
                 Ended::Stopped => return,
                 Ended::Lost(e) => {
                     tracing::debug!(error = %e, "throttle subscription lost; resubscribing");
@@ -232,20 +234,17 @@ impl Fleet {
                     continue;
                 }
                 Ended::NoResp3 => {
-                    if !std::mem::replace(&mut said_no_resp3, true) {
-                        tracing::warn!(
-                            "fleet throttles: Redis has no RESP3 (HELLO; Redis 6 or later pushes throttles); reading the stored holds every second instead"
-                        );
-                    }
+                    "Redis has no RESP3 (HELLO; Redis 6 or later pushes throttles)".into()
                 }
                 Ended::Refused(e) => {
-                    if !std::mem::replace(&mut said_refused, true) {
-                        tracing::warn!(
-                            error = %e,
-                            "fleet throttles: Redis refuses the subscription to tandem:throttle; reading the stored holds every second instead"
-                        );
-                    }
+                    format!("Redis refuses this sidecar's subscription (login or channel): {e}")
                 }
+            };
+            if !std::mem::replace(&mut polling, true) {
+                tracing::warn!(
+                    why = %why,
+                    "fleet throttles: no subscription to tandem:throttle; reading the stored holds every second instead"
+                );
             }
             if self
                 .poll_stored(&apply, &stop, RESP3_RETRY)
@@ -258,11 +257,12 @@ impl Fleet {
     }
 
     /// Subscribes on a RESP3 connection and applies what it pushes until the
-    /// connection is lost or `stop`.
+    /// connection is lost or `stop`; clears `polling` once subscribed.
     async fn follow_pushed(
         &self,
         apply: &impl Fn(&str, Duration),
         stop: &CancellationToken,
+        polling: &mut bool,
     ) -> Ended {
         let (queue, mut messages) = mpsc::channel(QUEUE);
         let inbox = Arc::new(Inbox {
@@ -296,6 +296,11 @@ impl Fleet {
                 Err(e) => return Ended::after(&e, self.classify(&e)),
             },
         };
+        if std::mem::replace(polling, false) {
+            tracing::info!(
+                "fleet throttles: subscribed to tandem:throttle; holds are pushed again"
+            );
+        }
         // Holds stored while this sidecar was not subscribed; read again each
         // tick until a read succeeds, as after dropped messages.
         let mut reread = !self.apply_stored(apply).await;
