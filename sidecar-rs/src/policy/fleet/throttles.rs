@@ -43,7 +43,7 @@ const QUEUE: usize = 256;
 /// Longest origin accepted from Redis (`scheme://host:port`, a DNS name is
 /// at most 253 bytes). Longer ones are no origin a tool calls; dropping them
 /// also bounds what the queue and the kept holds can hold.
-pub const MAX_ORIGIN_LEN: usize = 512;
+const MAX_ORIGIN_LEN: usize = 512;
 /// Most stored holds read at once (those that end last). A fleet holds a
 /// few origins; more than this were written by something else.
 const MAX_STORED_HOLDS: usize = 4096;
@@ -63,7 +63,7 @@ pub struct DropCounters {
 
 /// A throttle message's payload, `<milliseconds>|<origin>`, or `None` when
 /// it is not one.
-pub fn parse_message(payload: &[u8]) -> Option<(&str, Duration)> {
+fn parse_message(payload: &[u8]) -> Option<(&str, Duration)> {
     let text = std::str::from_utf8(payload).ok()?;
     let (ms, origin) = text.split_once('|')?;
     let ms = ms.parse::<u64>().ok()?;
