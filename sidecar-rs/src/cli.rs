@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 
+use crate::policy::fleet::RedisUrl;
 use crate::server::auth::BearerAuth;
 use crate::server::dispatch::Admission;
 use crate::server::{ListenAddr, ServerConfig};
@@ -148,7 +149,7 @@ pub struct Cli {
     /// throttles, e.g. `redis://redis:6379/0`.
     // The URL can hold a password: `--help` does not show the variable's value.
     #[arg(long, env = "SIDECAR_REDIS_URL", hide_env_values = true)]
-    pub redis_url: Option<String>,
+    pub redis_url: Option<RedisUrl>,
 
     /// Export a span per tool call over OTLP/gRPC to this collector, e.g.
     /// `http://otel-collector:4317`; off when unset.

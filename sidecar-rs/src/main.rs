@@ -103,7 +103,7 @@ fn check_config(cli: &Cli) -> ExitCode {
     if let Some(url) = &cli.redis_url {
         // Only to compile fleet limits: it never connects, so nothing is
         // sent and this process never counts as a live sidecar.
-        match Fleet::offline(url, metrics.fleet.clone()) {
+        match Fleet::offline(url.as_str(), metrics.fleet.clone()) {
             Ok(fleet) => upstreams = upstreams.with_fleet(fleet),
             Err(e) => {
                 eprintln!("sidecar: {e}");

@@ -37,7 +37,7 @@ use crate::call::Executor;
 use crate::config::reload::{self, Reloader};
 use crate::metrics::Metrics;
 use crate::pb::{self, dispatcher_server::DispatcherServer};
-use crate::policy::fleet::Fleet;
+use crate::policy::fleet::{Fleet, RedisUrl};
 use crate::server::auth::BearerAuth;
 use crate::server::conn_limit::ConnLimit;
 use crate::server::dispatch::{Admission, DispatchService};
@@ -146,7 +146,7 @@ pub struct ServerConfig {
     /// Spans are exported (set by whoever installed the OTLP exporter).
     pub tracing: bool,
     /// Redis for fleet-scoped limits and shared upstream throttles.
-    pub redis_url: Option<String>,
+    pub redis_url: Option<RedisUrl>,
     pub admission: Admission,
     pub drain_timeout: Duration,
     pub upstream: UpstreamOptions,
@@ -177,7 +177,7 @@ pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> an
     let mut upstreams = Upstreams::new(config.upstream.clone(), metrics.clone());
     let fleet = match &config.redis_url {
         Some(url) => {
-            let fleet = Fleet::start(url, metrics.fleet.clone(), background.clone())
+            let fleet = Fleet::start(url.as_str(), metrics.fleet.clone(), background.clone())
                 .map_err(anyhow::Error::msg)?;
             if !fleet.wait_connected(Duration::from_secs(2)).await {
                 tracing::warn!(

@@ -30,6 +30,9 @@
 
 pub mod lease;
 pub mod throttles;
+mod url;
+
+pub use url::RedisUrl;
 
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
