@@ -31,7 +31,7 @@ from benchlib.documents import (
 )
 from benchlib.nginx import Nginx
 from benchlib.runner import REPO, built_sidecar
-from benchlib.scenarios import Context, ScenarioResult, Target
+from benchlib.scenarios import Context, ScenarioResult, Target, paired
 from benchlib.scenarios.capacity import TOLERANCE, Search, compare, summarize
 from benchlib.validate import check_results
 
@@ -83,6 +83,71 @@ def test_a_ratio_is_judged_on_its_error_bars() -> None:
     assert compare(ours, far, 2.0, judged=True)[0] is True
     assert compare(far, ours, 2.0, judged=True)[0] is False
     assert compare(ours, far, 2.0, judged=False)[0] is None
+
+
+def test_paired_rounds_decide_only_where_the_error_bars_cannot() -> None:
+    ours = {
+        "dispatcher": "tandem",
+        "calls_per_s": 2000.0,
+        "calls_per_s_low": 1900.0,
+        "calls_per_s_high": 2100.0,
+    }
+    close = {"calls_per_s": 1000.0, "calls_per_s_low": 950.0, "calls_per_s_high": 1050.0}
+    far = {"calls_per_s": 500.0, "calls_per_s_low": 480.0, "calls_per_s_high": 520.0}
+
+    def rounds(baseline_holds: list[bool], ours_hold: list[bool]) -> dict[str, object]:
+        # Each stack holds or misses as told, round by round.
+        told = {"base": iter(baseline_holds), "tandem": iter(ours_hold)}
+        order: list[str] = []
+
+        def step(label: str, agents: int) -> dict[str, object]:
+            order.append(label)
+            return {"agents": agents, "holds_slo": next(told[label]), "calls_per_s": agents / 0.8}
+
+        out = paired.run(
+            step,
+            stack="tandem",
+            baseline="base",
+            goal=2.0,
+            load=1001,
+            rounds=len(ours_hold),
+        )
+        assert out["stack_agents"] == 2002
+        # Rounds alternate which stack goes first.
+        assert order[:2] == ["base", "tandem"]
+        assert order[2:4] in ([], ["tandem", "base"])
+        return out
+
+    confirmed = rounds([False, False, False], [True, True, True])
+    assert confirmed["met"] is True
+    assert [r["calls_per_s_ratio"] for r in confirmed["rounds"]] == [2002 / 1001] * 3
+    refuted = rounds([True, True, True], [False, False, False])
+    assert refuted["met"] is False
+    assert rounds([False, True, False], [True, True, True])["met"] is None
+    assert rounds([False, False], [True, False])["met"] is None
+
+    # Straddling bars: the paired rounds decide, and say so.
+    met, measured, why = compare(ours, {**close, "paired": confirmed}, 2.0, judged=True)
+    assert met is True
+    assert "3 confirm" in measured
+    assert "paired" in why
+    assert compare(ours, {**close, "paired": refuted}, 2.0, judged=True)[0] is False
+    # Rounds of another goal or another stack, or a QUICK run, decide nothing.
+    assert compare(ours, {**close, "paired": confirmed}, 2.1, judged=True)[0] is None
+    other = {**ours, "dispatcher": "tandem x2 brains"}
+    assert compare(other, {**close, "paired": confirmed}, 2.0, judged=True)[0] is None
+    assert compare(ours, {**close, "paired": confirmed}, 2.0, judged=False)[0] is None
+    # Bars that tell are never overruled.
+    assert compare(ours, {**far, "paired": refuted}, 2.0, judged=True)[0] is True
+
+
+def test_the_failing_load_is_the_median_failing_end() -> None:
+    def estimate(lo: int, hi: int | None) -> dict[str, int | None]:
+        return {"lo_agents": lo, "hi_agents": hi}
+
+    assert paired.failing_load([estimate(90, 100), estimate(95, 120), estimate(80, 84)]) == 100
+    assert paired.failing_load([estimate(8, None)]) == 8  # QUICK: one step, it held
+    assert paired.failing_load([None]) is None
 
 
 def test_the_projection_follows_its_formula() -> None:

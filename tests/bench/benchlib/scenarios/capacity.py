@@ -34,6 +34,7 @@ from typing import Any
 
 from ..dispatchers import multi_label, stacks
 from ..runner import Measurement, cores
+from . import paired
 from .base import Context, ScenarioResult, Target, mib
 
 THINK_MS = 800
@@ -402,13 +403,47 @@ def compare(
         return True, measured, ""
     if high < goal:
         return False, measured, ""
-    return None, measured, "cannot tell: the error bars straddle the goal"
+    pairs = theirs.get("paired")
+    if not pairs or pairs["stack"] != ours["dispatcher"] or pairs["goal"] != goal:
+        return None, measured, "cannot tell: the error bars straddle the goal"
+    measured = f"{measured}; {paired.describe(pairs)}"
+    if pairs["met"] is None:
+        why = "cannot tell: the error bars straddle the goal and the paired rounds disagree"
+        return None, measured, why
+    return pairs["met"], measured, "the error bars straddle the goal: judged on paired rounds"
 
 
 def _brief(search: Search) -> dict[str, Any] | None:
     """A search's estimate without its step (the step is in ``ramps``)."""
     estimate = search.estimate()
     return {k: v for k, v in estimate.items() if k != "step"} if estimate else None
+
+
+def _pair(
+    ctx: Context,
+    plan: Plan,
+    labels: dict[str, dict[str, Any]],
+    searches: dict[str, _Searches],
+    by: dict[str, dict[str, Any]],
+    goals: list[tuple[str, float]],
+) -> None:
+    """Paired rounds (:mod:`.paired`) for each goal the error bars cannot tell, kept on
+    the baseline's row as ``paired``; a QUICK run does one round of each, to exercise them."""
+    for baseline, goal in goals:
+        if compare(by["tandem"], by[baseline], goal, judged=not ctx.quick)[0] is not None:
+            continue
+        load = paired.failing_load([s.estimate() for s in searches[baseline].done])
+        if load is None:
+            continue
+        ctx.log(f"  paired rounds: tandem against {baseline} at {goal:g}x its load")
+        by[baseline]["paired"] = paired.run(
+            lambda label, agents: _step(ctx, plan, label, labels[label], agents),
+            stack="tandem",
+            baseline=baseline,
+            goal=goal,
+            load=load,
+            rounds=paired.QUICK_ROUNDS if ctx.quick else paired.ROUNDS,
+        )
 
 
 def run(ctx: Context, plan: Plan | None = None) -> ScenarioResult:
@@ -429,6 +464,7 @@ def run(ctx: Context, plan: Plan | None = None) -> ScenarioResult:
     goals = [("python-naive", TARGET_VS_NAIVE), ("python-tuned", TARGET_VS_TUNED)]
     goals += [(label, TARGET_VS_TUNED_N) for label in labels if label.startswith("python-tuned x")]
     goals = [(label, goal) for label, goal in goals if label in by]
+    _pair(ctx, plan, labels, searches, by, goals)
     targets = []
     for baseline, goal in goals:
         met, measured, why = compare(tandem, by[baseline], goal, judged=not ctx.quick)
@@ -450,7 +486,10 @@ def run(ctx: Context, plan: Plan | None = None) -> ScenarioResult:
         "passing and highest failing bracket ends of all searches (the error bar); "
         "resolution_pct: the widest bracket's half-width",
         "a target is met only if the ratio holds at both ends of the error bars, missed only "
-        "if it fails at both; otherwise the run cannot tell",
+        "if it fails at both; where they straddle it, paired rounds decide: the baseline at "
+        "the fewest agents its searches saw miss the SLO and tandem at the goal times as many, "
+        f"one step after the other, {paired.ROUNDS} times; met if tandem held and the baseline "
+        "missed in every round, missed if the reverse, otherwise the run cannot tell",
         f"python-tuned x{n}: {n} python-tuned processes, one per core, "
         + ("each pinned to its core with `taskset -c`" if ctx.pin else "not pinned (--no-pin)")
         + ", each given 1/N of the agents; the other stacks are not pinned",
