@@ -33,7 +33,7 @@ from benchlib.nginx import Nginx
 from benchlib.runner import REPO, built_sidecar
 from benchlib.scenarios import Context, ScenarioResult, Target, paired
 from benchlib.scenarios.capacity import TOLERANCE, Search, compare, summarize
-from benchlib.validate import check_results
+from benchlib.validate import check_result_file, check_results
 
 pytestmark = pytest.mark.skipif(
     shutil.which("nginx") is None and not Path("/usr/sbin/nginx").exists(),
@@ -139,6 +139,18 @@ def test_paired_rounds_decide_only_where_the_error_bars_cannot() -> None:
     assert compare(ours, {**close, "paired": confirmed}, 2.0, judged=False)[0] is None
     # Bars that tell are never overruled.
     assert compare(ours, {**far, "paired": refuted}, 2.0, judged=True)[0] is True
+
+
+def test_malformed_paired_rounds_are_caught(tmp_path: Path) -> None:
+    step = {"agents": 8, "holds_slo": True, "calls_per_s": 10.0}
+    good = paired.run(lambda _, __: step, stack="t", baseline="b", goal=2.0, load=8, rounds=1)
+    bad = {**good, "rounds": [{**good["rounds"][0], "verdict": "maybe"}]}
+    for rounds, problems in ((good, 0), (bad, 1), ({"rounds": []}, 1)):
+        path = tmp_path / "1_capacity.json"
+        row = {"dispatcher": "b", "paired": rounds}
+        result = {"key": "1", "title": "t", "columns": ["dispatcher"], "rows": [row], "targets": []}
+        path.write_text(json.dumps(result))
+        assert len(check_result_file(path)) == problems, rounds
 
 
 def test_the_failing_load_is_the_median_failing_end() -> None:

@@ -36,6 +36,7 @@ def check_result_file(path: Path) -> list[str]:
         missing = [c for c in data["columns"] if c not in row]
         if missing:
             problems.append(f"{path.name}: row {i} lacks {missing}")
+        problems.extend(f"{path.name}: row {i}: {p}" for p in _paired_problems(row.get("paired")))
     for target in data["targets"]:
         if target.get("met") not in (True, False, None) or not target.get("measured"):
             problems.append(f"{path.name}: malformed target {target}")
@@ -44,6 +45,22 @@ def check_result_file(path: Path) -> list[str]:
         if not png.exists() or png.read_bytes()[:8] != PNG_MAGIC:
             problems.append(f"{path.name}: chart {chart} missing or not a PNG")
     return problems
+
+
+def _paired_problems(paired: Any) -> list[str]:
+    """Problems with a capacity row's paired rounds (scenario 1), if it has them."""
+    if paired is None:
+        return []
+    rounds = paired.get("rounds") if isinstance(paired, dict) else None
+    if not isinstance(rounds, list) or not rounds or paired.get("met") not in (True, False, None):
+        return ["malformed paired rounds"]
+    return [
+        f"paired round {i} lacks a verdict or a step"
+        for i, r in enumerate(rounds)
+        if r.get("verdict") not in ("confirms", "refutes", "neither")
+        or not isinstance(r.get("baseline"), dict)
+        or not isinstance(r.get("stack"), dict)
+    ]
 
 
 def check_results(results_dir: Path, expected: list[str]) -> list[str]:
