@@ -7,11 +7,13 @@ Skipped when nginx is not installed (``make bench`` installs it).
 
 from __future__ import annotations
 
+import itertools
 import json
 import shutil
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -33,6 +35,7 @@ from benchlib.nginx import Nginx
 from benchlib.runner import REPO, built_sidecar
 from benchlib.scenarios import Context, ScenarioResult, Target, paired
 from benchlib.scenarios.capacity import TOLERANCE, Search, compare, summarize
+from benchlib.scenarios.python_cost import judged
 from benchlib.validate import check_result_file, check_results
 
 pytestmark = pytest.mark.skipif(
@@ -95,57 +98,72 @@ def test_paired_rounds_decide_only_where_the_error_bars_cannot() -> None:
     close = {"calls_per_s": 1000.0, "calls_per_s_low": 950.0, "calls_per_s_high": 1050.0}
     far = {"calls_per_s": 500.0, "calls_per_s_low": 480.0, "calls_per_s_high": 520.0}
 
-    def rounds(baseline_holds: list[bool], ours_hold: list[bool]) -> dict[str, object]:
-        # Each stack holds or misses as told, round by round.
-        told = {"base": iter(baseline_holds), "tandem": iter(ours_hold)}
-        order: list[str] = []
+    def rounds(base_capacity: list[int], tandem_capacity: int) -> dict[str, Any]:
+        # The baseline's capacity moves from round to round; a stack holds up to it.
+        told = iter(base_capacity)
+        capacity = {"tandem": tandem_capacity}
+        steps: list[tuple[str, int]] = []
 
-        def step(label: str, agents: int) -> dict[str, object]:
-            order.append(label)
-            return {"agents": agents, "holds_slo": next(told[label]), "calls_per_s": agents / 0.8}
+        def step(label: str, agents: int) -> dict[str, Any]:
+            if (label, agents) == ("base", 1000):
+                capacity["base"] = next(told)  # a round starts at the load given
+            steps.append((label, agents))
+            return {
+                "agents": agents,
+                "holds_slo": agents <= capacity[label],
+                "calls_per_s": agents / 0.8,
+            }
 
         out = paired.run(
-            step,
-            stack="tandem",
-            baseline="base",
-            goal=2.0,
-            load=1001,
-            rounds=len(ours_hold),
+            step, stack="tandem", baseline="base", goal=2.0, load=1000, rounds=len(base_capacity)
         )
-        assert out["stack_agents"] == 2002
-        # Rounds alternate which stack goes first.
-        assert order[:2] == ["base", "tandem"]
-        assert order[2:4] in ([], ["tandem", "base"])
+        # Each round: the baseline up by CLIMB while it holds, then tandem at 2x its miss.
+        for (label, agents), (after, theirs) in itertools.pairwise(steps):
+            if after == "tandem":
+                assert label == "base"
+                assert theirs == 2 * agents
         return out
 
-    confirmed = rounds([False, False, False], [True, True, True])
+    # The baseline misses at 1,000 in each round (at 1,100 after one climb in the second):
+    # tandem, holding up to 2,300, confirms every round.
+    confirmed = rounds([900, 1050, 999], 2300)
     assert confirmed["met"] is True
-    assert [r["calls_per_s_ratio"] for r in confirmed["rounds"]] == [2002 / 1001] * 3
-    refuted = rounds([True, True, True], [False, False, False])
-    assert refuted["met"] is False
-    assert rounds([False, True, False], [True, True, True])["met"] is None
-    assert rounds([False, False], [True, False])["met"] is None
+    assert [r["baseline"][-1]["agents"] for r in confirmed["rounds"]] == [1000, 1100, 1000]
+    assert [r["stack"]["agents"] for r in confirmed["rounds"]] == [2000, 2200, 2000]
+    assert [r["calls_per_s_ratio"] for r in confirmed["rounds"]] == [2.0, 2.0, 2.0]
+    # Tandem misses in one round: nothing decided.
+    assert rounds([900, 1150, 999], 2100)["met"] is None
+    # The baseline holds through all its climbs: that round shows nothing, tandem not run.
+    held = rounds([900, 5000, 999], 2300)
+    assert held["met"] is None
+    assert [r["verdict"] for r in held["rounds"]] == ["confirms", "baseline held", "confirms"]
+    assert held["rounds"][1]["stack"] is None
+    assert len(held["rounds"][1]["baseline"]) == paired.MAX_CLIMBS + 1
 
-    # Straddling bars: the paired rounds decide, and say so.
+    # Straddling bars: the paired rounds can confirm, and say so.
     met, measured, why = compare(ours, {**close, "paired": confirmed}, 2.0, judged=True)
     assert met is True
-    assert "3 confirm" in measured
+    assert "3 of 3 confirm" in measured
     assert "paired" in why
-    assert compare(ours, {**close, "paired": refuted}, 2.0, judged=True)[0] is False
+    assert compare(ours, {**close, "paired": held}, 2.0, judged=True)[0] is None
     # Rounds of another goal or another stack, or a QUICK run, decide nothing.
     assert compare(ours, {**close, "paired": confirmed}, 2.1, judged=True)[0] is None
     other = {**ours, "dispatcher": "tandem x2 brains"}
     assert compare(other, {**close, "paired": confirmed}, 2.0, judged=True)[0] is None
     assert compare(ours, {**close, "paired": confirmed}, 2.0, judged=False)[0] is None
     # Bars that tell are never overruled.
-    assert compare(ours, {**far, "paired": refuted}, 2.0, judged=True)[0] is True
+    assert compare(far, {**close, "paired": confirmed}, 2.0, judged=True)[0] is False
 
 
 def test_malformed_paired_rounds_are_caught(tmp_path: Path) -> None:
-    step = {"agents": 8, "holds_slo": True, "calls_per_s": 10.0}
-    good = paired.run(lambda _, __: step, stack="t", baseline="b", goal=2.0, load=8, rounds=1)
+    def step(label: str, agents: int) -> dict[str, Any]:
+        return {"agents": agents, "holds_slo": label == "t", "calls_per_s": 10.0}
+
+    good = paired.run(step, stack="t", baseline="b", goal=2.0, load=8, rounds=1)
+    assert good["rounds"][0]["verdict"] == "confirms"
     bad = {**good, "rounds": [{**good["rounds"][0], "verdict": "maybe"}]}
-    for rounds, problems in ((good, 0), (bad, 1), ({"rounds": []}, 1)):
+    no_steps = {**good, "rounds": [{**good["rounds"][0], "baseline": []}]}
+    for rounds, problems in ((good, 0), (bad, 1), (no_steps, 1), ({"rounds": []}, 1)):
         path = tmp_path / "1_capacity.json"
         row = {"dispatcher": "b", "paired": rounds}
         result = {"key": "1", "title": "t", "columns": ["dispatcher"], "rows": [row], "targets": []}
@@ -160,6 +178,13 @@ def test_the_failing_load_is_the_median_failing_end() -> None:
     assert paired.failing_load([estimate(90, 100), estimate(95, 120), estimate(80, 84)]) == 100
     assert paired.failing_load([estimate(8, None)]) == 8  # QUICK: one step, it held
     assert paired.failing_load([None]) is None
+
+
+def test_a_cpu_figure_is_judged_at_its_tick_resolution() -> None:
+    assert judged(14.0, 15.0, 0.5) == (True, "")
+    assert judged(15.0, 15.0, 0.5)[0] is None  # 14.5 to 15.5: cannot tell
+    assert judged(14.6, 15.0, 0.5)[0] is None
+    assert judged(15.6, 15.0, 0.5) == (False, "")
 
 
 def test_the_projection_follows_its_formula() -> None:

@@ -52,14 +52,15 @@ def _paired_problems(paired: Any) -> list[str]:
     if paired is None:
         return []
     rounds = paired.get("rounds") if isinstance(paired, dict) else None
-    if not isinstance(rounds, list) or not rounds or paired.get("met") not in (True, False, None):
+    if not isinstance(rounds, list) or not rounds or paired.get("met") not in (True, None):
         return ["malformed paired rounds"]
     return [
-        f"paired round {i} lacks a verdict or a step"
+        f"paired round {i} lacks a verdict or its steps"
         for i, r in enumerate(rounds)
-        if r.get("verdict") not in ("confirms", "refutes", "neither")
-        or not isinstance(r.get("baseline"), dict)
-        or not isinstance(r.get("stack"), dict)
+        if r.get("verdict") not in ("confirms", "tandem missed", "baseline held")
+        or not isinstance(r.get("baseline"), list)
+        or not r["baseline"]
+        or (r.get("stack") is None) != (r["verdict"] == "baseline held")
     ]
 
 

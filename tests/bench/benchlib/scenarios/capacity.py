@@ -407,10 +407,10 @@ def compare(
     if not pairs or pairs["stack"] != ours["dispatcher"] or pairs["goal"] != goal:
         return None, measured, "cannot tell: the error bars straddle the goal"
     measured = f"{measured}; {paired.describe(pairs)}"
-    if pairs["met"] is None:
-        why = "cannot tell: the error bars straddle the goal and the paired rounds disagree"
-        return None, measured, why
-    return pairs["met"], measured, "the error bars straddle the goal: judged on paired rounds"
+    if pairs["met"]:
+        return True, measured, "the error bars straddle the goal: every paired round confirms it"
+    why = "cannot tell: the error bars straddle the goal and not every paired round confirms it"
+    return None, measured, why
 
 
 def _brief(search: Search) -> dict[str, Any] | None:
@@ -428,7 +428,7 @@ def _pair(
     goals: list[tuple[str, float]],
 ) -> None:
     """Paired rounds (:mod:`.paired`) for each goal the error bars cannot tell, kept on
-    the baseline's row as ``paired``; a QUICK run does one round of each, to exercise them."""
+    the baseline's row as ``paired``; a QUICK run does one step of each, to exercise them."""
     for baseline, goal in goals:
         if compare(by["tandem"], by[baseline], goal, judged=not ctx.quick)[0] is not None:
             continue
@@ -443,6 +443,7 @@ def _pair(
             goal=goal,
             load=load,
             rounds=paired.QUICK_ROUNDS if ctx.quick else paired.ROUNDS,
+            climbs=0 if ctx.quick else paired.MAX_CLIMBS,
         )
 
 
@@ -486,10 +487,12 @@ def run(ctx: Context, plan: Plan | None = None) -> ScenarioResult:
         "passing and highest failing bracket ends of all searches (the error bar); "
         "resolution_pct: the widest bracket's half-width",
         "a target is met only if the ratio holds at both ends of the error bars, missed only "
-        "if it fails at both; where they straddle it, paired rounds decide: the baseline at "
-        "the fewest agents its searches saw miss the SLO and tandem at the goal times as many, "
-        f"one step after the other, {paired.ROUNDS} times; met if tandem held and the baseline "
-        "missed in every round, missed if the reverse, otherwise the run cannot tell",
+        "if it fails at both; where they straddle it, it is met if every one of "
+        f"{paired.ROUNDS} paired rounds confirms it: in each, the baseline from the fewest "
+        f"agents its searches saw miss the SLO, up by x{paired.CLIMB:g} while it holds (at "
+        f"most {paired.MAX_CLIMBS} times), and tandem at the goal times the agents the "
+        "baseline missed at, right after; a round confirms when tandem holds the SLO there; "
+        "otherwise the run cannot tell",
         f"python-tuned x{n}: {n} python-tuned processes, one per core, "
         + ("each pinned to its core with `taskset -c`" if ctx.pin else "not pinned (--no-pin)")
         + ", each given 1/N of the agents; the other stacks are not pinned",
