@@ -11,7 +11,8 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
-_TICKS = os.sysconf("SC_CLK_TCK")
+#: CPU times in /proc are counted in these ticks per second.
+TICKS_PER_S = os.sysconf("SC_CLK_TCK")
 
 
 def cpu_seconds(pid: int) -> float:
@@ -22,7 +23,7 @@ def cpu_seconds(pid: int) -> float:
         return 0.0
     # The command name (field 2) may contain spaces; fields after it are fixed.
     fields = stat[stat.rindex(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / _TICKS
+    return (int(fields[11]) + int(fields[12])) / TICKS_PER_S
 
 
 def descendants(pid: int) -> list[int]:
@@ -62,7 +63,7 @@ def machine_busy_seconds() -> float:
     user, nice, system, _idle, _iowait, _irq, _softirq, steal = (int(f) for f in fields[:8])
     # Interrupt time is left out: loopback traffic of the measured processes lands there.
     # Steal is in: time the hypervisor gave to other guests is interference too.
-    return (user + nice + system + steal) / _TICKS
+    return (user + nice + system + steal) / TICKS_PER_S
 
 
 def _status_kib(pid: int, key: str) -> int:

@@ -9,6 +9,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from .scenarios.paired import BASELINE_HELD, CONFIRMS, MISSED
+
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
@@ -57,10 +59,10 @@ def _paired_problems(paired: Any) -> list[str]:
     return [
         f"paired round {i} lacks a verdict or its steps"
         for i, r in enumerate(rounds)
-        if r.get("verdict") not in ("confirms", "tandem missed", "baseline held")
+        if r.get("verdict") not in (CONFIRMS, MISSED, BASELINE_HELD)
         or not isinstance(r.get("baseline"), list)
         or not r["baseline"]
-        or (r.get("stack") is None) != (r["verdict"] == "baseline held")
+        or (r.get("stack") is None) != (r["verdict"] == BASELINE_HELD)
     ]
 
 

@@ -9,9 +9,9 @@ repeat the coalesced tiny case with fewer and more agents: calls per frame again
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
+from .. import procstat
 from ..documents import SEARCH_SELECT
 from .base import Context, ScenarioResult, Target, us
 
@@ -25,7 +25,7 @@ TARGET_SIDECAR_US = 15.0
 SWEEP = (16, 64, 1024)
 #: CPU is read from /proc in clock ticks, so each process's CPU over a run is known to a
 #: tick either way: a value within that of a goal cannot tell it.
-TICK_S = 1 / os.sysconf("SC_CLK_TCK")
+TICK_S = 1 / procstat.TICKS_PER_S
 
 
 def judged(value: float, goal: float, resolution: float) -> tuple[bool | None, str]:
