@@ -376,15 +376,12 @@ fn read_body(
         // follows what has been received, not what was announced (10,000 slow
         // bodies in flight must not reserve 10,000 full buffers), and a body
         // that arrives in one chunk is never copied. Each chunk pins the hyper
-        // read buffer it was cut from (8 KiB or more); copying small chunks
-        // out was tried and measured twice in scenario 3: into one buffer of
-        // our own (10 KiB less live heap per slow call on glibc, 35 MiB more
-        // peak RSS under mimalloc), and, with mimalloc's huge-page advice
-        // off, each small chunk copied just before the call waits for more
-        // (peak RSS 401 vs 389 MiB, no gain), so the chunks stay. Tried again
-        // with the head no longer kept (2026-12-05, two rounds each): small
-        // chunks copied only before a wait, -3% on HTTP/1.1 and nothing on
-        // HTTP/2, within the 16 MiB the same binary moves between rounds.
+        // read buffer it was cut from (8 KiB or more); the vendored hyper reads
+        // a slow body's next chunks into that same buffer while it has room
+        // (vendor/README.md). Copying small chunks out instead was measured in
+        // scenario 3 three times, the last on 2026-12-06 (each small chunk
+        // copied just before the call waits for more): no gain in peak RSS,
+        // since hyper allocates its next buffer before the chunk reaches here.
         let mut chunks: Vec<Bytes> = Vec::new();
         let mut received = 0usize;
         while let Some(frame) = body.frame().await {

@@ -231,6 +231,7 @@ impl tower_service::Service<Uri> for Connector {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use http_body_util::BodyExt;
 
     /// Whether an error of type `T` is in `e`'s chain of causes.
     pub(crate) fn caused_by<T: StdError + 'static>(e: &(dyn StdError + 'static)) -> bool {
@@ -290,5 +291,144 @@ pub(crate) mod tests {
         assert!(caused_by::<ConnectTimedOut>(&err), "{err:?}");
         assert!(started.elapsed() >= Duration::from_millis(300));
         held.abort();
+    }
+
+    /// A loopback HTTP/1.1 origin on one connection: for each request it
+    /// reads, it writes the next response of `responses` as the given
+    /// pieces, pausing between them so each arrives in a read of its own.
+    async fn origin_in_pieces(
+        responses: Vec<Vec<Vec<u8>>>,
+        pause: Duration,
+    ) -> (u16, tokio::task::JoinHandle<usize>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let served = tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut request = Vec::new();
+            let mut buf = [0u8; 4096];
+            for pieces in responses {
+                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                    let n = socket.read(&mut buf).await.unwrap();
+                    assert!(n > 0, "the client closed before its request");
+                    request.extend_from_slice(&buf[..n]);
+                }
+                request.clear();
+                for piece in pieces {
+                    socket.write_all(&piece).await.unwrap();
+                    socket.flush().await.unwrap();
+                    tokio::time::sleep(pause).await;
+                }
+            }
+            // Connections accepted: any past the first means a request was
+            // not sent on the kept-alive one.
+            let mut more = 0;
+            while let Ok(Ok(_)) =
+                tokio::time::timeout(Duration::from_millis(50), listener.accept()).await
+            {
+                more += 1;
+            }
+            1 + more
+        });
+        (port, served)
+    }
+
+    fn loopback_client() -> HttpClient {
+        let policy =
+            EgressPolicy::parse(&[crate::config::spec::AllowEntry::Text("127.0.0.1".into())])
+                .unwrap();
+        http_client(
+            &UpstreamOptions::default(),
+            tls_config().unwrap(),
+            &policy,
+            None,
+            HttpVersion::Http1,
+        )
+    }
+
+    /// `body` as `pieces` of the given sizes (the last takes the rest).
+    fn split(body: &[u8], sizes: &[usize]) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        let mut at = 0;
+        for &size in sizes {
+            let end = (at + size).min(body.len());
+            out.push(body[at..end].to_vec());
+            at = end;
+        }
+        out.push(body[at..].to_vec());
+        out.retain(|piece| !piece.is_empty());
+        out
+    }
+
+    /// hyper is patched to read a slow body into the buffer its earlier
+    /// chunks were cut from while that has room (vendor/README.md): whatever
+    /// the pieces a body arrives in, across buffer boundaries, with the
+    /// earlier bodies' bytes still held, each arrives whole and in order,
+    /// and every response comes on the one kept-alive connection.
+    #[tokio::test]
+    async fn bodies_arrive_whole_however_the_origin_splits_them() {
+        let body: Vec<u8> = (0..40_000u32).map(|i| (i % 251) as u8).collect();
+        let length_head = |n: usize| format!("HTTP/1.1 200 OK\r\ncontent-length: {n}\r\n\r\n");
+        let mut responses = Vec::new();
+        let mut expected = Vec::new();
+        // Small pieces (a trickle), pieces around the 1 KiB and 8 KiB
+        // boundaries of the read buffer, a head split mid-line, and the
+        // whole body at once.
+        for sizes in [
+            vec![300; 60],
+            vec![1023, 1, 1024, 1025, 8191, 1, 8192, 8193],
+            vec![7000, 1100, 50, 900, 4096],
+            vec![],
+        ] {
+            let mut wire = length_head(body.len()).into_bytes();
+            wire.extend_from_slice(&body);
+            let head_len = wire.len() - body.len();
+            let mut pieces = vec![
+                wire[..head_len / 2].to_vec(),
+                wire[head_len / 2..head_len].to_vec(),
+            ];
+            pieces.extend(split(&body, &sizes));
+            responses.push(pieces);
+            expected.push(body.clone());
+        }
+        // A chunked body in small pieces.
+        let mut chunked = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n".to_vec();
+        for part in body.chunks(777) {
+            chunked.extend_from_slice(format!("{:x}\r\n", part.len()).as_bytes());
+            chunked.extend_from_slice(part);
+            chunked.extend_from_slice(b"\r\n");
+        }
+        chunked.extend_from_slice(b"0\r\n\r\n");
+        responses.push(split(&chunked, &[500; 100]));
+        expected.push(body.clone());
+
+        let (port, served) = origin_in_pieces(responses, Duration::from_millis(2)).await;
+        let client = loopback_client();
+        // Every body is kept until the end, so the buffers its chunks were
+        // cut from stay held while the next response is read.
+        let mut kept = Vec::new();
+        for want in &expected {
+            let mut request = http::Request::new(Full::new(Bytes::new()));
+            *request.uri_mut() = format!("http://127.0.0.1:{port}/").parse().unwrap();
+            let response = tokio::time::timeout(Duration::from_secs(20), client.request(request))
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(response.status(), 200);
+            let mut chunks = Vec::new();
+            let mut body = response.into_body();
+            while let Some(frame) = body.frame().await {
+                if let Ok(data) = frame.unwrap().into_data() {
+                    chunks.push(data);
+                }
+            }
+            let got: Vec<u8> = chunks.iter().flat_map(|c| c.iter().copied()).collect();
+            assert_eq!(got.len(), want.len());
+            assert!(got == *want, "the body arrived changed");
+            kept.push(chunks);
+        }
+        drop(client);
+        assert_eq!(served.await.unwrap(), 1, "one kept-alive connection");
+        assert_eq!(kept.len(), expected.len());
     }
 }
