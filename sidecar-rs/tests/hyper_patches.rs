@@ -6,9 +6,10 @@
 //! - what an HTTP/1.1 connection allocates, counted by dhat's allocator, so
 //!   an upgrade that loses a patch fails here rather than in the next
 //!   benchmark. Bytes allocated, not time: the counts do not move with the
-//!   machine's load. Those origins run on plain threads with blocking std
-//!   sockets and buffers made before the measured part, so the counts are
-//!   the client's.
+//!   machine's load.
+//!
+//! The origins run on plain threads with blocking std sockets and buffers
+//! made before the measured part, so the counts are the client's.
 
 use std::io::{Read, Write};
 use std::net::TcpListener;
@@ -87,6 +88,8 @@ fn a_slow_body_is_read_into_the_buffer_its_chunks_hold() {
     let origin = thread::spawn(move || {
         let mut buf = vec![0u8; 4096];
         let (mut socket, _) = listener.accept().unwrap();
+        // Each piece its own segment, not held back for the last one's ACK.
+        socket.set_nodelay(true).unwrap();
         read_request(&mut socket, &mut buf);
         socket.write_all(head.as_bytes()).unwrap();
         for _ in 0..PIECES {
@@ -192,39 +195,32 @@ fn a_connection_waiting_for_its_answer_holds_no_channel_block_or_head_buffer() {
 /// A loopback HTTP/1.1 origin on one connection: for each request it
 /// reads, it writes the next response of `responses` as the given
 /// pieces, pausing between them so each arrives in a read of its own.
-async fn origin_in_pieces(
+/// Joined, it gives the connections it accepted: any past the first means
+/// a request was not sent on the kept-alive one.
+fn origin_in_pieces(
     responses: Vec<Vec<Vec<u8>>>,
     pause: Duration,
-) -> (u16, tokio::task::JoinHandle<usize>) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+) -> (u16, thread::JoinHandle<usize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
-    let served = tokio::spawn(async move {
-        let (mut socket, _) = listener.accept().await.unwrap();
-        let mut request = Vec::new();
-        let mut buf = [0u8; 4096];
+    let served = thread::spawn(move || {
+        let mut buf = vec![0u8; 4096];
+        let (mut socket, _) = listener.accept().unwrap();
+        socket.set_nodelay(true).unwrap();
         for pieces in responses {
-            while !request.windows(4).any(|w| w == b"\r\n\r\n") {
-                let n = socket.read(&mut buf).await.unwrap();
-                assert!(n > 0, "the client closed before its request");
-                request.extend_from_slice(&buf[..n]);
-            }
-            request.clear();
+            read_request(&mut socket, &mut buf);
             for piece in pieces {
-                socket.write_all(&piece).await.unwrap();
-                socket.flush().await.unwrap();
-                tokio::time::sleep(pause).await;
+                socket.write_all(&piece).unwrap();
+                thread::sleep(pause);
             }
         }
-        // Connections accepted: any past the first means a request was
-        // not sent on the kept-alive one.
-        let mut more = 0;
-        while let Ok(Ok(_)) =
-            tokio::time::timeout(Duration::from_millis(50), listener.accept()).await
-        {
-            more += 1;
+        listener.set_nonblocking(true).unwrap();
+        thread::sleep(Duration::from_millis(50));
+        let mut accepted = 1;
+        while listener.accept().is_ok() {
+            accepted += 1;
         }
-        1 + more
+        accepted
     });
     (port, served)
 }
@@ -259,7 +255,6 @@ async fn bodies_arrive_whole() {
     let body: Vec<u8> = (0..40_000u32).map(|i| (i % 251) as u8).collect();
     let length_head = |n: usize| format!("HTTP/1.1 200 OK\r\ncontent-length: {n}\r\n\r\n");
     let mut responses = Vec::new();
-    let mut expected = Vec::new();
     // Small pieces (a trickle), pieces around the 1 KiB and 8 KiB
     // boundaries of the read buffer, a head split mid-line, and the
     // whole body at once.
@@ -278,7 +273,6 @@ async fn bodies_arrive_whole() {
         ];
         pieces.extend(split(&body, &sizes));
         responses.push(pieces);
-        expected.push(body.clone());
     }
     // A chunked body in small pieces.
     let mut chunked = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n".to_vec();
@@ -289,34 +283,32 @@ async fn bodies_arrive_whole() {
     }
     chunked.extend_from_slice(b"0\r\n\r\n");
     responses.push(split(&chunked, &[500; 100]));
-    expected.push(body.clone());
+    let count = responses.len();
 
-    let (port, served) = origin_in_pieces(responses, Duration::from_millis(2)).await;
+    let (port, served) = origin_in_pieces(responses, Duration::from_millis(2));
     let client = client();
     // Every body is kept until the end, so the buffers its chunks were
     // cut from stay held while the next response is read.
     let mut kept = Vec::new();
-    for want in &expected {
-        let mut request = http::Request::new(Full::new(Bytes::new()));
-        *request.uri_mut() = format!("http://127.0.0.1:{port}/").parse().unwrap();
-        let response = tokio::time::timeout(Duration::from_secs(20), client.request(request))
+    for _ in 0..count {
+        let response = tokio::time::timeout(Duration::from_secs(20), client.request(request(port)))
             .await
             .unwrap()
             .unwrap();
         assert_eq!(response.status(), 200);
         let mut chunks = Vec::new();
-        let mut body = response.into_body();
-        while let Some(frame) = body.frame().await {
+        let mut incoming = response.into_body();
+        while let Some(frame) = incoming.frame().await {
             if let Ok(data) = frame.unwrap().into_data() {
                 chunks.push(data);
             }
         }
         let got: Vec<u8> = chunks.iter().flat_map(|c| c.iter().copied()).collect();
-        assert_eq!(got.len(), want.len());
-        assert!(got == *want, "the body arrived changed");
+        assert_eq!(got.len(), body.len());
+        assert!(got == body, "the body arrived changed");
         kept.push(chunks);
     }
     drop(client);
-    assert_eq!(served.await.unwrap(), 1, "one kept-alive connection");
-    assert_eq!(kept.len(), expected.len());
+    assert_eq!(served.join().unwrap(), 1, "one kept-alive connection");
+    assert_eq!(kept.len(), count);
 }
