@@ -24,16 +24,16 @@ use bytes::Bytes;
 use http::header::{HeaderValue, ACCEPT, USER_AGENT};
 use http::{HeaderMap, Uri};
 use http_body_util::Full;
-use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder, MaybeHttpsStream};
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rustls_platform_verifier::BuilderVerifierExt;
-use tokio::net::TcpStream;
 
 use crate::config::spec::HttpVersion;
 use crate::upstream::egress::{EgressPolicy, GuardedResolver};
 use crate::upstream::multiplex::Multiplexed;
+use crate::upstream::stream::Stream;
 
 /// A pooled client; cheap to clone (the pool is shared).
 pub type HttpClient = Client<Connector, Full<Bytes>>;
@@ -208,7 +208,7 @@ pub struct Connector {
 pub struct ConnectTimedOut(Duration);
 
 impl tower_service::Service<Uri> for Connector {
-    type Response = MaybeHttpsStream<TokioIo<TcpStream>>;
+    type Response = Stream;
     type Error = BoxError;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
 
@@ -221,7 +221,7 @@ impl tower_service::Service<Uri> for Connector {
         let timeout = self.timeout;
         Box::pin(async move {
             match tokio::time::timeout(timeout, connecting).await {
-                Ok(connected) => connected,
+                Ok(connected) => connected.map(Stream::from),
                 Err(_) => Err(Box::new(ConnectTimedOut(timeout)) as BoxError),
             }
         })
