@@ -2,8 +2,8 @@
 
 It must not be the bottleneck: ``sendfile``, an open-file cache, keep-alive with no
 request cap, one worker per core, no access log. ``/slow/...`` serves the same files
-through ``limit_rate`` (a slow upstream for scenario 3: the body trickles in, so calls
-stay in flight). A second listener serves ``/slow/...`` over HTTP/2 without TLS (h2c,
+through ``limit_rate_after`` and ``limit_rate`` (a slow upstream for scenario 3: the
+first 4 KB at once, then a byte a second, so calls stay in flight). A second listener serves ``/slow/...`` over HTTP/2 without TLS (h2c,
 prior knowledge), for the sidecar's ``http: http2`` row of scenario 3; it admits more
 concurrent streams than scenario 3 has calls, so every call is in flight at nginx, as on
 the HTTP/1.1 listener. Its CPU is reported separately from the dispatchers'.
@@ -22,9 +22,14 @@ from pathlib import Path
 
 from .documents import fixture_bytes
 
-#: Bytes per second each ``/slow/`` response is sent at: ~100 KB takes ~50 s, so every
-#: call of scenario 3 is still in flight when all have started.
-SLOW_RATE = "2k"
+#: Each ``/slow/`` response sends its first ``SLOW_PREFIX`` bytes (head and body) at once,
+#: then ``SLOW_RATE`` bytes per second: the ~100 KB body would take a day, so every call
+#: of scenario 3 is in flight when all have started, and each holds the same ~4 KB
+#: whenever its stack's memory peaks. (A steady 2 KB/s made the peak race nginx's rate
+#: ticks: a body's second piece landed before the stop in some runs and not in others, up
+#: to 30 MiB per 10,000 calls, and a stack slower to start its calls held more.)
+SLOW_PREFIX = "4k"
+SLOW_RATE = "1"
 
 _CONF = """\
 worker_processes {workers};
@@ -62,6 +67,7 @@ http {{
         }}
         location /slow/ {{
             alias {root}/www/;
+            limit_rate_after {slow_prefix};
             limit_rate {slow_rate};
         }}
     }}
@@ -71,6 +77,7 @@ http {{
         root {root}/www;
         location /slow/ {{
             alias {root}/www/;
+            limit_rate_after {slow_prefix};
             limit_rate {slow_rate};
         }}
     }}
@@ -140,6 +147,7 @@ class Nginx:
                     port=self.port,
                     h2_port=self.h2_port,
                     slow_rate=SLOW_RATE,
+                    slow_prefix=SLOW_PREFIX,
                 )
             )
             with (self.root / "stderr.log").open("wb") as stderr:

@@ -1,7 +1,8 @@
 """Scenario 3: memory at scale.
 
-``AGENTS`` agents each start one ``slow_search`` call at the same moment; nginx trickles
-the ~100 KB answers at 2 KB/s, so every call stays in flight. Every dispatcher calls
+``AGENTS`` agents each start one ``slow_search`` call at the same moment; nginx sends each
+answer's first 4 KB at once and then a byte a second, so every call stays in flight
+holding the same bytes, whichever stack and however long its calls took to start. Every dispatcher calls
 nginx over HTTP/1.1, a connection per call in flight; the sidecar runs once more against
 nginx's HTTP/2 listener (``upstreams.<origin>.http: http2``), every call a stream on one
 connection: what it holds for an origin that speaks HTTP/2 (aiohttp does not).
