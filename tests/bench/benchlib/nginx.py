@@ -2,11 +2,12 @@
 
 It must not be the bottleneck: ``sendfile``, an open-file cache, keep-alive with no
 request cap, one worker per core, no access log. ``/slow/...`` serves the same files
-through ``limit_rate_after`` and ``limit_rate`` (a slow upstream for scenario 3: the
-first 4 KB at once, then a byte a second, so calls stay in flight). A second listener serves ``/slow/...`` over HTTP/2 without TLS (h2c,
-prior knowledge), for the sidecar's ``http: http2`` row of scenario 3; it admits more
-concurrent streams than scenario 3 has calls, so every call is in flight at nginx, as on
-the HTTP/1.1 listener. Its CPU is reported separately from the dispatchers'.
+through ``limit_rate_after`` and ``limit_rate`` (a slow upstream for scenario 3: the first
+4 KB at once, then a byte a second, so calls stay in flight). A second listener serves
+``/slow/...`` over HTTP/2 without TLS (h2c, prior knowledge), for the sidecar's
+``http: http2`` row of scenario 3; it admits more concurrent streams than scenario 3 has calls, so
+every call is in flight at nginx, as on the HTTP/1.1 listener. Its CPU is reported
+separately from the dispatchers'.
 """
 
 from __future__ import annotations

@@ -2,10 +2,11 @@
 
 ``AGENTS`` agents each start one ``slow_search`` call at the same moment; nginx sends each
 answer's first 4 KB at once and then a byte a second, so every call stays in flight
-holding the same bytes, whichever stack and however long its calls took to start. Every dispatcher calls
-nginx over HTTP/1.1, a connection per call in flight; the sidecar runs once more against
-nginx's HTTP/2 listener (``upstreams.<origin>.http: http2``), every call a stream on one
-connection: what it holds for an origin that speaks HTTP/2 (aiohttp does not).
+holding the same bytes, whichever stack and however long its calls took to start. Every
+dispatcher calls nginx over HTTP/1.1, a connection per call in flight; the sidecar runs
+once more against nginx's HTTP/2 listener (``upstreams.<origin>.http: http2``), every call
+a stream on one connection: what it holds for an origin that speaks HTTP/2 (aiohttp does
+not).
 
 Once nginx is answering all of them, the calls are held ``HOLD_S`` more and then
 cancelled. Reported: the highest sampled RSS of brain + sidecar together, each process's
