@@ -216,7 +216,10 @@ bench: $(BENCH_STAMP) bench-tools sidecar-release
 	@# (tokio's test-util among them); link the shipped one back (seconds: both are
 	@# cached), and run.py measures a copy of it that scenario 5 cannot touch.
 	$(CARGO) build $(CARGO_FLAGS) --release
-	PATH="$$PATH:$(GOBIN_PATH)" $(PY) tests/bench/run.py $(if $(QUICK),--quick)
+	@# Scenario 5's `cargo bench` relinks it again mid-run; link it back at the end, so a
+	@# later run.py (or `make run`) does not measure the dev-features build.
+	PATH="$$PATH:$(GOBIN_PATH)" $(PY) tests/bench/run.py $(if $(QUICK),--quick); \
+		status=$$?; $(CARGO) build $(CARGO_FLAGS) --release --quiet; exit $$status
 
 # Where the sidecar's memory per in-flight call goes (scenario 3's tandem row under
 # heaptrack; tests/bench/profile_heap.py). heaptrack sees malloc, so this builds the
