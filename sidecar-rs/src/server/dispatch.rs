@@ -27,6 +27,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -501,7 +502,7 @@ impl Session {
 
     /// Admits or refuses each call of `frame` and applies its cancellations.
     fn accept(&mut self, frame: DispatchFrame, done: &mpsc::Sender<(ToolResult, Claim)>) {
-        for mut call in frame.calls {
+        for call in frame.calls {
             let received = Instant::now();
             let slots = check_envelope(&call).and_then(|()| self.admit(&call));
             let slots = match slots {
@@ -515,37 +516,16 @@ impl Session {
             };
             let token = self.token.child_token();
             self.inflight.insert(call.call_id.clone(), token.clone());
-            let exec = self.exec.clone();
-            let backlog = self.backlog.clone();
-            let done = done.clone();
-            // Boxed: tokio copies a task's future whole, about eight times
-            // as it spawns it and again at each change of its stage, and a
-            // call's is 2,592 bytes (1,650 of a tiny call's 60,000
-            // instructions). The box costs one allocation and the 128-byte
-            // cell beside it: unboxed, the cell was 2,816 bytes, and both it
-            // and the box round to mimalloc's 3,072-byte class. Scenario 3,
-            // HTTP/2, three alternating rounds: 125, 138, 132 MiB unboxed;
-            // 135, 139, 126 boxed. (An earlier try that boxed only the
-            // pipeline inside the task measured 136 and 141 against 151 and
-            // 154, two rounds; the spread of later same-build rounds is as
-            // wide.)
-            tokio::spawn(Box::pin(async move {
-                let gauge = InflightGauge::new(&exec);
-                let done_call = {
-                    let result = exec.execute(&mut call, received, None, &token).await;
-                    drop((gauge, call));
-                    let claim = backlog.claim(&result, Some(slots));
-                    (result, claim)
-                };
-                // The channel holds a stream's whole in-flight bound, so it
-                // has room; waiting for room is the fallback, boxed so that
-                // its state (0.7 KiB) is not part of every call's task while
-                // the call runs. Either fails only when the session is gone,
-                // i.e. the client is.
-                if let Err(mpsc::error::TrySendError::Full(done_call)) = done.try_send(done_call) {
-                    let _ = Box::pin(done.send(done_call)).await;
-                }
-            }));
+            // Boxed (see `call_task`).
+            tokio::spawn(Box::pin(call_task(
+                self.exec.clone(),
+                call,
+                received,
+                token,
+                self.backlog.clone(),
+                slots,
+                done.clone(),
+            )));
         }
         for call_id in frame.cancel_call_ids {
             if let Some(token) = self.inflight.get(&call_id) {
@@ -605,6 +585,46 @@ impl Session {
         Out::Frame(frame, claims)
     }
 }
+/// A call's task: the call run to its result, and the result handed to its
+/// stream's session with the claim that holds its slots until the
+/// transport takes it.
+///
+/// Spawned boxed: tokio copies a task's future whole, about eight times as
+/// it spawns it and again at each change of its stage (1,650 of a tiny
+/// call's 60,000 instructions at 2,592 bytes). The box costs one
+/// allocation and the 128-byte cell beside it: unboxed, the cell was 2,816
+/// bytes. Scenario 3, HTTP/2, three alternating rounds: 125, 138, 132 MiB
+/// unboxed; 135, 139, 126 boxed (the spread of same-build rounds is as
+/// wide), so the box stays for the instructions. A test holds its size
+/// to mimalloc's 2,560-byte class.
+#[allow(clippy::manual_async_fn)] // an async fn keeps its arguments twice
+fn call_task(
+    exec: Arc<Executor>,
+    mut call: ToolCall,
+    received: Instant,
+    token: CancellationToken,
+    backlog: Backlog,
+    slots: Slots,
+    done: mpsc::Sender<(ToolResult, Claim)>,
+) -> impl Future<Output = ()> + Send + 'static {
+    async move {
+        let gauge = InflightGauge::new(&exec);
+        let done_call = {
+            let result = exec.execute(&mut call, received, None, &token).await;
+            drop((gauge, call));
+            let claim = backlog.claim(&result, Some(slots));
+            (result, claim)
+        };
+        // The channel holds a stream's whole in-flight bound, so it has
+        // room; waiting for room is the fallback, boxed so that its state
+        // (0.7 KiB) is not part of every call's task while the call runs.
+        // Either fails only when the session is gone, i.e. the client is.
+        if let Err(mpsc::error::TrySendError::Full(done_call)) = done.try_send(done_call) {
+            let _ = Box::pin(done.send(done_call)).await;
+        }
+    }
+}
+
 /// Keeps `sidecar_inflight_calls` in step with a call's lifetime, also when
 /// its future is dropped midway.
 struct InflightGauge(prometheus::IntGauge);
@@ -643,6 +663,51 @@ fn grpc_timeout(metadata: &tonic::metadata::MetadataMap) -> Option<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The most a call's task may hold: mimalloc's 2,560-byte size class
+    /// (rustc 1.95: 2,560 bytes, test and release profiles alike).
+    const MAX_CALL_TASK: usize = 2_560;
+
+    /// Every call in flight holds its task's future, boxed (10,000 at once
+    /// in scenario 3); at 2,592 bytes it took mimalloc's 3,072-byte class,
+    /// 5 MiB more per 10,000 calls. Growing past the bound is a choice to
+    /// make with scenario 3's numbers (`tests/bench/memory_ab.py`), not by
+    /// accident: `cargo +nightly rustc --lib -- -Zprint-type-sizes` shows
+    /// where the bytes go.
+    #[test]
+    fn a_call_task_fits_its_allocator_class() {
+        let exec = Arc::new(Executor::new(
+            Arc::new(arc_swap::ArcSwap::from_pointee(
+                crate::config::registry::Registry::default(),
+            )),
+            Metrics::new(),
+        ));
+        let permits = Arc::new(Semaphore::new(2));
+        let slots = (
+            permits.clone().try_acquire_owned().unwrap(),
+            permits.try_acquire_owned().unwrap(),
+        );
+        let backlog = Backlog {
+            stream: Arc::default(),
+            results: IntGauge::new("results", "results").unwrap(),
+            bytes: IntGauge::new("bytes", "bytes").unwrap(),
+        };
+        let (done, _results) = mpsc::channel(1);
+        let task = call_task(
+            exec,
+            ToolCall::default(),
+            Instant::now(),
+            CancellationToken::new(),
+            backlog,
+            slots,
+            done,
+        );
+        let size = std::mem::size_of_val(&task);
+        assert!(
+            size <= MAX_CALL_TASK,
+            "a call's task grew to {size} bytes (bound {MAX_CALL_TASK})"
+        );
+    }
 
     #[test]
     fn parses_grpc_timeout() {

@@ -9,6 +9,7 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use futures_core::ready;
 
 use super::{Http1Transaction, ParseContext, ParsedMessage};
+use crate::body::DecodedLength;
 use crate::common::buf::BufList;
 
 /// The initial buffer size allocated before trying to read from IO.
@@ -203,6 +204,7 @@ where
             )? {
                 debug!("parsed {} headers", msg.head.headers.len());
                 self.partial_len = None;
+                self.unpin_head(msg.decode);
                 return Poll::Ready(Ok(msg));
             } else {
                 let curr_len = self.read_buf.len();
@@ -229,6 +231,28 @@ where
                 trace!("parse eof");
                 return Poll::Ready(Err(crate::Error::new_incomplete()));
             }
+        }
+    }
+
+    /// tandem patch (see sidecar-rs/vendor/README.md): the start of a body
+    /// that has more to come moves out of the buffer it arrived in with the
+    /// head. The head's header values are slices of that buffer, and so are
+    /// the body's chunks: a body that trickles in kept the whole head (and
+    /// the allocator's rounding of head and body together) for as long as
+    /// its first chunk was held, long after the head was dropped. Only
+    /// where the next read would allocate anyway (the buffer has no room
+    /// left to read into, and reads are small): a fast body's first buffer
+    /// is not copied, nor is a body already whole in the buffer.
+    fn unpin_head(&mut self, decode: DecodedLength) {
+        let buffered = self.read_buf.len();
+        // Chunked and close-delimited bodies (no length) may have more.
+        let more_to_come = decode.into_opt().map_or(true, |len| len > buffered as u64);
+        if buffered > 0
+            && more_to_come
+            && self.read_buf_remaining_mut() < MIN_READ_IN_PLACE
+            && self.read_buf_strategy.next() <= INIT_BUFFER_SIZE
+        {
+            self.read_buf = BytesMut::from(&self.read_buf[..]);
         }
     }
 
