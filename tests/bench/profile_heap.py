@@ -5,12 +5,14 @@
 
 Runs scenario 3's tandem row (``AGENTS`` calls held in flight on nginx's slow location)
 with the sidecar under heaptrack, then prints the heap's peak consumers, each with its
-share per in-flight call. heaptrack intercepts ``malloc``, so the sidecar must be built on
-the system allocator: ``make profile-heap`` builds it (``cargo build --profile profiling
---no-default-features``; the shipped binary uses mimalloc, whose RSS differs, but the
-allocations are the same). The sidecar is exec'd under heaptrack's preload library rather
-than run by the ``heaptrack`` script, so the benchmark signals the sidecar itself (drain on
-SIGTERM) and its RSS is measured as usual. The recording lands in
+share per in-flight call, and the allocations that were many at once before the peak but
+are gone at it (what the burst of calls held while connecting,
+``benchlib/heap_trace.py``). heaptrack intercepts ``malloc``, so the sidecar must be built
+on the system allocator: ``make profile-heap`` builds it (``cargo build --profile
+profiling --no-default-features``; the shipped binary uses mimalloc, whose RSS differs,
+but the allocations are the same). The sidecar is exec'd under heaptrack's preload library
+rather than run by the ``heaptrack`` script, so the benchmark signals the sidecar itself
+(drain on SIGTERM) and its RSS is measured as usual. The recording lands in
 ``results/profiles/sidecar_heap.zst`` (``heaptrack_gui`` or ``heaptrack_print`` reads it).
 """
 
@@ -27,6 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from benchlib.heap_trace import transients
 from benchlib.nginx import Nginx
 from benchlib.runner import REPO, measure, open_files_to_the_limit, sidecar_for
 
@@ -160,6 +163,14 @@ def main() -> int:
     print(f"==> heap at its peak, per in-flight call ({recording}):")
     for size, where in consumers(report, args.top):
         print(f"{size / in_flight / 1024:8.2f} KiB  {where}")
+    # RSS peaks above the heap's peak: what the burst of calls held while connecting and
+    # waiting for heads was freed before the heap's peak, but its pages were touched.
+    print("==> allocated and freed before the heap's peak: most alive at once, beyond the peak")
+    for t in transients(recording, args.top):
+        print(
+            f"{t.bytes_beyond_peak / 2**20:6.1f} MiB  {t.size:>6,} B x {t.most_alive:>6,} at once "
+            f"({t.alive_at_peak:,} at the peak, {t.allocated:,} made)  {t.where}"
+        )
     return 0
 
 
